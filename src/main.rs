@@ -1,19 +1,59 @@
 //! swarmguard: a hardened security plane for Docker Swarm clusters.
+//!
+//! One binary: the manager daemon (Engine API for the docker CLI, cluster CA, Raft store) and,
+//! as they land, the trust server and the worker agent.
 #![forbid(unsafe_code)]
 
+mod control;
+mod engine;
+mod fsutil;
+mod manager;
+mod store;
+
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "swarmguard", version, about = "A hardened security plane for Docker Swarm clusters")]
+#[command(
+    name = "swarmguard",
+    version,
+    about = "A hardened security plane for Docker Swarm clusters",
+    long_about = "A hardened security plane for Docker Swarm clusters.\n\n\
+        Start a manager with `swarmguard manager`, then point the stock docker CLI at it:\n  \
+        export DOCKER_HOST=unix://$PWD/swarmguard-data/swarmguard.sock\n  \
+        docker swarm init --advertise-addr 127.0.0.1\n\n\
+        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=swarmguard=debug) for more."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run a manager: cluster store, cluster CA and the Docker Engine API for the docker CLI.
+    ///
+    /// With no flags it keeps its data in ./swarmguard-data and serves the Engine API on
+    /// unix://./swarmguard-data/swarmguard.sock; it prints the DOCKER_HOST line to use.
+    Manager(manager::ManagerArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One TLS stack with one provider, chosen here rather than by whichever crate asks first.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Manager(args) => manager::run(args).await,
+        }
+    })
 }

@@ -1,0 +1,188 @@
+//! This manager's own identity: its addresses, and its node certificate and key on disk.
+//!
+//! Files follow SwarmKit's layout (`certificates/swarm-root-ca.crt`, `swarm-node.crt`,
+//! `swarm-node.key`) so operators find them where they expect; the key is 0600.
+
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use swarmguard_ca::RootCa;
+
+use super::error::ControlError;
+use super::parse_addr;
+use crate::engine::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
+use crate::fsutil::write_atomic;
+
+/// Daemon flags that shape the swarm addresses.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub data_dir: PathBuf,
+    /// `--listen-addr`: where the cluster gRPC port listens.
+    pub listen_addr: SocketAddr,
+    /// `--advertise-addr`: what other nodes dial, when `swarm init` does not say.
+    pub advertise_addr: Option<String>,
+}
+
+impl ManagerConfig {
+    /// Resolves `swarm init`'s ListenAddr and AdvertiseAddr against the daemon flags.
+    pub fn resolve_addrs(
+        &self,
+        listen: &str,
+        advertise: &str,
+    ) -> Result<(SocketAddr, SocketAddr), ControlError> {
+        let listen_addr = if listen.is_empty() {
+            self.listen_addr
+        } else {
+            parse_addr(listen, self.listen_addr.port()).ok_or_else(|| {
+                ControlError::bad_request(format!(
+                    "invalid ListenAddr {listen:?}: give an IP address and port such as 0.0.0.0:2377 (interface names are not supported)"
+                ))
+            })?
+        };
+        let wanted = if advertise.is_empty() {
+            self.advertise_addr.clone().unwrap_or_default()
+        } else {
+            advertise.to_string()
+        };
+        let advertise_addr = if wanted.is_empty() {
+            if listen_addr.ip().is_unspecified() {
+                return Err(ControlError::bad_request(
+                    "could not choose an IP address to advertise since this system has multiple addresses",
+                ));
+            }
+            listen_addr
+        } else {
+            let sa = parse_addr(&wanted, listen_addr.port()).ok_or_else(|| {
+                ControlError::bad_request(format!(
+                    "invalid AdvertiseAddr {wanted:?}: give an IP address, optionally with a port, such as 192.0.2.10:2377 (interface names are not supported)"
+                ))
+            })?;
+            if sa.ip().is_unspecified() {
+                return Err(ControlError::bad_request(format!(
+                    "advertise address must be a non-zero IP address or network interface (with optional port number), got {wanted:?}"
+                )));
+            }
+            sa
+        };
+        Ok((listen_addr, advertise_addr))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalIdentity {
+    pub node_id: String,
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: SocketAddr,
+}
+
+const CERT_DIR: &str = "certificates";
+const STATE_FILE: &str = "node.json";
+
+impl LocalIdentity {
+    pub fn write(
+        data_dir: &Path,
+        root_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        node_id: &str,
+        listen_addr: SocketAddr,
+        advertise_addr: SocketAddr,
+    ) -> io::Result<LocalIdentity> {
+        let dir = data_dir.join(CERT_DIR);
+        fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join("swarm-root-ca.crt"), root_pem, 0o644)?;
+        write_atomic(&dir.join("swarm-node.key"), key_pem, 0o600)?;
+        write_atomic(&dir.join("swarm-node.crt"), cert_pem, 0o644)?;
+        let identity = LocalIdentity {
+            node_id: node_id.to_string(),
+            listen_addr,
+            advertise_addr,
+        };
+        let state = serde_json::to_vec_pretty(&identity).map_err(io::Error::other)?;
+        write_atomic(&data_dir.join(STATE_FILE), &state, 0o600)?;
+        Ok(identity)
+    }
+
+    /// Reads the identity back and checks the certificate still chains to the cluster root and
+    /// names the same node: a swapped file is an error, not a new identity.
+    pub fn load(data_dir: &Path, ca: &RootCa) -> io::Result<LocalIdentity> {
+        let state = fs::read(data_dir.join(STATE_FILE))?;
+        let identity: LocalIdentity = serde_json::from_slice(&state).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}"))
+        })?;
+        let cert = fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))?;
+        let verified = swarmguard_ca::verify_node_certificate(ca, &cert)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("swarm-node.crt: {e}")))?;
+        if verified.node_id != identity.node_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "swarm-node.crt names another node than node.json",
+            ));
+        }
+        Ok(identity)
+    }
+
+    pub fn remove(data_dir: &Path) -> io::Result<()> {
+        for path in [data_dir.join(CERT_DIR), data_dir.join(STATE_FILE)] {
+            let result = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match result {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `docker node inspect` shows about the host running this manager.
+pub fn describe_this_host(ca: &RootCa) -> NodeDescription {
+    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let memory_bytes = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as i64)
+        .unwrap_or(1);
+    NodeDescription {
+        hostname,
+        platform: Platform {
+            architecture: std::env::consts::ARCH.to_string(),
+            os: std::env::consts::OS.to_string(),
+        },
+        resources: Resources {
+            nano_cpus: cpus * 1_000_000_000,
+            memory_bytes,
+        },
+        engine: EngineDescription {
+            engine_version: format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
+        },
+        tls_info: tls_info(ca),
+    }
+}
+
+/// Docker's `TLSInfo` for a root: the PEM, and the issuer's DER subject and SPKI in standard base64.
+pub fn tls_info(ca: &RootCa) -> TlsInfo {
+    TlsInfo {
+        trust_root: String::from_utf8_lossy(ca.cert_pem()).into_owned(),
+        cert_issuer_subject: B64.encode(ca.subject_der()),
+        cert_issuer_public_key: B64.encode(ca.spki_der()),
+    }
+}

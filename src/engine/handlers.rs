@@ -1,0 +1,278 @@
+//! Engine API handlers: translate HTTP to control-layer calls and records to Docker JSON.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::request::{bool_value, json_body, parse_bool, parse_version};
+use super::types as api;
+use super::API_VERSION;
+use crate::control::filters::Filters;
+use crate::control::local::tls_info;
+use crate::control::records::{ClusterRecord, NodeRecord};
+use crate::control::{ClusterView, Control, ControlError, NodeView, Rotate};
+
+type Ctl = State<Arc<Control>>;
+type Q = Query<HashMap<String, String>>;
+type Body = Result<Bytes, BytesRejection>;
+
+pub async fn ping(State(ctl): Ctl, method: Method) -> Response {
+    let mut headers = HeaderMap::new();
+    let h = |v: &'static str| HeaderValue::from_static(v);
+    headers.insert("Api-Version", h(API_VERSION));
+    headers.insert("Ostype", h("linux"));
+    headers.insert("Docker-Experimental", h("false"));
+    headers.insert(
+        "Swarm",
+        h(if ctl.local_node_id().is_some() {
+            "active/manager"
+        } else {
+            "inactive"
+        }),
+    );
+    headers.insert(header::CACHE_CONTROL, h("no-cache, no-store, must-revalidate"));
+    headers.insert(header::PRAGMA, h("no-cache"));
+    headers.insert(header::CONTENT_TYPE, h("text/plain; charset=utf-8"));
+    if method == Method::HEAD {
+        (StatusCode::OK, headers).into_response()
+    } else {
+        (StatusCode::OK, headers, "OK").into_response()
+    }
+}
+
+pub async fn version() -> Json<serde_json::Value> {
+    let v = env!("CARGO_PKG_VERSION");
+    Json(json!({
+        "Platform": {"Name": "swarmguard"},
+        "Components": [{"Name": "swarmguard", "Version": v, "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": super::MIN_API_VERSION}}],
+        "Version": v,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": super::MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": std::env::consts::OS,
+        "Arch": go_arch(),
+        "KernelVersion": kernel_version(),
+        "BuildTime": "",
+    }))
+}
+
+pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlError> {
+    let swarm = swarm_info(&ctl)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    Ok(Json(json!({
+        "ID": swarm.node_id,
+        "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
+        "Images": 0,
+        "Driver": "",
+        "DriverStatus": null,
+        "Plugins": {"Volume": null, "Network": null, "Authorization": null, "Log": null},
+        "MemoryLimit": false, "SwapLimit": false,
+        "IPv4Forwarding": false,
+        "Debug": false,
+        "NFd": 0, "NGoroutines": 0,
+        "SystemTime": crate::control::now_rfc3339(),
+        "LoggingDriver": "",
+        "CgroupDriver": "",
+        "NEventsListener": 0,
+        "KernelVersion": kernel_version(),
+        "OperatingSystem": "swarmguard",
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "IndexServerAddress": "",
+        "RegistryConfig": null,
+        "NCPU": cpus,
+        "MemTotal": 0,
+        "DockerRootDir": ctl.config().data_dir.display().to_string(),
+        "Name": host,
+        "Labels": [],
+        "ExperimentalBuild": false,
+        "ServerVersion": format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
+        "Runtimes": {},
+        "DefaultRuntime": "",
+        "Swarm": swarm,
+        "LiveRestoreEnabled": false,
+        "Isolation": "",
+        "InitBinary": "",
+        "SecurityOptions": [],
+        "Warnings": null,
+    })))
+}
+
+fn swarm_info(ctl: &Control) -> Result<api::SwarmInfo, ControlError> {
+    let Some(node_id) = ctl.local_node_id() else {
+        return Ok(api::SwarmInfo {
+            local_node_state: "inactive".into(),
+            ..Default::default()
+        });
+    };
+    let cluster = ctl.cluster()?;
+    let nodes = ctl.nodes()?;
+    let me = nodes.iter().find(|n| n.record.id == node_id);
+    let managers: Vec<api::Peer> = nodes
+        .iter()
+        .filter_map(|n| {
+            n.record.manager_addr.as_ref().map(|addr| api::Peer {
+                node_id: n.record.id.clone(),
+                addr: addr.clone(),
+            })
+        })
+        .collect();
+    Ok(api::SwarmInfo {
+        node_id: node_id.clone(),
+        node_addr: me.map(|n| n.record.status.addr.clone()).unwrap_or_default(),
+        local_node_state: "active".into(),
+        control_available: true,
+        error: String::new(),
+        nodes: nodes.len(),
+        managers: managers.len(),
+        remote_managers: Some(managers),
+        cluster: Some(cluster_info(ctl, &cluster)),
+    })
+}
+
+fn cluster_info(ctl: &Control, view: &ClusterView) -> api::ClusterInfo {
+    let r: &ClusterRecord = &view.record;
+    let mut spec = r.spec.clone();
+    // Signing material never leaves the manager.
+    spec.ca_config.signing_ca_cert.clear();
+    spec.ca_config.signing_ca_key.clear();
+    api::ClusterInfo {
+        id: r.id.clone(),
+        version: api::Version {
+            index: view.version,
+        },
+        created_at: r.created_at.clone(),
+        updated_at: r.updated_at.clone(),
+        spec,
+        tls_info: ctl.root_ca().map(|ca| tls_info(&ca)).unwrap_or_default(),
+        root_rotation_in_progress: false,
+        default_addr_pool: r.default_addr_pool.clone(),
+        subnet_size: r.subnet_size,
+        data_path_port: r.data_path_port,
+    }
+}
+
+pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ControlError> {
+    let view = ctl.cluster()?;
+    Ok(Json(api::Swarm {
+        cluster: cluster_info(&ctl, &view),
+        join_tokens: api::JoinTokens {
+            worker: view.record.join_tokens.worker.clone(),
+            manager: view.record.join_tokens.manager.clone(),
+        },
+    }))
+}
+
+pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, ControlError> {
+    let req: api::InitRequest = json_body(body)?;
+    Ok(Json(ctl.init(&req).await?))
+}
+
+pub async fn swarm_update(State(ctl): Ctl, Query(q): Q, body: Body) -> Result<StatusCode, ControlError> {
+    let version = parse_version("swarm", q.get("version"))?;
+    let rotate = Rotate {
+        worker_token: parse_bool("rotateWorkerToken", q.get("rotateWorkerToken"))?,
+        manager_token: parse_bool("rotateManagerToken", q.get("rotateManagerToken"))?,
+        manager_unlock_key: parse_bool("rotateManagerUnlockKey", q.get("rotateManagerUnlockKey"))?,
+    };
+    let spec: api::Spec = json_body(body)?;
+    ctl.update_swarm(version, &spec, rotate).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn swarm_leave(State(ctl): Ctl, Query(q): Q) -> Result<StatusCode, ControlError> {
+    ctl.leave(bool_value(q.get("force"))).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn swarm_unlock_key(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlError> {
+    ctl.cluster()?;
+    Ok(Json(json!({ "UnlockKey": "" })))
+}
+
+pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, ControlError> {
+    let _: serde_json::Value = json_body(body)?;
+    if ctl.local_node_id().is_none() {
+        return Err(ControlError::no_manager());
+    }
+    Err(ControlError::plain(409, "swarm is not locked"))
+}
+
+pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Node>>, ControlError> {
+    let filters = Filters::parse(q.get("filters").map(String::as_str), Filters::NODE_KEYS)?;
+    filters.validate_nodes()?;
+    let local = ctl.local_node_id();
+    let nodes = ctl
+        .nodes()?
+        .into_iter()
+        .filter(|n| filters.matches_node(&n.record))
+        .map(|n| node_json(&n, local.as_deref()))
+        .collect();
+    Ok(Json(nodes))
+}
+
+pub async fn node_inspect(State(ctl): Ctl, Path(id): Path<String>) -> Result<Json<api::Node>, ControlError> {
+    let node = ctl.node(&id)?;
+    Ok(Json(node_json(&node, ctl.local_node_id().as_deref())))
+}
+
+pub async fn node_update(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Query(q): Q,
+    body: Body,
+) -> Result<StatusCode, ControlError> {
+    let version = parse_version("node", q.get("version"))?;
+    let spec: api::NodeSpec = json_body(body)?;
+    ctl.update_node(&id, version, &spec).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn node_remove(State(ctl): Ctl, Path(id): Path<String>, Query(q): Q) -> Result<StatusCode, ControlError> {
+    ctl.remove_node(&id, bool_value(q.get("force"))).await?;
+    Ok(StatusCode::OK)
+}
+
+fn node_json(view: &NodeView, local: Option<&str>) -> api::Node {
+    let r: &NodeRecord = &view.record;
+    api::Node {
+        id: r.id.clone(),
+        version: api::Version { index: view.version },
+        created_at: r.created_at.clone(),
+        updated_at: r.updated_at.clone(),
+        spec: r.spec.clone(),
+        description: r.description.clone(),
+        status: r.status.clone(),
+        manager_status: r.manager_addr.as_ref().map(|addr| api::ManagerStatus {
+            // A single-voter store: the local manager is the Raft leader.
+            leader: local == Some(r.id.as_str()),
+            reachability: "reachable".into(),
+            addr: addr.clone(),
+        }),
+    }
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,91 @@
+//! Strict request parsing with Docker's error texts: JSON bodies, booleans and versions from the
+//! query string.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use serde::de::DeserializeOwned;
+
+use crate::control::ControlError;
+
+/// Parses a JSON body; a body over the limit, a wrong type or broken JSON is a 400/413 naming the
+/// problem, never a panic or a partial update.
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ControlError> {
+    let bytes = body.map_err(|e| {
+        let status = e.status().as_u16();
+        if status == 413 {
+            ControlError::plain(
+                413,
+                format!(
+                    "request body is too large: at most {} bytes are accepted",
+                    super::MAX_BODY
+                ),
+            )
+        } else {
+            ControlError::plain(status, format!("cannot read the request body: {e}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ControlError::bad_request("request body is empty: a JSON object is required"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Go's `strconv.ParseBool`, as dockerd parses `rotateWorkerToken` and friends. Absent or empty
+/// means false.
+pub fn parse_bool(name: &str, value: Option<&String>) -> Result<bool, ControlError> {
+    match value.map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+        Some(other) => Err(ControlError::bad_request(format!(
+            "invalid value for {name}: {other}"
+        ))),
+    }
+}
+
+/// dockerd's lenient `BoolValue` for `force`: anything but empty, 0, no, false, none is true.
+pub fn bool_value(value: Option<&String>) -> bool {
+    !matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        None | Some("" | "0" | "no" | "false" | "none")
+    )
+}
+
+/// A required `version` query parameter, as dockerd words its absence or a bad value.
+pub fn parse_version(what: &str, value: Option<&String>) -> Result<u64, ControlError> {
+    let raw = value.map(String::as_str).unwrap_or("");
+    raw.parse::<u64>().map_err(|e| {
+        let reason = if raw.is_empty() {
+            "strconv.ParseUint: parsing \"\": invalid syntax".to_string()
+        } else {
+            format!("strconv.ParseUint: parsing {raw:?}: {e}")
+        };
+        ControlError::bad_request(format!("invalid {what} version '{raw}': {reason}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_bools() {
+        let t = |s: &str| parse_bool("x", Some(&s.to_string()));
+        assert!(t("true").unwrap() && t("1").unwrap() && t("T").unwrap());
+        assert!(!t("false").unwrap() && !t("0").unwrap() && !t("").unwrap());
+        assert_eq!(t("yes").unwrap_err().message, "invalid value for x: yes");
+        assert!(!parse_bool("x", None).unwrap());
+        assert!(bool_value(Some(&"1".into())) && !bool_value(Some(&"false".into())) && !bool_value(None));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("swarm", Some(&"10".into())).unwrap(), 10);
+        assert!(parse_version("swarm", None)
+            .unwrap_err()
+            .message
+            .starts_with("invalid swarm version ''"));
+        assert!(parse_version("swarm", Some(&"-1".into())).is_err());
+        assert!(parse_version("swarm", Some(&"99999999999999999999999".into())).is_err());
+    }
+}

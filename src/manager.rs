@@ -1,0 +1,162 @@
+//! `swarmguard manager`: the manager daemon on its embedded defaults.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::control::local::ManagerConfig;
+use crate::control::Control;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Where the cluster store, keys and this manager's certificates live (created 0700).
+    #[arg(long, default_value = "./swarmguard-data", env = "SWARMGUARD_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Engine API endpoints for the docker CLI: `unix:///path.sock` or `tcp://127.0.0.1:PORT`
+    /// (loopback only: the Engine API has no TLS yet). Repeat to serve several.
+    /// Default: unix://<data-dir>/swarmguard.sock
+    #[arg(long = "engine-api", value_name = "ENDPOINT")]
+    pub engine_api: Vec<String>,
+
+    /// Address of the cluster gRPC port (SwarmKit's --listen-addr).
+    #[arg(long, default_value = "0.0.0.0:2377")]
+    pub listen_addr: SocketAddr,
+
+    /// Address other nodes use to reach this manager, when `docker swarm init` gives none.
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+}
+
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+fn parse_endpoint(s: &str) -> anyhow::Result<Endpoint> {
+    if let Some(path) = s.strip_prefix("unix://") {
+        if path.is_empty() {
+            bail!("--engine-api {s:?}: the unix socket path is empty; use unix:///run/swarmguard.sock");
+        }
+        return Ok(Endpoint::Unix(PathBuf::from(path)));
+    }
+    if let Some(addr) = s.strip_prefix("tcp://") {
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("--engine-api {s:?}: expected tcp://127.0.0.1:PORT"))?;
+        if !addr.ip().is_loopback() {
+            bail!("--engine-api {s:?}: the Engine API carries no TLS yet, so swarmguard serves it on loopback only; use tcp://127.0.0.1:{}", addr.port());
+        }
+        return Ok(Endpoint::Tcp(addr));
+    }
+    bail!("--engine-api {s:?}: expected unix:///path.sock or tcp://127.0.0.1:PORT")
+}
+
+pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+    let data_dir = prepare_data_dir(&args.data_dir)?;
+    let endpoints = if args.engine_api.is_empty() {
+        vec![Endpoint::Unix(data_dir.join("swarmguard.sock"))]
+    } else {
+        args.engine_api
+            .iter()
+            .map(|s| parse_endpoint(s))
+            .collect::<anyhow::Result<_>>()?
+    };
+
+    let store = Store::open(&data_dir)
+        .await
+        .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
+    let config = ManagerConfig {
+        data_dir: data_dir.clone(),
+        listen_addr: args.listen_addr,
+        advertise_addr: args.advertise_addr.clone(),
+    };
+    let control = Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.message))?);
+    match control.local_node_id() {
+        Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
+        None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    for ep in endpoints {
+        let app = crate::engine::service(control.clone());
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match ep {
+            Endpoint::Unix(path) => {
+                let listener = bind_unix(&path)?;
+                println!("export DOCKER_HOST=unix://{}", path.display());
+                servers.push(tokio::spawn(async move {
+                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                }));
+            }
+            Endpoint::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                let local = listener.local_addr()?;
+                println!("export DOCKER_HOST=tcp://{local}");
+                servers.push(tokio::spawn(async move {
+                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                }));
+            }
+        }
+    }
+    tracing::info!("Engine API ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    for s in servers {
+        s.await??;
+    }
+    store.shutdown().await.context("cluster store did not shut down cleanly")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the data dir 0700 and refuses one others can read: it holds the store's key.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let meta = fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!("data dir {} is readable by others and cannot be made 0700", dir.display())
+        })?;
+    }
+    Ok(fs::canonicalize(dir)?)
+}
+
+fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            // A socket left by a crash; if another manager still serves it, the bind below is
+            // the wrong fix, so check first.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{} is in use by another process: is a manager already running on this data dir?", path.display());
+            }
+            fs::remove_file(path)?;
+        } else {
+            bail!("{} exists and is not a socket: remove it or choose another --engine-api path", path.display());
+        }
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
