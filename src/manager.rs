@@ -160,3 +160,56 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_api_endpoints_are_unix_or_loopback_tcp() {
+        assert!(matches!(parse_endpoint("unix:///run/sg.sock"), Ok(Endpoint::Unix(p)) if p == Path::new("/run/sg.sock")));
+        assert!(matches!(parse_endpoint("tcp://127.0.0.1:2375"), Ok(Endpoint::Tcp(_))));
+        assert!(matches!(parse_endpoint("tcp://[::1]:2375"), Ok(Endpoint::Tcp(_))));
+        let refused = [
+            ("tcp://0.0.0.0:2375", "loopback only"),
+            ("tcp://192.0.2.1:2375", "loopback only"),
+            ("tcp://localhost:2375", "expected tcp://127.0.0.1:PORT"),
+            ("unix://", "path is empty"),
+            ("http://127.0.0.1:2375", "expected unix:///path.sock"),
+        ];
+        for (input, want) in refused {
+            let err = parse_endpoint(input).err().unwrap_or_else(|| panic!("{input} accepted"));
+            assert!(format!("{err:#}").contains(want), "{input}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn data_dir_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_data_dir(&d).unwrap();
+        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_live_socket_is_not_stolen_and_a_file_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-socket");
+        fs::write(&file, b"x").unwrap();
+        let err = tokio_test_bind(&file).unwrap_err();
+        assert!(format!("{err:#}").contains("is not a socket"), "{err:#}");
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+
+        let sock = dir.path().join("live.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = tokio_test_bind(&sock).unwrap_err();
+        assert!(format!("{err:#}").contains("in use by another process"), "{err:#}");
+    }
+
+    fn tokio_test_bind(path: &Path) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async { bind_unix(path).map(|_| ()) })
+    }
+}

@@ -585,3 +585,90 @@ pub fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
     }
     s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path) -> ManagerConfig {
+        ManagerConfig {
+            data_dir: dir.to_path_buf(),
+            listen_addr: "0.0.0.0:2377".parse().unwrap(),
+            advertise_addr: Some("127.0.0.1".into()),
+        }
+    }
+
+    fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.is_file() {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// The root CA key and the store's data key never sit in clear in the data dir, in any
+    /// encoding a careless writer might use (raw, base64, hex). The DEK's own key file is the one
+    /// place it lives until autolock wraps it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn root_key_and_dek_never_in_clear_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let control = Control::open(store.clone(), config(dir.path())).unwrap();
+        control
+            .init(&api::InitRequest {
+                advertise_addr: "127.0.0.1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let key = control.root_ca().unwrap().key_pkcs8_der();
+        store.shutdown().await.unwrap();
+        drop(control);
+
+        let dek = swarmguard_secrets::load_or_create_dek(&dir.path().join("keys/dek"))
+            .unwrap()
+            .expose_for_test()
+            .to_vec();
+        let encodings = |bytes: &[u8], secret: std::ops::Range<usize>| -> Vec<Vec<u8>> {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            vec![
+                bytes.to_vec(),
+                B64.encode(bytes).into_bytes(),
+                hex.into_bytes(),
+                // The secret part alone, in case a writer split or re-wrapped the encoding.
+                bytes[secret].to_vec(),
+            ]
+        };
+        // PKCS#8 of a P-256 key: 36 bytes of fixed header, then the 32-byte private scalar
+        // (the public key that follows is public and sits in the certificate).
+        assert_eq!(key.len(), 138);
+        let key_encodings = encodings(&key, 36..68);
+        let dek_encodings = encodings(&dek, 0..32);
+        let files = files_under(dir.path());
+        assert!(files.len() > 3, "{files:?}");
+        for file in files {
+            let data = std::fs::read(&file).unwrap();
+            for enc in &key_encodings {
+                assert!(!contains(&data, enc), "root key found in {}", file.display());
+            }
+            if file.ends_with("keys/dek") {
+                continue;
+            }
+            for enc in &dek_encodings {
+                assert!(!contains(&data, enc), "DEK found in {}", file.display());
+            }
+        }
+    }
+}
