@@ -5,6 +5,8 @@
 //! (at most 32 bytes), so plain schoolbook division is enough and keeps the
 //! dependency tree free of a bignum crate.
 
+use zeroize::Zeroize;
+
 const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 /// Encodes `bytes` (big-endian, unsigned) as lowercase base 36, left-padded with
@@ -29,6 +31,8 @@ pub(crate) fn encode(bytes: &[u8], width: usize) -> String {
             start += 1;
         }
     }
+    // `num` held (a transform of) the input, which may be a secret.
+    num.zeroize();
     while digits.len() < width {
         digits.push(b'0');
     }

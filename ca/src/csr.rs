@@ -65,13 +65,13 @@ pub(crate) fn accept_csr(csr_pem: &[u8]) -> Result<CsrKey, CsrError> {
 
     let spki =
         rcgen::SubjectPublicKeyInfo::from_der(pki.raw).map_err(|_| CsrError::UnsupportedKey {
-            found: "this public key encoding".into(),
+            found: "a public key in this encoding".into(),
         })?;
     // rcgen re-encodes the key from (algorithm, bits); insist that gives back
     // exactly the bytes that were signed, so we certify what was proven.
     if rcgen::PublicKeyData::subject_public_key_info(&spki) != pki.raw {
         return Err(CsrError::UnsupportedKey {
-            found: "non-canonically encoded".into(),
+            found: "a non-canonically encoded public key".into(),
         });
     }
     Ok(CsrKey {
@@ -90,9 +90,9 @@ fn check_key(pki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), Cs
             .and_then(|p| p.as_oid().ok());
         return match curve {
             Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => Ok(()),
-            Some(c) if c == OID_NIST_EC_P521 => Err(unsupported("ECDSA P-521")),
-            Some(c) => Err(unsupported(&format!("ECDSA on curve {c}"))),
-            None => Err(unsupported("ECDSA without named curve")),
+            Some(c) if c == OID_NIST_EC_P521 => Err(unsupported("ECDSA P-521 key")),
+            Some(c) => Err(unsupported(&format!("ECDSA key on curve {c}"))),
+            None => Err(unsupported("ECDSA key without a named curve")),
         };
     }
     if *alg == OID_PKCS1_RSAENCRYPTION {
@@ -107,9 +107,9 @@ fn check_key(pki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), Cs
         };
     }
     let name = if *alg == OID_SIG_ED25519 {
-        "Ed25519".to_string()
+        "Ed25519 key".to_string()
     } else if *alg == OID_SIG_ED448 {
-        "Ed448".to_string()
+        "Ed448 key".to_string()
     } else {
         format!("public key algorithm {alg}")
     };

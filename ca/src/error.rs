@@ -83,9 +83,9 @@ pub enum CsrError {
     #[error("CSR rejected: the PEM body is not a valid DER-encoded PKCS#10 certification request")]
     Malformed,
     /// The public key type is not one we sign.
-    #[error("CSR rejected: {found} keys are not accepted; use ECDSA P-256 (recommended), ECDSA P-384 or RSA with 2048 to 8192 bits")]
+    #[error("CSR rejected: {found} is not accepted; use an ECDSA P-256 (recommended), ECDSA P-384 or RSA 2048 to 8192-bit key")]
     UnsupportedKey {
-        /// Human description of the key found.
+        /// What was found, e.g. "Ed25519 key".
         found: String,
     },
     /// An RSA key outside 2048..=8192 bits.

@@ -120,7 +120,9 @@ impl JoinToken {
 /// with a stored one never leaks timing.
 impl PartialEq for JoinToken {
     fn eq(&self, other: &Self) -> bool {
-        tokens_equal(&self.to_string(), &other.to_string())
+        // Evaluate every part; no short-circuit on the public ones either.
+        let public = self.v2_fips == other.v2_fips && self.digest == other.digest;
+        tokens_equal(&self.secret, &other.secret) & public
     }
 }
 

@@ -134,7 +134,7 @@ fn bad_csr_table() {
             "ed25519",
             fixture("csr-ed25519.pem"),
             CsrError::UnsupportedKey {
-                found: "Ed25519".into(),
+                found: "Ed25519 key".into(),
             },
         ),
         (
@@ -146,7 +146,7 @@ fn bad_csr_table() {
             "p-521",
             fixture("csr-p521.pem"),
             CsrError::UnsupportedKey {
-                found: "ECDSA P-521".into(),
+                found: "ECDSA P-521 key".into(),
             },
         ),
         (
@@ -187,7 +187,7 @@ fn pem_with_surrounding_text_and_crlf_is_accepted() {
 fn error_messages_name_the_fix() {
     let msg = |e: CsrError| CaError::InvalidCsr(e).to_string();
     let key = msg(CsrError::UnsupportedKey {
-        found: "Ed25519".into(),
+        found: "Ed25519 key".into(),
     });
     for needle in ["Ed25519", "P-256", "P-384", "RSA"] {
         assert!(key.contains(needle), "{key}");
