@@ -12,8 +12,8 @@ const ALPHABET: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 /// Encodes `bytes` (big-endian, unsigned) as lowercase base 36, left-padded with
 /// `'0'` to at least `width` characters.
 ///
-/// Like Go's `fmt.Sprintf("%0*s", width, n.Text(36))`, a value that needs more
-/// than `width` digits is returned in full, never truncated.
+/// Like Go's `fmt.Sprintf("%0*s", width, n.Text(36))`: zero is `"0"`, and a
+/// value that needs more than `width` digits is returned in full.
 pub(crate) fn encode(bytes: &[u8], width: usize) -> String {
     let mut num: Vec<u8> = bytes.to_vec();
     let mut digits: Vec<u8> = Vec::with_capacity(width.max(bytes.len() * 2));
@@ -33,7 +33,8 @@ pub(crate) fn encode(bytes: &[u8], width: usize) -> String {
     }
     // `num` held (a transform of) the input, which may be a secret.
     num.zeroize();
-    while digits.len() < width {
+    // Go prints zero as "0", so there is always at least one digit.
+    while digits.len() < width.max(1) {
         digits.push(b'0');
     }
     digits.reverse();
@@ -98,7 +99,7 @@ mod tests {
 
     #[test]
     fn small_vectors() {
-        assert_eq!(encode(&[], 0), "");
+        assert_eq!(encode(&[], 0), "0");
         assert_eq!(encode(&[], 3), "000");
         assert_eq!(encode(&[0, 0], 1), "0");
         assert_eq!(encode(&[35], 1), "z");
@@ -128,6 +129,25 @@ mod tests {
         );
         assert_eq!(decode::<2>("A"), Err(DecodeError::BadChar));
         assert_eq!(decode::<2>("-"), Err(DecodeError::BadChar));
+    }
+
+    /// Against an independent bignum implementation, for many sizes and values
+    /// including leading zero bytes.
+    #[test]
+    fn matches_num_bigint_oracle() {
+        let rng = ring::rand::SystemRandom::new();
+        for len in 0..=33usize {
+            for _ in 0..50 {
+                let mut v = vec![0u8; len];
+                ring::rand::SecureRandom::fill(&rng, &mut v).unwrap();
+                if len > 0 && v[0] & 1 == 0 {
+                    v[0] = 0; // exercise leading zeros half of the time
+                }
+                let want = num_bigint::BigUint::from_bytes_be(&v).to_str_radix(36);
+                assert_eq!(encode(&v, 0), want, "{v:?}");
+                assert_eq!(encode(&v, 60), format!("{want:0>60}"));
+            }
+        }
     }
 
     #[test]

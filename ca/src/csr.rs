@@ -61,6 +61,7 @@ pub(crate) fn accept_csr(csr_pem: &[u8]) -> Result<CsrKey, CsrError> {
 
     check_key(pki)?;
     check_signature_algorithm(&csr.signature_algorithm.algorithm)?;
+    check_outer_der(&der, info.raw)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
     let spki =
@@ -150,9 +151,115 @@ fn check_signature_algorithm(oid: &Oid<'_>) -> Result<(), CsrError> {
     }
 }
 
+/// Exact DER of the AlgorithmIdentifiers we accept. The RSA ones may carry a
+/// NULL parameter or none (RFC 4055 §5 says both must be accepted).
+const ALLOWED_SIG_ALG_DER: [&[u8]; 8] = [
+    // ecdsa-with-SHA256, ecdsa-with-SHA384
+    &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ],
+    &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+    ],
+    // sha256/384/512WithRSAEncryption with NULL
+    &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00,
+    ],
+    &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c, 0x05, 0x00,
+    ],
+    &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d, 0x05, 0x00,
+    ],
+    // … and without
+    &[
+        0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+    ],
+    &[
+        0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c,
+    ],
+    &[
+        0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d,
+    ],
+];
+
+/// x509-parser is lenient about the unsigned outer layer (it accepts, for
+/// example, a BIT STRING tag with the wrong class). That cannot get a key
+/// certified that the sender does not hold, but a CA should not accept
+/// malleable, non-DER input, so re-check the outer layer byte for byte:
+/// `SEQUENCE { info, AlgorithmIdentifier (exact bytes), BIT STRING (0 unused bits) }`.
+fn check_outer_der(der: &[u8], info_raw: &[u8]) -> Result<(), CsrError> {
+    let malformed = CsrError::Malformed;
+    let (tag, body, rest) = der_tlv(der).ok_or(malformed.clone())?;
+    if tag != 0x30 || !rest.is_empty() {
+        return Err(malformed);
+    }
+    let after_info = body.strip_prefix(info_raw).ok_or(malformed.clone())?;
+    let (tag, _, after_alg) = der_tlv(after_info).ok_or(malformed.clone())?;
+    let alg = &after_info[..after_info.len() - after_alg.len()];
+    if tag != 0x30 || !ALLOWED_SIG_ALG_DER.contains(&alg) {
+        return Err(malformed);
+    }
+    match der_tlv(after_alg) {
+        Some((0x03, [0x00, ..], [])) => Ok(()),
+        _ => Err(malformed),
+    }
+}
+
+/// Splits one DER TLV with a single-byte tag and a minimally encoded length
+/// of at most two length bytes (our input is at most 16 KiB).
+/// Returns (tag, contents, rest).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => {
+            let (&b, rest) = rest.split_first()?;
+            if b < 0x80 {
+                return None;
+            }
+            (usize::from(b), rest)
+        }
+        0x82 => {
+            let (hi, rest) = rest.split_first()?;
+            let (lo, rest) = rest.split_first()?;
+            let len = usize::from(*hi) << 8 | usize::from(*lo);
+            if len < 0x100 {
+                return None;
+            }
+            (len, rest)
+        }
+        _ => return None,
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn der_tlv_is_strict() {
+        assert_eq!(
+            der_tlv(&[0x04, 0x01, 0xaa, 0xbb]),
+            Some((0x04, &[0xaa][..], &[0xbb][..]))
+        );
+        assert_eq!(der_tlv(&[0x04, 0x81, 0x05]), None, "non-minimal long form");
+        assert_eq!(
+            der_tlv(&[0x04, 0x82, 0x00, 0x80]),
+            None,
+            "non-minimal long form"
+        );
+        assert_eq!(der_tlv(&[0x04, 0x80]), None, "indefinite length");
+        assert_eq!(der_tlv(&[0x04, 0x02, 0x00]), None, "short");
+        let mut long = vec![0x04, 0x82, 0x01, 0x00];
+        long.extend(std::iter::repeat_n(7u8, 256));
+        assert_eq!(der_tlv(&long).map(|t| t.1.len()), Some(256));
+    }
 
     #[test]
     fn rsa_bit_counting() {

@@ -49,7 +49,34 @@ fn bad_csr_table() {
     let last = flipped_sig.len() - 1;
     flipped_sig[last] ^= 0x01;
 
+    // Unsigned outer layer made non-DER: BIT STRING tag with the wrong class,
+    // and a BIT STRING claiming unused bits. Regressions from the mutation test.
+    let alg: &[u8] = &[
+        0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+    ];
+    let at = good_der.windows(alg.len()).rposition(|w| w == alg).unwrap() + alg.len();
+    assert_eq!(good_der[at], 0x03);
+    let mut wrong_class = good_der.clone();
+    wrong_class[at] = 0x43;
+    let mut unused_bits = good_der.clone();
+    let len_bytes = if good_der[at + 1] < 0x80 {
+        1
+    } else {
+        1 + (good_der[at + 1] & 0x7f) as usize
+    };
+    unused_bits[at + 1 + len_bytes] = 0x01;
+
     let cases: Vec<(&str, Vec<u8>, CsrError)> = vec![
+        (
+            "BIT STRING tag class",
+            pem("CERTIFICATE REQUEST", &wrong_class),
+            CsrError::Malformed,
+        ),
+        (
+            "BIT STRING unused bits",
+            pem("CERTIFICATE REQUEST", &unused_bits),
+            CsrError::Malformed,
+        ),
         ("empty", vec![], CsrError::NotPem),
         (
             "garbage",
@@ -201,4 +228,41 @@ fn error_messages_name_the_fix() {
     })
     .contains("16384"));
     assert!(CaError::ExpiryTooShort.to_string().contains("1h"));
+}
+
+/// Mutated CSRs (bit flips, truncations, random bodies) must be rejected with
+/// an error, never accepted and never panic.
+#[test]
+fn mutated_csrs_are_rejected_without_panicking() {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let rng = SystemRandom::new();
+    let root = RootCa::create().unwrap();
+    let seeds = [
+        pem_to_der(&generate_node_key_and_csr().1),
+        pem_to_der(&fixture("csr-rsa2048.pem")),
+        pem_to_der(&fixture("csr-p384.pem")),
+    ];
+    let mut r = [0u8; 8];
+    for i in 0..3000 {
+        let mut der = seeds[i % seeds.len()].clone();
+        rng.fill(&mut r).unwrap();
+        let pos = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize % der.len();
+        match r[4] % 4 {
+            0 => der[pos] ^= 1 << (r[5] % 8),
+            1 => der[pos] = r[5],
+            2 => der.truncate(pos),
+            _ => {
+                der = vec![0u8; pos % 512];
+                rng.fill(&mut der).unwrap();
+            }
+        }
+        if seeds.contains(&der) {
+            continue; // e.g. a byte overwritten with its own value
+        }
+        let result = submit(&root, &pem("CERTIFICATE REQUEST", &der));
+        assert!(
+            matches!(result, Err(CaError::InvalidCsr(_))),
+            "mutation accepted or wrong error: {result:?} for {der:02x?}"
+        );
+    }
 }
