@@ -187,6 +187,8 @@ impl RootCa {
     }
 
     /// The exact PEM bytes served to joining nodes and hashed into tokens.
+    /// For created roots this ends with a newline; imported roots are kept
+    /// byte for byte as given, so existing tokens keep matching.
     pub fn cert_pem(&self) -> &[u8] {
         &self.cert_pem
     }
