@@ -141,8 +141,7 @@ impl Control {
         let cluster_id = swarmguard_ca::new_id();
         let node_id = swarmguard_ca::new_id();
         let expiry = Duration::from_nanos(spec.ca_config.node_cert_expiry as u64);
-        let (node_key, csr) = swarmguard_ca::generate_node_key_and_csr()
-            .map_err(|e| ControlError::internal("cannot create this manager's key", e))?;
+        let (node_key, csr) = swarmguard_ca::generate_node_key_and_csr();
         let issued = ca
             .issue_node_certificate(&csr, &node_id, NodeRole::Manager, &cluster_id, expiry)
             .map_err(|e| ControlError::internal("cannot issue this manager's certificate", e))?;
@@ -191,7 +190,7 @@ impl Control {
             certificate: CertificateRecord {
                 state: "issued".into(),
                 cert_pem: String::from_utf8_lossy(&issued.cert_pem).into_owned(),
-                not_after: issued.not_after_unix,
+                not_after: unix_seconds(issued.not_after),
             },
         };
 
@@ -572,8 +571,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_seconds(SystemTime::now())
+}
+
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
@@ -637,9 +639,9 @@ mod tests {
         store.shutdown().await.unwrap();
         drop(control);
 
-        let dek = swarmguard_secrets::load_or_create_dek(&dir.path().join("keys/dek"))
+        let dek = swarmguard_secrets::keyfile::load_dek(&dir.path().join("keys/dek"))
             .unwrap()
-            .expose_for_test()
+            .expose_bytes()
             .to_vec();
         let encodings = |bytes: &[u8], secret: std::ops::Range<usize>| -> Vec<Vec<u8>> {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
