@@ -1,6 +1,9 @@
 //! swarmguard: a hardened security plane for Docker Swarm clusters.
 #![forbid(unsafe_code)]
 
+#[allow(dead_code)]
+mod store;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
