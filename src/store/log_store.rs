@@ -11,7 +11,7 @@
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -29,9 +29,6 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AAD_NODE_ID: &str = "meta/node_id";
 
-/// Compact the redb file after this many log entries were purged since the last compaction.
-const COMPACT_AFTER_PURGED: u64 = 2000;
-
 type LogEntry = Entry<TypeConfig>;
 
 /// The Raft log store. Cheap to clone; clones share the database (the log reader is a clone).
@@ -45,6 +42,9 @@ pub(crate) struct Inner {
     dek: Arc<DataKey>,
     path: PathBuf,
     cache: Mutex<Cache>,
+    /// Compact the redb file after this many log entries were purged since the last compaction.
+    compact_after_purged: u64,
+    compactions: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
     /// Must stay the last field (see [`CloseGuard`]).
     _guard: CloseGuard,
@@ -61,7 +61,11 @@ struct Cache {
 impl LogStore {
     /// Opens or creates the log database and verifies every record in it.
     /// Returns the store and this node's Raft ID (generated on first start).
-    pub(crate) fn open(path: &Path, dek: Arc<DataKey>) -> Result<(LogStore, u64), StoreError> {
+    pub(crate) fn open(
+        path: &Path,
+        dek: Arc<DataKey>,
+        compact_after_purged: u64,
+    ) -> Result<(LogStore, u64), StoreError> {
         let what = || format!("{}", path.display());
         let db = Database::create(path).map_err(|e| StoreError::db(what(), e))?;
         let mut node_id = None;
@@ -132,12 +136,19 @@ impl LogStore {
                     dek,
                     path: path.to_path_buf(),
                     cache: Mutex::new(cache),
+                    compact_after_purged,
+                    compactions: Arc::new(AtomicU64::new(0)),
                     closed,
                     _guard: guard,
                 }),
             },
             node_id,
         ))
+    }
+
+    /// Counts compactions of the log database since open.
+    pub(crate) fn compaction_counter(&self) -> Arc<AtomicU64> {
+        self.inner.compactions.clone()
     }
 
     /// Becomes true once the database file is closed.
@@ -212,7 +223,7 @@ impl Inner {
     fn maybe_compact(&self) {
         let due = {
             let c = self.cache();
-            c.purged_since_compact >= COMPACT_AFTER_PURGED
+            c.purged_since_compact >= self.compact_after_purged
         };
         if !due {
             return;
@@ -222,6 +233,7 @@ impl Inner {
             Ok(_) => {
                 tracing::debug!(path = %self.path.display(), "compacted raft log database");
                 self.cache().purged_since_compact = 0;
+                self.compactions.fetch_add(1, Ordering::Relaxed);
             }
             // Compaction is an optimisation; a failure (e.g. a live read transaction) is retried
             // after the next purge.
@@ -323,7 +335,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match res {
             Ok(()) => {
                 self.inner.cache().last_log = Some(last);
-                // Only now, after the fsync'd commit, tell openraft the entries are durable.
+                // Only now, after the fsync'd commit, tell openraft the entries are durable: the
+                // leader counts its own log as replicated (and may commit) on this callback.
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }

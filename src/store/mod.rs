@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ pub struct StoreOptions {
     pub keep_logs_after_snapshot: u64,
     /// How long [`Store::open`] waits for this node to become leader.
     pub leader_timeout: Duration,
+    /// Compact the raft log file after this many entries were purged since the last compaction.
+    pub compact_log_after_purged: u64,
 }
 
 impl Default for StoreOptions {
@@ -66,6 +68,7 @@ impl Default for StoreOptions {
             snapshot_every: 1000,
             keep_logs_after_snapshot: 200,
             leader_timeout: Duration::from_secs(15),
+            compact_log_after_purged: 2000,
         }
     }
 }
@@ -84,6 +87,8 @@ struct Inner {
     log_closed: Arc<AtomicBool>,
     /// Set when the state database file is closed.
     sm_closed: Arc<AtomicBool>,
+    /// Compactions of the raft log file since open.
+    log_compactions: Arc<AtomicU64>,
 }
 
 /// Put it as the LAST field of a struct owning a `redb::Database`: fields drop in declaration
@@ -124,6 +129,7 @@ impl Store {
         let key_path = data_dir.join("keys").join("dek");
         let (dek, log, sm, shared) = {
             let store_dir = store_dir.clone();
+            let opts = opts.clone();
             spawn_io(move || {
                 let dek = Arc::new(swarmguard_secrets::keyfile::load_or_create_dek(&key_path)?);
                 let (tx, _) = broadcast::channel(1024);
@@ -131,7 +137,11 @@ impl Store {
                     map: RwLock::new(BTreeMap::new()),
                     tx,
                 });
-                let log = LogStore::open(&store_dir.join("raft-log.redb"), dek.clone())?;
+                let log = LogStore::open(
+                    &store_dir.join("raft-log.redb"),
+                    dek.clone(),
+                    opts.compact_log_after_purged,
+                )?;
                 let sm =
                     StateMachine::open(&store_dir.join("state.redb"), dek.clone(), shared.clone())?;
                 Ok((dek, log, sm, shared))
@@ -141,6 +151,7 @@ impl Store {
         drop(dek);
         let (log, node_id) = log;
         let log_closed = log.closed_flag();
+        let log_compactions = log.compaction_counter();
         let sm_closed = sm.closed_flag();
 
         let config = Config {
@@ -191,6 +202,7 @@ impl Store {
                 node_id,
                 log_closed,
                 sm_closed,
+                log_compactions,
             }),
         })
     }
@@ -329,9 +341,22 @@ fn validate(txn: &Txn) -> Result<(), StoreError> {
 pub(crate) async fn spawn_io<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Raft(format!("storage task failed: {e}")))?
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "storage task panicked");
+            Err(StoreError::Raft(format!(
+                "storage engine panicked ({msg}); the store files may be damaged, restore them from a backup"
+            )))
+        }
+        Err(e) => Err(StoreError::Raft(format!("storage task failed: {e}"))),
+    }
 }
 
 // A panic while holding one of these locks cannot leave the data half-updated in a way the

@@ -105,7 +105,7 @@ impl StateMachine {
         shared: Arc<Shared>,
     ) -> Result<StateMachine, StoreError> {
         let w = || what(path);
-        let db = Database::create(path).map_err(|e| StoreError::db(w(), e))?;
+        let mut db = Database::create(path).map_err(|e| StoreError::db(w(), e))?;
         let mut meta = AppliedMeta::default();
         let mut map = BTreeMap::new();
         {
@@ -142,6 +142,10 @@ impl StateMachine {
                 }
             }
             tx.commit().map_err(|e| StoreError::db(w(), e))?;
+        }
+        // The state is small; compacting it once per start keeps the file from only ever growing.
+        if let Err(e) = db.compact() {
+            tracing::warn!(path = %path.display(), error = %e, "state database compaction skipped");
         }
         *lock_write(&shared.map) = map;
         let (guard, closed) = CloseGuard::new();
