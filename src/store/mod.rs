@@ -1,0 +1,369 @@
+//! The cluster store: the only place cluster state lives.
+//!
+//! A Raft-replicated key/value store (openraft 0.9) with its log and state machine in redb files
+//! under `<data_dir>/store/`, every record sealed with the data encryption key
+//! `<data_dir>/keys/dek`. Today it runs one voter; node IDs, `BasicNode` addresses and the
+//! network factory are in place for 3–5 managers (see [`network`]).
+//!
+//! Durability: [`Store::apply`] returns only after the entry was appended and fsync'd to the log,
+//! committed, applied to the state machine and that write fsync'd too.
+
+mod error;
+mod log_store;
+mod network;
+mod sealed;
+mod state_machine;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use tokio::sync::broadcast;
+
+pub use error::StoreError;
+// The public API for the rest of the binary; not every item is used there yet.
+#[allow(unused_imports)]
+pub use types::{Applied, Check, Op, Txn, TxnOutcome, Versioned};
+
+use log_store::LogStore;
+use state_machine::{Shared, StateMachine};
+use types::TypeConfig;
+
+/// Largest value accepted for one key.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Largest transaction accepted (sum of keys and values of checks and ops).
+pub const MAX_TXN_BYTES: usize = 4 << 20;
+/// Longest key accepted.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Tunables. [`Store::open`] uses [`StoreOptions::default`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Address other managers will use to reach this one (recorded in the membership).
+    pub advertise_addr: String,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot (for followers that lag a little).
+    pub keep_logs_after_snapshot: u64,
+    /// How long [`Store::open`] waits for this node to become leader.
+    pub leader_timeout: Duration,
+    /// Compact the raft log file after this many entries were purged since the last compaction.
+    pub compact_log_after_purged: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            advertise_addr: "127.0.0.1:4242".to_owned(),
+            snapshot_every: 1000,
+            keep_logs_after_snapshot: 200,
+            leader_timeout: Duration::from_secs(15),
+            compact_log_after_purged: 2000,
+        }
+    }
+}
+
+/// Handle to the cluster store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft<TypeConfig>,
+    shared: Arc<Shared>,
+    node_id: u64,
+    /// Set when the log database file is closed.
+    log_closed: Arc<AtomicBool>,
+    /// Set when the state database file is closed.
+    sm_closed: Arc<AtomicBool>,
+    /// Compactions of the raft log file since open.
+    log_compactions: Arc<AtomicU64>,
+}
+
+/// Put it as the LAST field of a struct owning a `redb::Database`: fields drop in declaration
+/// order, so the flag is set only after the database (and its file lock) is gone.
+pub(crate) struct CloseGuard(Arc<AtomicBool>);
+
+impl CloseGuard {
+    pub(crate) fn new() -> (CloseGuard, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (CloseGuard(flag.clone()), flag)
+    }
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Store {
+    /// Opens or creates `<data_dir>/store/` (redb files) and `<data_dir>/keys/dek` (0600), starts a
+    /// single-voter openraft node, initializes membership on first start, waits until it is leader.
+    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(data_dir, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with explicit options.
+    pub async fn open_with(data_dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        let store_dir = data_dir.join("store");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&store_dir)
+            .map_err(|source| StoreError::Io {
+                path: store_dir.clone(),
+                source,
+            })?;
+        let key_path = data_dir.join("keys").join("dek");
+        let (dek, log, sm, shared) = {
+            let store_dir = store_dir.clone();
+            let opts = opts.clone();
+            spawn_io(move || {
+                let dek = Arc::new(swarmguard_secrets::keyfile::load_or_create_dek(&key_path)?);
+                let (tx, _) = broadcast::channel(1024);
+                let shared = Arc::new(Shared {
+                    map: RwLock::new(BTreeMap::new()),
+                    tx,
+                });
+                let log = LogStore::open(
+                    &store_dir.join("raft-log.redb"),
+                    dek.clone(),
+                    opts.compact_log_after_purged,
+                )?;
+                let sm =
+                    StateMachine::open(&store_dir.join("state.redb"), dek.clone(), shared.clone())?;
+                Ok((dek, log, sm, shared))
+            })
+            .await?
+        };
+        drop(dek);
+        let (log, node_id) = log;
+        let log_closed = log.closed_flag();
+        let log_compactions = log.compaction_counter();
+        let sm_closed = sm.closed_flag();
+
+        let config = Config {
+            cluster_name: "swarmguard".to_owned(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            max_in_snapshot_log_to_keep: opts.keep_logs_after_snapshot,
+            purge_batch_size: 64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Raft(format!("invalid raft config: {e}")))?;
+
+        let raft = Raft::new(node_id, Arc::new(config), network::NoPeers, log, sm)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !initialized {
+            let mut members = BTreeMap::new();
+            members.insert(node_id, BasicNode::new(&opts.advertise_addr));
+            raft.initialize(members)
+                .await
+                .map_err(|e| StoreError::Raft(format!("initializing membership: {e}")))?;
+            tracing::info!(node_id, "initialized single-manager raft cluster");
+        }
+
+        raft.wait(Some(opts.leader_timeout))
+            .metrics(
+                |m| m.current_leader == Some(node_id) && m.state.is_leader(),
+                "this node becomes leader",
+            )
+            .await
+            .map_err(|e| StoreError::Timeout {
+                what: format!("leadership: {e}"),
+            })?;
+        tracing::info!(node_id, "cluster store open, this node is leader");
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                raft,
+                shared,
+                node_id,
+                log_closed,
+                sm_closed,
+                log_compactions,
+            }),
+        })
+    }
+
+    /// This manager's Raft node ID.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// Applies a transaction through Raft; returns only after it is committed, applied AND durable
+    /// (fsync'd). All checks pass or nothing is written.
+    pub async fn apply(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        validate(&txn)?;
+        match self.inner.raft.client_write(txn).await {
+            Ok(resp) => resp.data.outcome.ok_or_else(|| {
+                StoreError::Raft("state machine returned no outcome for a transaction".into())
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(StoreError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(StoreError::Raft(e.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(StoreError::Raft(f.to_string())),
+        }
+    }
+
+    /// Local read of the applied state.
+    pub fn get(&self, key: &str) -> Option<Versioned> {
+        lock_read(&self.inner.shared.map).get(key).cloned()
+    }
+
+    /// All keys starting with `prefix`, sorted by key.
+    pub fn list(&self, prefix: &str) -> Vec<(String, Versioned)> {
+        lock_read(&self.inner.shared.map)
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// `(index, changed keys)` after each applied transaction.
+    pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
+        self.inner.shared.tx.subscribe()
+    }
+
+    /// Clean stop (for SIGTERM): stops Raft and waits until both database files are closed.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| StoreError::Raft(format!("shutdown: {e}")))?;
+        // The state machine worker and a snapshot task may outlive the core briefly; wait for
+        // them to drop their database handles so the files are closed when we return.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(self.inner.log_closed.load(Ordering::Acquire)
+            && self.inner.sm_closed.load(Ordering::Acquire))
+        {
+            if Instant::now() > deadline {
+                return Err(StoreError::Timeout {
+                    what: "store files to close after shutdown".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!("cluster store shut down");
+        Ok(())
+    }
+
+    /// Asks Raft to build a snapshot now (normally driven by [`StoreOptions::snapshot_every`]).
+    pub async fn trigger_snapshot(&self) -> Result<(), StoreError> {
+        self.inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), StoreError> {
+    let bad = |reason| {
+        Err(StoreError::InvalidKey {
+            key: key.chars().take(64).collect(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return bad("empty key");
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return bad("longer than 1024 bytes");
+    }
+    if key.chars().any(|c| c.is_control()) {
+        return bad("contains control characters");
+    }
+    Ok(())
+}
+
+fn validate(txn: &Txn) -> Result<(), StoreError> {
+    let mut size = 0usize;
+    for c in &txn.checks {
+        validate_key(c.key())?;
+        size += c.key().len() + 8;
+    }
+    for op in &txn.ops {
+        validate_key(op.key())?;
+        size += op.key().len();
+        if let Op::Put { key, value } = op {
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(StoreError::ValueTooLarge {
+                    key: key.clone(),
+                    size: value.len(),
+                    max: MAX_VALUE_BYTES,
+                });
+            }
+            size += value.len();
+        }
+    }
+    if size > MAX_TXN_BYTES {
+        return Err(StoreError::TxnTooLarge {
+            size,
+            max: MAX_TXN_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Runs blocking storage work (redb commits fsync) off the async worker threads.
+pub(crate) async fn spawn_io<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "storage task panicked");
+            Err(StoreError::Raft(format!(
+                "storage engine panicked ({msg}); the store files may be damaged, restore them from a backup"
+            )))
+        }
+        Err(e) => Err(StoreError::Raft(format!("storage task failed: {e}"))),
+    }
+}
+
+// A panic while holding one of these locks cannot leave the data half-updated in a way the
+// next reader could misread (writers replace whole entries), so poisoning is ignored.
+pub(crate) fn lock_read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+pub(crate) fn lock_write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}

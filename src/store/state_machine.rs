@@ -1,0 +1,624 @@
+//! The state machine, in `<data_dir>/store/state.redb`, mirrored in memory for reads.
+//!
+//! Tables:
+//! - `kv`: key → `version ‖ created ‖ value`, sealed with AAD `sm/<key>`. Keys stay in clear: they
+//!   are object names such as `node/<id>` and carry no secret material.
+//! - `sm_meta`: `"applied"` → last applied log id and membership (AAD `sm-meta/applied`).
+//! - `snapshot`: snapshot id → `meta_len (u32 LE) ‖ meta JSON ‖ data`, sealed with AAD
+//!   `snapshot/<id>`; at most one row.
+//!
+//! Each `apply` batch is one redb write transaction with `Durability::Immediate`, holding the data
+//! and the new last-applied id, so the state machine on disk is always a prefix of the log.
+//!
+//! Snapshot data handed to openraft (and, later, sent to other managers over mTLS) is plaintext;
+//! each manager seals it at rest with its own DEK.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, StorageError, StorageIOError,
+    StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use swarmguard_secrets::DataKey;
+use tokio::sync::broadcast;
+use zeroize::Zeroizing;
+
+use super::error::StoreError;
+use super::sealed::{self, aad_sm, aad_snapshot, AAD_APPLIED};
+use super::types::{b64, Applied, Check, Op, Response, TxnOutcome, TypeConfig, Versioned};
+use super::{lock_read, lock_write, spawn_io, CloseGuard};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAP: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+/// Format version of snapshot data.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct AppliedMeta {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+}
+
+/// State shared between the state machine and [`super::Store`] readers.
+pub(crate) struct Shared {
+    pub(crate) map: RwLock<BTreeMap<String, Versioned>>,
+    pub(crate) tx: broadcast::Sender<Applied>,
+}
+
+/// The state database and its close flag.
+pub(crate) struct SmDb {
+    db: Database,
+    closed: Arc<AtomicBool>,
+    /// Must stay the last field (see [`CloseGuard`]).
+    _guard: CloseGuard,
+}
+
+impl std::ops::Deref for SmDb {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+pub(crate) struct StateMachine {
+    db: Arc<SmDb>,
+    path: PathBuf,
+    dek: Arc<DataKey>,
+    shared: Arc<Shared>,
+    meta: AppliedMeta,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    format: u32,
+    entries: Vec<SnapshotEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotEntry {
+    key: String,
+    version: u64,
+    created: u64,
+    #[serde(with = "b64")]
+    value: Vec<u8>,
+}
+
+fn what(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl StateMachine {
+    /// Opens or creates the state database, decrypting and verifying every record.
+    pub(crate) fn open(
+        path: &Path,
+        dek: Arc<DataKey>,
+        shared: Arc<Shared>,
+    ) -> Result<StateMachine, StoreError> {
+        let w = || what(path);
+        let mut db = Database::create(path).map_err(|e| StoreError::db(w(), e))?;
+        let mut meta = AppliedMeta::default();
+        let mut map = BTreeMap::new();
+        {
+            let mut tx = db.begin_write().map_err(|e| StoreError::db(w(), e))?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| StoreError::db(w(), e))?;
+            {
+                let kv = tx.open_table(KV).map_err(|e| StoreError::db(w(), e))?;
+                let m = tx.open_table(META).map_err(|e| StoreError::db(w(), e))?;
+                let snap = tx.open_table(SNAP).map_err(|e| StoreError::db(w(), e))?;
+                if let Some(v) = m.get("applied").map_err(|e| StoreError::db(w(), e))? {
+                    meta = sealed::open_json(&dek, AAD_APPLIED, v.value())?;
+                }
+                for row in kv.iter().map_err(|e| StoreError::db(w(), e))? {
+                    let (k, v) = row.map_err(|e| StoreError::db(w(), e))?;
+                    let key = k.value().to_owned();
+                    let aad = aad_sm(&key);
+                    let plain = sealed::open(&dek, &aad, v.value())?;
+                    let (version, created, value) = sealed::decode_value(&aad, &plain)?;
+                    map.insert(
+                        key,
+                        Versioned {
+                            version,
+                            created,
+                            value,
+                        },
+                    );
+                }
+                // Verify the stored snapshot too, so damage is found now rather than when a
+                // follower needs it.
+                for row in snap.iter().map_err(|e| StoreError::db(w(), e))? {
+                    let (k, v) = row.map_err(|e| StoreError::db(w(), e))?;
+                    open_snapshot_record(&dek, k.value(), v.value())?;
+                }
+            }
+            tx.commit().map_err(|e| StoreError::db(w(), e))?;
+        }
+        // The state is small; compacting it once per start keeps the file from only ever growing.
+        if let Err(e) = db.compact() {
+            tracing::warn!(path = %path.display(), error = %e, "state database compaction skipped");
+        }
+        *lock_write(&shared.map) = map;
+        let (guard, closed) = CloseGuard::new();
+        Ok(StateMachine {
+            db: Arc::new(SmDb {
+                db,
+                closed,
+                _guard: guard,
+            }),
+            path: path.to_path_buf(),
+            dek,
+            shared,
+            meta,
+        })
+    }
+
+    /// Becomes true once the database file is closed.
+    pub(crate) fn closed_flag(&self) -> Arc<AtomicBool> {
+        self.db.closed.clone()
+    }
+}
+
+fn open_snapshot_record(
+    dek: &DataKey,
+    id: &str,
+    sealed_rec: &[u8],
+) -> Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), StoreError> {
+    let aad = aad_snapshot(id);
+    let plain = sealed::open(dek, &aad, sealed_rec)?;
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        record: aad.clone(),
+        reason: reason.to_owned(),
+    };
+    if plain.len() < 4 {
+        return Err(corrupt("too short"));
+    }
+    let (len_bytes, rest) = plain.split_at(4);
+    let mut lb = [0u8; 4];
+    lb.copy_from_slice(len_bytes);
+    let meta_len = u32::from_le_bytes(lb) as usize;
+    if meta_len > rest.len() {
+        return Err(corrupt("metadata length exceeds record"));
+    }
+    let (meta_json, data) = rest.split_at(meta_len);
+    let meta: SnapshotMeta<u64, BasicNode> =
+        serde_json::from_slice(meta_json).map_err(|e| corrupt(&e.to_string()))?;
+    if meta.snapshot_id != id {
+        return Err(corrupt("snapshot id mismatch"));
+    }
+    Ok((meta, data.to_vec()))
+}
+
+fn seal_snapshot_record(
+    dek: &DataKey,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    data: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let meta_json = serde_json::to_vec(meta).map_err(|e| StoreError::Encode {
+        what: "snapshot meta".into(),
+        reason: e.to_string(),
+    })?;
+    let meta_len = u32::try_from(meta_json.len()).map_err(|_| StoreError::Encode {
+        what: "snapshot meta".into(),
+        reason: "too large".into(),
+    })?;
+    let mut plain = Zeroizing::new(Vec::with_capacity(4 + meta_json.len() + data.len()));
+    plain.extend_from_slice(&meta_len.to_le_bytes());
+    plain.extend_from_slice(&meta_json);
+    plain.extend_from_slice(data);
+    sealed::seal(dek, &aad_snapshot(&meta.snapshot_id), &plain)
+}
+
+/// Replaces the stored snapshot (at most one is kept).
+fn store_snapshot(
+    tx: &redb::WriteTransaction,
+    path: &Path,
+    dek: &DataKey,
+    meta: &SnapshotMeta<u64, BasicNode>,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    let rec = seal_snapshot_record(dek, meta, data)?;
+    let mut snap = tx
+        .open_table(SNAP)
+        .map_err(|e| StoreError::db(what(path), e))?;
+    snap.retain(|_, _| false)
+        .map_err(|e| StoreError::db(what(path), e))?;
+    snap.insert(meta.snapshot_id.as_str(), rec.as_slice())
+        .map_err(|e| StoreError::db(what(path), e))?;
+    Ok(())
+}
+
+fn write_tx(db: &Database, path: &Path) -> Result<redb::WriteTransaction, StoreError> {
+    let mut tx = db
+        .begin_write()
+        .map_err(|e| StoreError::db(what(path), e))?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::db(what(path), e))?;
+    Ok(tx)
+}
+
+/// Result of applying one batch, computed in the blocking task.
+struct BatchResult {
+    responses: Vec<Response>,
+    meta: AppliedMeta,
+    overlay: BTreeMap<String, Option<Versioned>>,
+    notices: Vec<Applied>,
+}
+
+fn apply_batch(
+    db: &Database,
+    path: &Path,
+    dek: &DataKey,
+    shared: &Shared,
+    mut meta: AppliedMeta,
+    entries: Vec<Entry<TypeConfig>>,
+) -> Result<BatchResult, StoreError> {
+    let tx = write_tx(db, path)?;
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut overlay: BTreeMap<String, Option<Versioned>> = BTreeMap::new();
+    let mut notices = Vec::new();
+    {
+        let mut kv = tx
+            .open_table(KV)
+            .map_err(|e| StoreError::db(what(path), e))?;
+        let map = lock_read(&shared.map);
+        let current =
+            |overlay: &BTreeMap<String, Option<Versioned>>, key: &str| -> Option<Versioned> {
+                match overlay.get(key) {
+                    Some(v) => v.clone(),
+                    None => map.get(key).cloned(),
+                }
+            };
+        for entry in entries {
+            let index = entry.log_id.index;
+            meta.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(Response { outcome: None }),
+                EntryPayload::Membership(m) => {
+                    meta.membership = StoredMembership::new(Some(entry.log_id), m);
+                    responses.push(Response { outcome: None });
+                }
+                EntryPayload::Normal(txn) => {
+                    let failed = txn.checks.iter().find(|c| {
+                        let cur = current(&overlay, c.key());
+                        match c {
+                            Check::Version { version, .. } => {
+                                cur.map(|v| v.version) != Some(*version)
+                            }
+                            Check::Absent { .. } => cur.is_some(),
+                            Check::Present { .. } => cur.is_none(),
+                        }
+                    });
+                    if let Some(c) = failed {
+                        responses.push(Response {
+                            outcome: Some(TxnOutcome::Conflict {
+                                key: c.key().to_owned(),
+                            }),
+                        });
+                        continue;
+                    }
+                    let mut keys = BTreeSet::new();
+                    for op in txn.ops {
+                        match op {
+                            Op::Put { key, value } => {
+                                let created =
+                                    current(&overlay, &key).map(|v| v.created).unwrap_or(index);
+                                let aad = aad_sm(&key);
+                                let rec = sealed::seal(
+                                    dek,
+                                    &aad,
+                                    &sealed::encode_value(index, created, &value),
+                                )?;
+                                kv.insert(key.as_str(), rec.as_slice())
+                                    .map_err(|e| StoreError::db(what(path), e))?;
+                                keys.insert(key.clone());
+                                overlay.insert(
+                                    key,
+                                    Some(Versioned {
+                                        version: index,
+                                        created,
+                                        value,
+                                    }),
+                                );
+                            }
+                            Op::Delete { key } => {
+                                kv.remove(key.as_str())
+                                    .map_err(|e| StoreError::db(what(path), e))?;
+                                keys.insert(key.clone());
+                                overlay.insert(key, None);
+                            }
+                        }
+                    }
+                    responses.push(Response {
+                        outcome: Some(TxnOutcome::Committed { index }),
+                    });
+                    notices.push(Applied {
+                        index,
+                        keys: keys.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        let rec = sealed::seal_json(dek, AAD_APPLIED, &meta)?;
+        let mut m = tx
+            .open_table(META)
+            .map_err(|e| StoreError::db(what(path), e))?;
+        m.insert("applied", rec.as_slice())
+            .map_err(|e| StoreError::db(what(path), e))?;
+    }
+    tx.commit().map_err(|e| StoreError::db(what(path), e))?;
+    Ok(BatchResult {
+        responses,
+        meta,
+        overlay,
+        notices,
+    })
+}
+
+fn sm_err(e: StoreError) -> StorageError<u64> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        Ok((self.meta.last_applied, self.meta.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (db, path, dek, shared, meta) = (
+            self.db.clone(),
+            self.path.clone(),
+            self.dek.clone(),
+            self.shared.clone(),
+            self.meta.clone(),
+        );
+        let res = spawn_io(move || apply_batch(&db, &path, &dek, &shared, meta, entries))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "applying to the state machine failed");
+                sm_err(e)
+            })?;
+        self.meta = res.meta;
+        {
+            let mut map = lock_write(&self.shared.map);
+            for (k, v) in res.overlay {
+                match v {
+                    Some(v) => map.insert(k, v),
+                    None => map.remove(&k),
+                };
+            }
+        }
+        for n in res.notices {
+            // No subscribers is fine.
+            let _ = self.shared.tx.send(n);
+        }
+        Ok(res.responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let entries = lock_read(&self.shared.map)
+            .iter()
+            .map(|(k, v)| SnapshotEntry {
+                key: k.clone(),
+                version: v.version,
+                created: v.created,
+                value: v.value.clone(),
+            })
+            .collect();
+        SnapshotBuilder {
+            db: self.db.clone(),
+            path: self.path.clone(),
+            dek: self.dek.clone(),
+            meta: self.meta.clone(),
+            entries: Some(entries),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
+        let read_err = |reason: String| {
+            let e = StoreError::Corrupt {
+                record: aad_snapshot(&meta.snapshot_id),
+                reason,
+            };
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        };
+        let parsed: SnapshotData =
+            serde_json::from_slice(&data).map_err(|e| read_err(e.to_string()))?;
+        if parsed.format != SNAPSHOT_FORMAT {
+            return Err(read_err(format!(
+                "unknown snapshot format {}",
+                parsed.format
+            )));
+        }
+        let new_meta = AppliedMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let (db, path, dek, m2, nm) = (
+            self.db.clone(),
+            self.path.clone(),
+            self.dek.clone(),
+            meta.clone(),
+            new_meta.clone(),
+        );
+        let map = spawn_io(move || {
+            let tx = write_tx(&db, &path)?;
+            let mut map = BTreeMap::new();
+            {
+                let mut kv = tx
+                    .open_table(KV)
+                    .map_err(|e| StoreError::db(what(&path), e))?;
+                kv.retain(|_, _| false)
+                    .map_err(|e| StoreError::db(what(&path), e))?;
+                for e in parsed.entries {
+                    let rec = sealed::seal(
+                        &dek,
+                        &aad_sm(&e.key),
+                        &sealed::encode_value(e.version, e.created, &e.value),
+                    )?;
+                    kv.insert(e.key.as_str(), rec.as_slice())
+                        .map_err(|er| StoreError::db(what(&path), er))?;
+                    map.insert(
+                        e.key,
+                        Versioned {
+                            version: e.version,
+                            created: e.created,
+                            value: e.value,
+                        },
+                    );
+                }
+                let rec = sealed::seal_json(&dek, AAD_APPLIED, &nm)?;
+                let mut mt = tx
+                    .open_table(META)
+                    .map_err(|e| StoreError::db(what(&path), e))?;
+                mt.insert("applied", rec.as_slice())
+                    .map_err(|e| StoreError::db(what(&path), e))?;
+            }
+            store_snapshot(&tx, &path, &dek, &m2, &data)?;
+            tx.commit().map_err(|e| StoreError::db(what(&path), e))?;
+            Ok(map)
+        })
+        .await
+        .map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e))
+        })?;
+        self.meta = new_meta;
+        let keys: Vec<String> = {
+            let mut guard = lock_write(&self.shared.map);
+            let mut keys: BTreeSet<String> = guard.keys().cloned().collect();
+            keys.extend(map.keys().cloned());
+            *guard = map;
+            keys.into_iter().collect()
+        };
+        let _ = self.shared.tx.send(Applied {
+            index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            keys,
+        });
+        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let (db, path, dek) = (self.db.clone(), self.path.clone(), self.dek.clone());
+        let found = spawn_io(move || {
+            let tx = db
+                .begin_read()
+                .map_err(|e| StoreError::db(what(&path), e))?;
+            let snap = tx
+                .open_table(SNAP)
+                .map_err(|e| StoreError::db(what(&path), e))?;
+            let mut iter = snap.iter().map_err(|e| StoreError::db(what(&path), e))?;
+            let found = match iter.next() {
+                None => None,
+                Some(row) => {
+                    let (k, v) = row.map_err(|e| StoreError::db(what(&path), e))?;
+                    Some(open_snapshot_record(&dek, k.value(), v.value())?)
+                }
+            };
+            Ok(found)
+        })
+        .await
+        .map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
+        Ok(found.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken when the builder was created.
+pub(crate) struct SnapshotBuilder {
+    db: Arc<SmDb>,
+    path: PathBuf,
+    dek: Arc<DataKey>,
+    meta: AppliedMeta,
+    entries: Option<Vec<SnapshotEntry>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let entries = self.entries.take().unwrap_or_default();
+        let data = serde_json::to_vec(&SnapshotData {
+            format: SNAPSHOT_FORMAT,
+            entries,
+        })
+        .map_err(|e| {
+            let e = StoreError::Encode {
+                what: "snapshot".into(),
+                reason: e.to_string(),
+            };
+            StorageError::from(StorageIOError::write_snapshot(None, &e))
+        })?;
+        let mut rnd = [0u8; 4];
+        let _ = SystemRandom::new().fill(&mut rnd);
+        let snapshot_id = match self.meta.last_applied {
+            Some(l) => format!(
+                "{}-{}-{:08x}",
+                l.leader_id.term,
+                l.index,
+                u32::from_le_bytes(rnd)
+            ),
+            None => format!("0-0-{:08x}", u32::from_le_bytes(rnd)),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.meta.last_applied,
+            last_membership: self.meta.membership.clone(),
+            snapshot_id,
+        };
+        let (db, path, dek, m2) = (
+            self.db.clone(),
+            self.path.clone(),
+            self.dek.clone(),
+            meta.clone(),
+        );
+        let data = spawn_io(move || {
+            let tx = write_tx(&db, &path)?;
+            store_snapshot(&tx, &path, &dek, &m2, &data)?;
+            tx.commit().map_err(|e| StoreError::db(what(&path), e))?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e))
+        })?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
