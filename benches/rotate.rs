@@ -45,7 +45,11 @@ fn time_cli(docker: &dyn Fn(&[&str]) -> std::process::Output) -> Vec<Duration> {
             let t = Instant::now();
             let out = docker(&["swarm", "join-token", "--rotate", "-q", "worker"]);
             let d = t.elapsed();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(seen.insert(out.stdout), "every rotation yields a new token");
             d
         })
@@ -95,8 +99,18 @@ fn main() {
     println!("| path | peer | n | p50 ms | p90 ms | max ms | dockerd p50 / swarmguard p50 |");
     println!("|---|---|---|---|---|---|---|");
     for (path, n, a, b) in [
-        ("`docker swarm join-token --rotate -q worker` (CLI)", CLI_ROUNDS, &sg_cli, &dk_cli),
-        ("`GET /swarm` + `POST /swarm/update?rotateWorkerToken=true` (API)", API_ROUNDS, &sg_api, &dk_api),
+        (
+            "`docker swarm join-token --rotate -q worker` (CLI)",
+            CLI_ROUNDS,
+            &sg_cli,
+            &dk_cli,
+        ),
+        (
+            "`GET /swarm` + `POST /swarm/update?rotateWorkerToken=true` (API)",
+            API_ROUNDS,
+            &sg_api,
+            &dk_api,
+        ),
     ] {
         println!(
             "| {path} | swarmguard | {n} | {} | {} | {} | {:.2}× |",

@@ -80,7 +80,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         listen_addr: args.listen_addr,
         advertise_addr: args.advertise_addr.clone(),
     };
-    let control = Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.message))?);
+    let control =
+        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.message))?);
     match control.local_node_id() {
         Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
         None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),
@@ -99,7 +100,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                 let listener = bind_unix(&path)?;
                 println!("export DOCKER_HOST=unix://{}", path.display());
                 servers.push(tokio::spawn(async move {
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
                 }));
             }
             Endpoint::Tcp(addr) => {
@@ -109,7 +112,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                 let local = listener.local_addr()?;
                 println!("export DOCKER_HOST=tcp://{local}");
                 servers.push(tokio::spawn(async move {
-                    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
                 }));
             }
         }
@@ -126,7 +131,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     for s in servers {
         s.await??;
     }
-    store.shutdown().await.context("cluster store did not shut down cleanly")?;
+    store
+        .shutdown()
+        .await
+        .context("cluster store did not shut down cleanly")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -137,7 +145,10 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     let meta = fs::metadata(dir)?;
     if meta.permissions().mode() & 0o077 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).with_context(|| {
-            format!("data dir {} is readable by others and cannot be made 0700", dir.display())
+            format!(
+                "data dir {} is readable by others and cannot be made 0700",
+                dir.display()
+            )
         })?;
     }
     Ok(fs::canonicalize(dir)?)
@@ -153,10 +164,14 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
             }
             fs::remove_file(path)?;
         } else {
-            bail!("{} exists and is not a socket: remove it or choose another --engine-api path", path.display());
+            bail!(
+                "{} exists and is not a socket: remove it or choose another --engine-api path",
+                path.display()
+            );
         }
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -167,9 +182,17 @@ mod tests {
 
     #[test]
     fn engine_api_endpoints_are_unix_or_loopback_tcp() {
-        assert!(matches!(parse_endpoint("unix:///run/sg.sock"), Ok(Endpoint::Unix(p)) if p == Path::new("/run/sg.sock")));
-        assert!(matches!(parse_endpoint("tcp://127.0.0.1:2375"), Ok(Endpoint::Tcp(_))));
-        assert!(matches!(parse_endpoint("tcp://[::1]:2375"), Ok(Endpoint::Tcp(_))));
+        assert!(
+            matches!(parse_endpoint("unix:///run/sg.sock"), Ok(Endpoint::Unix(p)) if p == Path::new("/run/sg.sock"))
+        );
+        assert!(matches!(
+            parse_endpoint("tcp://127.0.0.1:2375"),
+            Ok(Endpoint::Tcp(_))
+        ));
+        assert!(matches!(
+            parse_endpoint("tcp://[::1]:2375"),
+            Ok(Endpoint::Tcp(_))
+        ));
         let refused = [
             ("tcp://0.0.0.0:2375", "loopback only"),
             ("tcp://192.0.2.1:2375", "loopback only"),
@@ -178,7 +201,9 @@ mod tests {
             ("http://127.0.0.1:2375", "expected unix:///path.sock"),
         ];
         for (input, want) in refused {
-            let err = parse_endpoint(input).err().unwrap_or_else(|| panic!("{input} accepted"));
+            let err = parse_endpoint(input)
+                .err()
+                .unwrap_or_else(|| panic!("{input} accepted"));
             assert!(format!("{err:#}").contains(want), "{input}: {err:#}");
         }
     }
@@ -190,7 +215,10 @@ mod tests {
         fs::create_dir(&d).unwrap();
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
         prepare_data_dir(&d).unwrap();
-        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]
@@ -205,11 +233,16 @@ mod tests {
         let sock = dir.path().join("live.sock");
         let _live = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let err = tokio_test_bind(&sock).unwrap_err();
-        assert!(format!("{err:#}").contains("in use by another process"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("in use by another process"),
+            "{err:#}"
+        );
     }
 
     fn tokio_test_bind(path: &Path) -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async { bind_unix(path).map(|_| ()) })
     }
 }

@@ -37,7 +37,10 @@ fn assert_token_shape(token: &str) {
     assert_eq!(parts[1], "1");
     assert_eq!(parts[2].len(), 50, "{token}");
     assert_eq!(parts[3].len(), 25, "{token}");
-    let base36 = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    let base36 = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    };
     assert!(base36(parts[2]) && base36(parts[3]), "{token}");
 }
 
@@ -69,7 +72,10 @@ fn docker_cli_swarm_lifecycle() {
     let m = Manager::start(dir.path());
 
     let out = init(&m);
-    assert!(out.starts_with("Swarm initialized: current node ("), "{out}");
+    assert!(
+        out.starts_with("Swarm initialized: current node ("),
+        "{out}"
+    );
     assert!(out.contains(") is now a manager."), "{out}");
     let join_line = out
         .lines()
@@ -91,16 +97,34 @@ fn docker_cli_swarm_lifecycle() {
     assert_eq!(worker.split('-').nth(2).unwrap(), digest);
     assert_eq!(manager.split('-').nth(2).unwrap(), digest);
 
-    assert_eq!(m.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim(), worker);
-    assert_eq!(m.docker_ok(&["swarm", "join-token", "-q", "manager"]).trim(), manager);
+    assert_eq!(
+        m.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim(),
+        worker
+    );
+    assert_eq!(
+        m.docker_ok(&["swarm", "join-token", "-q", "manager"])
+            .trim(),
+        manager
+    );
 
     let rotated = m.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
-    assert!(rotated.contains("Successfully rotated worker join token."), "{rotated}");
+    assert!(
+        rotated.contains("Successfully rotated worker join token."),
+        "{rotated}"
+    );
     let s2 = swarm(&m);
     let worker2 = s2["JoinTokens"]["Worker"].as_str().unwrap();
     assert_ne!(worker2, worker, "worker token must change");
-    assert_eq!(s2["JoinTokens"]["Manager"].as_str().unwrap(), manager, "manager token must not change");
-    assert_eq!(worker2.split('-').nth(2).unwrap(), digest, "same root, same digest");
+    assert_eq!(
+        s2["JoinTokens"]["Manager"].as_str().unwrap(),
+        manager,
+        "manager token must not change"
+    );
+    assert_eq!(
+        worker2.split('-').nth(2).unwrap(),
+        digest,
+        "same root, same digest"
+    );
     assert!(rotated.contains(worker2), "{rotated}");
 
     let info = m.docker_ok(&["info"]);
@@ -126,7 +150,10 @@ fn docker_cli_swarm_lifecycle() {
     let too_short = m.docker(&["swarm", "update", "--cert-expiry", "30m"]);
     assert!(!too_short.status.success());
     let err = String::from_utf8_lossy(&too_short.stderr);
-    assert!(err.contains("minimum certificate expiry time is: 1h0m0s"), "{err}");
+    assert!(
+        err.contains("minimum certificate expiry time is: 1h0m0s"),
+        "{err}"
+    );
 
     // An update carrying the version read before the rotation is stale.
     let old_version = s["Version"]["Index"].as_u64().unwrap();
@@ -137,8 +164,15 @@ fn docker_cli_swarm_lifecycle() {
         Some(&body),
     );
     assert_eq!(r.status, 500);
-    assert_eq!(r.message(), "rpc error: code = Unknown desc = update out of sequence");
-    assert_eq!(swarm(&m)["JoinTokens"], s2["JoinTokens"], "a stale update changes nothing");
+    assert_eq!(
+        r.message(),
+        "rpc error: code = Unknown desc = update out of sequence"
+    );
+    assert_eq!(
+        swarm(&m)["JoinTokens"],
+        s2["JoinTokens"],
+        "a stale update changes nothing"
+    );
 
     let upd = m.docker_ok(&["swarm", "update", "--cert-expiry", "72h"]);
     assert!(upd.contains("Swarm updated."), "{upd}");
@@ -148,16 +182,35 @@ fn docker_cli_swarm_lifecycle() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("This node is already part of a swarm"));
 
-    let insp = m.docker_ok(&["node", "inspect", "self", "--format", "{{.Spec.Role}} {{.ManagerStatus.Leader}}"]);
+    let insp = m.docker_ok(&[
+        "node",
+        "inspect",
+        "self",
+        "--format",
+        "{{.Spec.Role}} {{.ManagerStatus.Leader}}",
+    ]);
     assert_eq!(insp.trim(), "manager true");
     let demote = m.docker(&["node", "demote", &node_id]);
     assert!(!demote.status.success());
-    assert!(String::from_utf8_lossy(&demote.stderr).contains("attempting to demote the last manager of the swarm"));
+    assert!(String::from_utf8_lossy(&demote.stderr)
+        .contains("attempting to demote the last manager of the swarm"));
     let rm = m.docker(&["node", "rm", &node_id]);
     assert!(!rm.status.success());
-    assert!(String::from_utf8_lossy(&rm.stderr).contains("must be demoted to worker before removal"));
-    m.docker_ok(&["node", "update", "--label-add", "zone=a", "--availability", "drain", &node_id]);
-    let n = m.request("GET", &format!("/v1.41/nodes/{node_id}"), None).json();
+    assert!(
+        String::from_utf8_lossy(&rm.stderr).contains("must be demoted to worker before removal")
+    );
+    m.docker_ok(&[
+        "node",
+        "update",
+        "--label-add",
+        "zone=a",
+        "--availability",
+        "drain",
+        &node_id,
+    ]);
+    let n = m
+        .request("GET", &format!("/v1.41/nodes/{node_id}"), None)
+        .json();
     assert_eq!(n["Spec"]["Labels"]["zone"], "a");
     assert_eq!(n["Spec"]["Availability"], "drain");
     let filtered = m.docker_ok(&["node", "ls", "-q", "--filter", "node.label=zone=a"]);
@@ -167,7 +220,9 @@ fn docker_cli_swarm_lifecycle() {
 
     let leave = m.docker(&["swarm", "leave"]);
     assert!(!leave.status.success());
-    assert!(String::from_utf8_lossy(&leave.stderr).contains("Use `--force` to ignore this message."));
+    assert!(
+        String::from_utf8_lossy(&leave.stderr).contains("Use `--force` to ignore this message.")
+    );
     m.docker_ok(&["swarm", "leave", "--force"]);
     assert!(m.docker_ok(&["info"]).contains("Swarm: inactive"));
     let gone = m.docker(&["swarm", "join-token", "worker"]);
@@ -196,15 +251,25 @@ fn certificates_match_swarmkit_profile() {
     let (_, root_block) = parse_x509_pem(root_pem.as_bytes()).unwrap();
     let root = root_block.parse_x509().unwrap();
     // Subject: exactly CN=swarm-ca as a PrintableString, as SwarmKit's DER.
-    assert_eq!(B64.encode(root.subject().as_raw()), "MBMxETAPBgNVBAMTCHN3YXJtLWNh");
+    assert_eq!(
+        B64.encode(root.subject().as_raw()),
+        "MBMxETAPBgNVBAMTCHN3YXJtLWNh"
+    );
     assert_eq!(root.subject(), root.issuer());
-    assert_eq!(s["TLSInfo"]["CertIssuerSubject"], "MBMxETAPBgNVBAMTCHN3YXJtLWNh");
+    assert_eq!(
+        s["TLSInfo"]["CertIssuerSubject"],
+        "MBMxETAPBgNVBAMTCHN3YXJtLWNh"
+    );
     assert_eq!(
         s["TLSInfo"]["CertIssuerPublicKey"].as_str().unwrap(),
         B64.encode(root.public_key().raw)
     );
     assert_eq!(
-        root.public_key().algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()),
+        root.public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok()),
         Some(x509_parser::oid_registry::OID_EC_P256)
     );
     let now = std::time::SystemTime::now()
@@ -213,7 +278,10 @@ fn certificates_match_swarmkit_profile() {
         .as_secs() as i64;
     let nb = root.validity().not_before.timestamp();
     let na = root.validity().not_after.timestamp();
-    assert!(nb <= now - 4 * 60 && nb >= now - 6 * 60 - 60, "root backdated 5 min: {nb} vs {now}");
+    assert!(
+        nb <= now - 4 * 60 && nb >= now - 6 * 60 - 60,
+        "root backdated 5 min: {nb} vs {now}"
+    );
     assert_eq!(nb % 60, 0, "minute-rounded");
     assert_eq!(na - nb, 630_720_000, "20 years");
     let ku = root.key_usage().unwrap().unwrap();
@@ -237,11 +305,19 @@ fn certificates_match_swarmkit_profile() {
     let node_pem = std::fs::read(dir.path().join("certificates/swarm-node.crt")).unwrap();
     let (_, node_block) = parse_x509_pem(&node_pem).unwrap();
     let node = node_block.parse_x509().unwrap();
-    assert!(node.verify_signature(Some(root.public_key())).is_ok(), "chains to the root");
+    assert!(
+        node.verify_signature(Some(root.public_key())).is_ok(),
+        "chains to the root"
+    );
     let attrs: Vec<(String, String)> = node
         .subject()
         .iter_attributes()
-        .map(|a| (a.attr_type().to_id_string(), a.as_str().unwrap().to_string()))
+        .map(|a| {
+            (
+                a.attr_type().to_id_string(),
+                a.as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         attrs,
@@ -264,7 +340,14 @@ fn certificates_match_swarmkit_profile() {
             other => panic!("unexpected SAN {other:?}"),
         })
         .collect();
-    assert_eq!(sans, vec!["swarm-manager".to_string(), node_id.clone(), "swarm-ca".to_string()]);
+    assert_eq!(
+        sans,
+        vec![
+            "swarm-manager".to_string(),
+            node_id.clone(),
+            "swarm-ca".to_string()
+        ]
+    );
     let ku = node.key_usage().unwrap().unwrap();
     assert!(ku.critical && ku.value.digital_signature() && ku.value.key_encipherment());
     assert!(!ku.value.key_cert_sign());
@@ -286,7 +369,10 @@ fn certificates_match_swarmkit_profile() {
     assert_eq!(aki, root_ski);
     let nb = node.validity().not_before.timestamp();
     let na = node.validity().not_after.timestamp();
-    assert!(nb <= now - 59 * 60 && nb >= now - 61 * 60 - 60, "backdated 1 h: {nb} vs {now}");
+    assert!(
+        nb <= now - 59 * 60 && nb >= now - 61 * 60 - 60,
+        "backdated 1 h: {nb} vs {now}"
+    );
     assert_eq!(na - nb, 49 * 3600, "48 h expiry + 1 h backdate");
     assert_eq!(nb % 60, 0);
 
@@ -323,7 +409,11 @@ fn restart_after_sigterm_and_kill9_keeps_the_cluster() {
     assert_ne!(rotated.2, before.2);
     m.kill9();
     m.restart();
-    assert_eq!(snapshot(&m), rotated, "kill -9 + restart keeps every acknowledged write");
+    assert_eq!(
+        snapshot(&m),
+        rotated,
+        "kill -9 + restart keeps every acknowledged write"
+    );
     assert!(m.docker_ok(&["info"]).contains("Is Manager: true"));
 }
 
@@ -345,11 +435,16 @@ fn engine_api_protocol_details() {
 
     let new = m.request("GET", "/v1.50/info", None);
     assert_eq!(new.status, 400);
-    assert_eq!(new.message(), "client version 1.50 is too new. Maximum supported API version is 1.41");
+    assert_eq!(
+        new.message(),
+        "client version 1.50 is too new. Maximum supported API version is 1.41"
+    );
 
     let unknown = m.request("GET", "/v1.41/containers/json", None);
     assert_eq!(unknown.status, 404);
-    assert!(unknown.message().contains("swarmguard does not serve GET /containers/json"));
+    assert!(unknown
+        .message()
+        .contains("swarmguard does not serve GET /containers/json"));
 
     let v = m.docker_ok(&["version", "--format", "{{.Server.APIVersion}}"]);
     assert_eq!(v.trim(), "1.41");
@@ -375,46 +470,256 @@ fn bad_inputs_change_nothing() {
     let ok_q = format!("rotateManagerToken=false&rotateManagerUnlockKey=false&rotateWorkerToken=true&version={version}");
 
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
-        ("POST", "/v1.41/swarm/init".into(), b"{not json".to_vec(), 400, "invalid JSON body"),
-        ("POST", "/v1.41/swarm/init".into(), br#"{"ListenAddr": 5}"#.to_vec(), 400, "invalid JSON body"),
-        ("POST", "/v1.41/swarm/init".into(), big.clone(), 413, "request body is too large"),
-        ("POST", "/v1.41/swarm/init".into(), br#"{"AdvertiseAddr":"127.0.0.1"}"#.to_vec(), 503, "already part of a swarm"),
-        ("POST", upd(&ok_q), b"".to_vec(), 400, "request body is empty"),
-        ("POST", upd(&ok_q), b"[1,2]".to_vec(), 400, "invalid JSON body"),
-        ("POST", upd(&ok_q), br#"{"CAConfig":{"NodeCertExpiry":"48h"}}"#.to_vec(), 400, "invalid JSON body"),
-        ("POST", upd(&ok_q), big.clone(), 413, "request body is too large"),
-        ("POST", upd(&format!("rotateWorkerToken=yes&version={version}")), spec.clone().into_bytes(), 400, "invalid value for rotateWorkerToken: yes"),
-        ("POST", upd("rotateWorkerToken=true&version=abc"), spec.clone().into_bytes(), 400, "invalid swarm version 'abc'"),
-        ("POST", upd("rotateWorkerToken=true"), spec.clone().into_bytes(), 400, "invalid swarm version ''"),
-        ("POST", upd(&format!("rotateWorkerToken=true&version={}", version - 1)), spec.clone().into_bytes(), 500, "update out of sequence"),
-        ("POST", upd(&format!("rotateWorkerToken=true&version={}", version + 100)), spec.clone().into_bytes(), 500, "update out of sequence"),
-        ("POST", upd(&ok_q), spec.replace("\"Name\":\"default\"", "\"Name\":\"other\"").into_bytes(), 400, "swarm spec must be named \"default\""),
-        ("POST", upd(&ok_q), spec.replace("172800000000000", "60000000000").into_bytes(), 400, "minimum certificate expiry time is: 1h0m0s"),
-        ("POST", upd(&ok_q), spec.replace("\"CAConfig\":{", "\"CAConfig\":{\"ForceRotate\":7,").into_bytes(), 501, "root CA rotation is not supported"),
-        ("POST", upd(&ok_q), spec.replace("\"CAConfig\":{", "\"CAConfig\":{\"ExternalCAs\":[{\"Protocol\":\"acme\",\"URL\":\"https://x\"}],").into_bytes(), 400, "invalid protocol: \"acme\""),
-        ("POST", upd(&ok_q), spec.replace("\"AutoLockManagers\":false", "\"AutoLockManagers\":true").into_bytes(), 501, "autolock is not available"),
-        ("POST", upd(&format!("rotateManagerUnlockKey=true&version={version}")), spec.clone().into_bytes(), 400, "autolock is not turned on"),
-        ("GET", "/v1.41/nodes?filters=%7Bbad".into(), vec![], 400, "invalid filter"),
-        ("GET", "/v1.41/nodes?filters=%7B%22colour%22%3A%7B%22red%22%3Atrue%7D%7D".into(), vec![], 400, "Invalid filter 'colour'"),
-        ("GET", "/v1.41/nodes?filters=%7B%22role%22%3A%7B%22boss%22%3Atrue%7D%7D".into(), vec![], 400, "Invalid role filter: 'boss'"),
-        ("GET", "/v1.41/nodes/nosuchnode".into(), vec![], 404, "node nosuchnode not found"),
-        ("POST", format!("/v1.41/nodes/{node_id}/update?version={node_version}"), br#"{"Role":"king","Availability":"active"}"#.to_vec(), 400, "invalid Role: \"king\""),
-        ("POST", format!("/v1.41/nodes/{node_id}/update?version={node_version}"), br#"{"Role":"manager","Availability":"asleep"}"#.to_vec(), 400, "invalid Availability: \"asleep\""),
-        ("POST", format!("/v1.41/nodes/{node_id}/update?version={}", node_version + 5), br#"{"Role":"manager","Availability":"active"}"#.to_vec(), 500, "update out of sequence"),
-        ("POST", format!("/v1.41/nodes/{node_id}/update?version=x"), br#"{"Role":"manager","Availability":"active"}"#.to_vec(), 400, "invalid node version 'x'"),
-        ("POST", format!("/v1.41/nodes/{node_id}/update?version={node_version}"), br#"{"Role":"worker","Availability":"active"}"#.to_vec(), 400, "attempting to demote the last manager"),
-        ("DELETE", format!("/v1.41/nodes/{node_id}?force=true"), vec![], 400, "must be demoted to worker before removal"),
-        ("DELETE", "/v1.41/nodes/nosuchnode".into(), vec![], 404, "node nosuchnode not found"),
-        ("POST", "/v1.41/swarm/unlock".into(), br#"{"UnlockKey":"SWMKEY-1-x"}"#.to_vec(), 409, "swarm is not locked"),
+        (
+            "POST",
+            "/v1.41/swarm/init".into(),
+            b"{not json".to_vec(),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            "/v1.41/swarm/init".into(),
+            br#"{"ListenAddr": 5}"#.to_vec(),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            "/v1.41/swarm/init".into(),
+            big.clone(),
+            413,
+            "request body is too large",
+        ),
+        (
+            "POST",
+            "/v1.41/swarm/init".into(),
+            br#"{"AdvertiseAddr":"127.0.0.1"}"#.to_vec(),
+            503,
+            "already part of a swarm",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            b"".to_vec(),
+            400,
+            "request body is empty",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            b"[1,2]".to_vec(),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            br#"{"CAConfig":{"NodeCertExpiry":"48h"}}"#.to_vec(),
+            400,
+            "invalid JSON body",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            big.clone(),
+            413,
+            "request body is too large",
+        ),
+        (
+            "POST",
+            upd(&format!("rotateWorkerToken=yes&version={version}")),
+            spec.clone().into_bytes(),
+            400,
+            "invalid value for rotateWorkerToken: yes",
+        ),
+        (
+            "POST",
+            upd("rotateWorkerToken=true&version=abc"),
+            spec.clone().into_bytes(),
+            400,
+            "invalid swarm version 'abc'",
+        ),
+        (
+            "POST",
+            upd("rotateWorkerToken=true"),
+            spec.clone().into_bytes(),
+            400,
+            "invalid swarm version ''",
+        ),
+        (
+            "POST",
+            upd(&format!("rotateWorkerToken=true&version={}", version - 1)),
+            spec.clone().into_bytes(),
+            500,
+            "update out of sequence",
+        ),
+        (
+            "POST",
+            upd(&format!("rotateWorkerToken=true&version={}", version + 100)),
+            spec.clone().into_bytes(),
+            500,
+            "update out of sequence",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            spec.replace("\"Name\":\"default\"", "\"Name\":\"other\"")
+                .into_bytes(),
+            400,
+            "swarm spec must be named \"default\"",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            spec.replace("172800000000000", "60000000000").into_bytes(),
+            400,
+            "minimum certificate expiry time is: 1h0m0s",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            spec.replace("\"CAConfig\":{", "\"CAConfig\":{\"ForceRotate\":7,")
+                .into_bytes(),
+            501,
+            "root CA rotation is not supported",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            spec.replace(
+                "\"CAConfig\":{",
+                "\"CAConfig\":{\"ExternalCAs\":[{\"Protocol\":\"acme\",\"URL\":\"https://x\"}],",
+            )
+            .into_bytes(),
+            400,
+            "invalid protocol: \"acme\"",
+        ),
+        (
+            "POST",
+            upd(&ok_q),
+            spec.replace("\"AutoLockManagers\":false", "\"AutoLockManagers\":true")
+                .into_bytes(),
+            501,
+            "autolock is not available",
+        ),
+        (
+            "POST",
+            upd(&format!("rotateManagerUnlockKey=true&version={version}")),
+            spec.clone().into_bytes(),
+            400,
+            "autolock is not turned on",
+        ),
+        (
+            "GET",
+            "/v1.41/nodes?filters=%7Bbad".into(),
+            vec![],
+            400,
+            "invalid filter",
+        ),
+        (
+            "GET",
+            "/v1.41/nodes?filters=%7B%22colour%22%3A%7B%22red%22%3Atrue%7D%7D".into(),
+            vec![],
+            400,
+            "Invalid filter 'colour'",
+        ),
+        (
+            "GET",
+            "/v1.41/nodes?filters=%7B%22role%22%3A%7B%22boss%22%3Atrue%7D%7D".into(),
+            vec![],
+            400,
+            "Invalid role filter: 'boss'",
+        ),
+        (
+            "GET",
+            "/v1.41/nodes/nosuchnode".into(),
+            vec![],
+            404,
+            "node nosuchnode not found",
+        ),
+        (
+            "POST",
+            format!("/v1.41/nodes/{node_id}/update?version={node_version}"),
+            br#"{"Role":"king","Availability":"active"}"#.to_vec(),
+            400,
+            "invalid Role: \"king\"",
+        ),
+        (
+            "POST",
+            format!("/v1.41/nodes/{node_id}/update?version={node_version}"),
+            br#"{"Role":"manager","Availability":"asleep"}"#.to_vec(),
+            400,
+            "invalid Availability: \"asleep\"",
+        ),
+        (
+            "POST",
+            format!("/v1.41/nodes/{node_id}/update?version={}", node_version + 5),
+            br#"{"Role":"manager","Availability":"active"}"#.to_vec(),
+            500,
+            "update out of sequence",
+        ),
+        (
+            "POST",
+            format!("/v1.41/nodes/{node_id}/update?version=x"),
+            br#"{"Role":"manager","Availability":"active"}"#.to_vec(),
+            400,
+            "invalid node version 'x'",
+        ),
+        (
+            "POST",
+            format!("/v1.41/nodes/{node_id}/update?version={node_version}"),
+            br#"{"Role":"worker","Availability":"active"}"#.to_vec(),
+            400,
+            "attempting to demote the last manager",
+        ),
+        (
+            "DELETE",
+            format!("/v1.41/nodes/{node_id}?force=true"),
+            vec![],
+            400,
+            "must be demoted to worker before removal",
+        ),
+        (
+            "DELETE",
+            "/v1.41/nodes/nosuchnode".into(),
+            vec![],
+            404,
+            "node nosuchnode not found",
+        ),
+        (
+            "POST",
+            "/v1.41/swarm/unlock".into(),
+            br#"{"UnlockKey":"SWMKEY-1-x"}"#.to_vec(),
+            409,
+            "swarm is not locked",
+        ),
         ("GET", "/v1.23/info".into(), vec![], 400, "is too old"),
     ];
     for (method, path, body, status, want) in &cases {
         let r = m.request(method, path, Some(body));
-        assert_eq!(r.status, *status, "{method} {path}: {}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.header("Content-Type"), Some("application/json"), "{method} {path}");
-        assert!(r.message().contains(want), "{method} {path}: {:?} lacks {want:?}", r.message());
+        assert_eq!(
+            r.status,
+            *status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.header("Content-Type"),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        assert!(
+            r.message().contains(want),
+            "{method} {path}: {:?} lacks {want:?}",
+            r.message()
+        );
         assert_eq!(swarm(&m), before, "{method} {path} changed the swarm");
-        assert_eq!(m.request("GET", "/v1.41/nodes", None).json(), nodes_before, "{method} {path} changed nodes");
+        assert_eq!(
+            m.request("GET", "/v1.41/nodes", None).json(),
+            nodes_before,
+            "{method} {path} changed nodes"
+        );
     }
     // And the manager still works afterwards.
     std::thread::sleep(Duration::from_millis(10));

@@ -6,32 +6,22 @@
 
 use std::fmt;
 
-/// The gRPC status codes the control layer uses.
+/// The gRPC status codes the control layer uses (more join as the gRPC services land).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     InvalidArgument,
-    NotFound,
-    AlreadyExists,
     FailedPrecondition,
-    PermissionDenied,
-    Unavailable,
     Unimplemented,
     Unknown,
-    Internal,
 }
 
 impl Code {
     fn name(self) -> &'static str {
         match self {
             Code::InvalidArgument => "InvalidArgument",
-            Code::NotFound => "NotFound",
-            Code::AlreadyExists => "AlreadyExists",
             Code::FailedPrecondition => "FailedPrecondition",
-            Code::PermissionDenied => "PermissionDenied",
-            Code::Unavailable => "Unavailable",
             Code::Unimplemented => "Unimplemented",
             Code::Unknown => "Unknown",
-            Code::Internal => "Internal",
         }
     }
 
@@ -39,12 +29,8 @@ impl Code {
     pub fn http_status(self) -> u16 {
         match self {
             Code::InvalidArgument | Code::FailedPrecondition => 400,
-            Code::NotFound => 404,
-            Code::AlreadyExists => 409,
-            Code::PermissionDenied => 403,
-            Code::Unavailable => 503,
             Code::Unimplemented => 501,
-            Code::Unknown | Code::Internal => 500,
+            Code::Unknown => 500,
         }
     }
 }
@@ -126,7 +112,6 @@ mod tests {
         );
         assert_eq!(ControlError::rpc(Code::InvalidArgument, "x").status, 400);
         assert_eq!(ControlError::rpc(Code::FailedPrecondition, "x").status, 400);
-        assert_eq!(ControlError::rpc(Code::AlreadyExists, "x").status, 409);
         assert_eq!(ControlError::rpc(Code::Unimplemented, "x").status, 501);
     }
 }

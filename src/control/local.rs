@@ -116,8 +116,9 @@ impl LocalIdentity {
             io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}"))
         })?;
         let cert = fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))?;
-        let verified = swarmguard_ca::verify_node_certificate(ca, &cert)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("swarm-node.crt: {e}")))?;
+        let verified = swarmguard_ca::verify_node_certificate(ca, &cert).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("swarm-node.crt: {e}"))
+        })?;
         if verified.node_id != identity.node_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -145,31 +146,15 @@ impl LocalIdentity {
 
 /// What `docker node inspect` shows about the host running this manager.
 pub fn describe_this_host(ca: &RootCa) -> NodeDescription {
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let memory_bytes = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<i64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as i64)
-        .unwrap_or(1);
     NodeDescription {
-        hostname,
+        hostname: hostname(),
         platform: Platform {
             architecture: std::env::consts::ARCH.to_string(),
             os: std::env::consts::OS.to_string(),
         },
         resources: Resources {
-            nano_cpus: cpus * 1_000_000_000,
-            memory_bytes,
+            nano_cpus: cpus() * 1_000_000_000,
+            memory_bytes: memory_bytes(),
         },
         engine: EngineDescription {
             engine_version: format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
@@ -185,4 +170,30 @@ pub fn tls_info(ca: &RootCa) -> TlsInfo {
         cert_issuer_subject: B64.encode(ca.subject_der()),
         cert_issuer_public_key: B64.encode(ca.spki_der()),
     }
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn cpus() -> i64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i64)
+        .unwrap_or(1)
+}
+
+/// Total memory from /proc/meminfo, 0 when unknown.
+pub fn memory_bytes() -> i64 {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }

@@ -135,13 +135,16 @@ impl Control {
                 )))
             }
         };
-        let (listen, advertise) = self.config.resolve_addrs(&req.listen_addr, &req.advertise_addr)?;
+        let (listen, advertise) = self
+            .config
+            .resolve_addrs(&req.listen_addr, &req.advertise_addr)?;
 
-        let ca = RootCa::create().map_err(|e| ControlError::internal("cannot create the root CA", e))?;
+        let ca =
+            RootCa::create().map_err(|e| ControlError::internal("cannot create the root CA", e))?;
         let cluster_id = swarmguard_ca::new_id();
         let node_id = swarmguard_ca::new_id();
         let expiry = Duration::from_nanos(spec.ca_config.node_cert_expiry as u64);
-        let (node_key, csr) = swarmguard_ca::generate_node_key_and_csr();
+        let (node_key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
         let issued = ca
             .issue_node_certificate(&csr, &node_id, NodeRole::Manager, &cluster_id, expiry)
             .map_err(|e| ControlError::internal("cannot issue this manager's certificate", e))?;
@@ -161,9 +164,17 @@ impl Control {
             },
             last_forced_rotation: 0,
             removed_nodes: Default::default(),
-            default_addr_pool: None,
-            subnet_size: if req.subnet_size == 0 { 24 } else { req.subnet_size },
-            data_path_port: if req.data_path_port == 0 { 4789 } else { req.data_path_port },
+            default_addr_pool: req.default_addr_pool.clone().filter(|p| !p.is_empty()),
+            subnet_size: if req.subnet_size == 0 {
+                24
+            } else {
+                req.subnet_size
+            },
+            data_path_port: if req.data_path_port == 0 {
+                4789
+            } else {
+                req.data_path_port
+            },
         };
         let root_record = RootCaRecord {
             cert_pem: root_pem,
@@ -200,7 +211,7 @@ impl Control {
             &self.config.data_dir,
             ca.cert_pem(),
             &issued.cert_pem,
-            &node_key,
+            &node_key_pem,
             &node_id,
             listen,
             advertise,
@@ -236,7 +247,10 @@ impl Control {
     }
 
     pub fn cluster(&self) -> Result<ClusterView, ControlError> {
-        let v = self.store.get(CLUSTER_KEY).ok_or_else(ControlError::no_manager)?;
+        let v = self
+            .store
+            .get(CLUSTER_KEY)
+            .ok_or_else(ControlError::no_manager)?;
         Ok(ClusterView {
             record: from_json(&v)?,
             version: v.version,
@@ -360,8 +374,9 @@ impl Control {
                 ))),
             }
         };
-        let (by_name, rest): (Vec<_>, Vec<_>) =
-            nodes.into_iter().partition(|n| node_name(&n.record) == reference);
+        let (by_name, rest): (Vec<_>, Vec<_>) = nodes
+            .into_iter()
+            .partition(|n| node_name(&n.record) == reference);
         if let Some(n) = pick(by_name)? {
             return Ok(n);
         }
@@ -374,7 +389,9 @@ impl Control {
                 return Ok(n);
             }
         }
-        Err(ControlError::not_found(format!("node {reference} not found")))
+        Err(ControlError::not_found(format!(
+            "node {reference} not found"
+        )))
     }
 
     /// `POST /nodes/{id}/update`: name, labels, availability and desired role.
@@ -386,7 +403,11 @@ impl Control {
     ) -> Result<(), ControlError> {
         let role = match spec.role.as_str() {
             "manager" | "worker" => spec.role.clone(),
-            other => return Err(ControlError::bad_request(format!("invalid Role: {other:?}"))),
+            other => {
+                return Err(ControlError::bad_request(format!(
+                    "invalid Role: {other:?}"
+                )))
+            }
         };
         let availability = match spec.availability.as_str() {
             "active" | "pause" | "drain" => spec.availability.clone(),
@@ -521,7 +542,9 @@ fn refuse_unsupported(spec: &api::Spec, last_forced_rotation: u64) -> Result<(),
     Ok(())
 }
 
-fn check_labels(labels: Option<&std::collections::BTreeMap<String, String>>) -> Result<(), ControlError> {
+fn check_labels(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), ControlError> {
     if let Some(labels) = labels {
         let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
         if labels.len() > 256 || bytes > 64 * 1024 {
@@ -557,7 +580,8 @@ fn put_json<T: serde::Serialize>(key: &str, value: &T) -> Result<Op, ControlErro
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: &Versioned) -> Result<T, ControlError> {
-    serde_json::from_slice(&v.value).map_err(|e| ControlError::internal("cannot decode a record", e))
+    serde_json::from_slice(&v.value)
+        .map_err(|e| ControlError::internal("cannot decode a record", e))
 }
 
 pub fn now_rfc3339() -> String {
@@ -585,7 +609,9 @@ pub fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Some(sa);
     }
-    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, default_port))
+    s.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, default_port))
 }
 
 #[cfg(test)]
@@ -663,7 +689,11 @@ mod tests {
         for file in files {
             let data = std::fs::read(&file).unwrap();
             for enc in &key_encodings {
-                assert!(!contains(&data, enc), "root key found in {}", file.display());
+                assert!(
+                    !contains(&data, enc),
+                    "root key found in {}",
+                    file.display()
+                );
             }
             if file.ends_with("keys/dek") {
                 continue;

@@ -15,7 +15,7 @@ use super::request::{bool_value, json_body, parse_bool, parse_version};
 use super::types as api;
 use super::API_VERSION;
 use crate::control::filters::Filters;
-use crate::control::local::tls_info;
+use crate::control::local::{self, tls_info};
 use crate::control::records::{ClusterRecord, NodeRecord};
 use crate::control::{ClusterView, Control, ControlError, NodeView, Rotate};
 
@@ -37,7 +37,10 @@ pub async fn ping(State(ctl): Ctl, method: Method) -> Response {
             "inactive"
         }),
     );
-    headers.insert(header::CACHE_CONTROL, h("no-cache, no-store, must-revalidate"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        h("no-cache, no-store, must-revalidate"),
+    );
     headers.insert(header::PRAGMA, h("no-cache"));
     headers.insert(header::CONTENT_TYPE, h("text/plain; charset=utf-8"));
     if method == Method::HEAD {
@@ -66,10 +69,6 @@ pub async fn version() -> Json<serde_json::Value> {
 
 pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlError> {
     let swarm = swarm_info(&ctl)?;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     Ok(Json(json!({
         "ID": swarm.node_id,
         "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
@@ -91,10 +90,10 @@ pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlErr
         "Architecture": std::env::consts::ARCH,
         "IndexServerAddress": "",
         "RegistryConfig": null,
-        "NCPU": cpus,
-        "MemTotal": 0,
+        "NCPU": local::cpus(),
+        "MemTotal": local::memory_bytes(),
         "DockerRootDir": ctl.config().data_dir.display().to_string(),
-        "Name": host,
+        "Name": local::hostname(),
         "Labels": [],
         "ExperimentalBuild": false,
         "ServerVersion": format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
@@ -179,7 +178,11 @@ pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, Con
     Ok(Json(ctl.init(&req).await?))
 }
 
-pub async fn swarm_update(State(ctl): Ctl, Query(q): Q, body: Body) -> Result<StatusCode, ControlError> {
+pub async fn swarm_update(
+    State(ctl): Ctl,
+    Query(q): Q,
+    body: Body,
+) -> Result<StatusCode, ControlError> {
     let version = parse_version("swarm", q.get("version"))?;
     let rotate = Rotate {
         worker_token: parse_bool("rotateWorkerToken", q.get("rotateWorkerToken"))?,
@@ -222,7 +225,10 @@ pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Nod
     Ok(Json(nodes))
 }
 
-pub async fn node_inspect(State(ctl): Ctl, Path(id): Path<String>) -> Result<Json<api::Node>, ControlError> {
+pub async fn node_inspect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+) -> Result<Json<api::Node>, ControlError> {
     let node = ctl.node(&id)?;
     Ok(Json(node_json(&node, ctl.local_node_id().as_deref())))
 }
@@ -239,7 +245,11 @@ pub async fn node_update(
     Ok(StatusCode::OK)
 }
 
-pub async fn node_remove(State(ctl): Ctl, Path(id): Path<String>, Query(q): Q) -> Result<StatusCode, ControlError> {
+pub async fn node_remove(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Result<StatusCode, ControlError> {
     ctl.remove_node(&id, bool_value(q.get("force"))).await?;
     Ok(StatusCode::OK)
 }
@@ -248,7 +258,9 @@ fn node_json(view: &NodeView, local: Option<&str>) -> api::Node {
     let r: &NodeRecord = &view.record;
     api::Node {
         id: r.id.clone(),
-        version: api::Version { index: view.version },
+        version: api::Version {
+            index: view.version,
+        },
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
         spec: r.spec.clone(),

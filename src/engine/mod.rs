@@ -16,6 +16,7 @@ use axum::http::{Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tower::Layer;
 
 use crate::control::{Control, ControlError};
 
@@ -54,9 +55,9 @@ pub fn service(control: Arc<Control>) -> Router {
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
-    Router::new().fallback_service(
-        routes.layer(axum::middleware::map_request(strip_version_prefix)),
-    )
+    // Rewrite before routing: a `Router::layer` would run only after the route was chosen.
+    Router::new()
+        .fallback_service(axum::middleware::map_request(strip_version_prefix).layer(routes))
 }
 
 /// Strips `/v<major>.<minor>` and refuses versions outside what swarmguard serves, with
@@ -92,10 +93,12 @@ async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, C
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
     };
-    parts.path_and_query = Some(pq.parse().map_err(|_| {
-        ControlError::bad_request("invalid request path")
-    })?);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ControlError::bad_request("invalid request path"))?;
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| ControlError::bad_request("invalid request path"))?,
+    );
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ControlError::bad_request("invalid request path"))?;
     Ok(req)
 }
 

@@ -9,7 +9,9 @@ use crate::control::ControlError;
 
 /// Parses a JSON body; a body over the limit, a wrong type or broken JSON is a 400/413 naming the
 /// problem, never a panic or a partial update.
-pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ControlError> {
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ControlError> {
     let bytes = body.map_err(|e| {
         let status = e.status().as_u16();
         if status == 413 {
@@ -25,9 +27,12 @@ pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Re
         }
     })?;
     if bytes.is_empty() {
-        return Err(ControlError::bad_request("request body is empty: a JSON object is required"));
+        return Err(ControlError::bad_request(
+            "request body is empty: a JSON object is required",
+        ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Go's `strconv.ParseBool`, as dockerd parses `rotateWorkerToken` and friends. Absent or empty
@@ -75,7 +80,11 @@ mod tests {
         assert!(!t("false").unwrap() && !t("0").unwrap() && !t("").unwrap());
         assert_eq!(t("yes").unwrap_err().message, "invalid value for x: yes");
         assert!(!parse_bool("x", None).unwrap());
-        assert!(bool_value(Some(&"1".into())) && !bool_value(Some(&"false".into())) && !bool_value(None));
+        assert!(
+            bool_value(Some(&"1".into()))
+                && !bool_value(Some(&"false".into()))
+                && !bool_value(None)
+        );
     }
 
     #[test]

@@ -54,9 +54,17 @@ pub struct OrchestrationConfig {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RaftConfig {
-    #[serde(rename = "SnapshotInterval", default, skip_serializing_if = "is_zero_u64")]
+    #[serde(
+        rename = "SnapshotInterval",
+        default,
+        skip_serializing_if = "is_zero_u64"
+    )]
     pub snapshot_interval: u64,
-    #[serde(rename = "KeepOldSnapshots", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "KeepOldSnapshots",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub keep_old_snapshots: Option<u64>,
     #[serde(
         rename = "LogEntriesForSlowFollowers",
@@ -72,7 +80,11 @@ pub struct RaftConfig {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct DispatcherConfig {
-    #[serde(rename = "HeartbeatPeriod", default, skip_serializing_if = "is_zero_i64")]
+    #[serde(
+        rename = "HeartbeatPeriod",
+        default,
+        skip_serializing_if = "is_zero_i64"
+    )]
     pub heartbeat_period: Nanos,
 }
 
@@ -82,9 +94,17 @@ fn is_zero_i64(v: &i64) -> bool {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CaConfig {
-    #[serde(rename = "NodeCertExpiry", default, skip_serializing_if = "is_zero_i64")]
+    #[serde(
+        rename = "NodeCertExpiry",
+        default,
+        skip_serializing_if = "is_zero_i64"
+    )]
     pub node_cert_expiry: Nanos,
-    #[serde(rename = "ExternalCAs", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ExternalCAs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub external_cas: Option<Vec<ExternalCa>>,
     /// Accepted on input only: the server never returns signing material.
     #[serde(rename = "SigningCACert", default, skip_serializing)]
@@ -130,9 +150,17 @@ pub struct EncryptionConfig {
 /// `TLSInfo`: the byte fields are Go `[]byte`, so standard base64 with padding.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TlsInfo {
-    #[serde(rename = "TrustRoot", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "TrustRoot",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub trust_root: String,
-    #[serde(rename = "CertIssuerSubject", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "CertIssuerSubject",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cert_issuer_subject: String,
     #[serde(
         rename = "CertIssuerPublicKey",
@@ -191,7 +219,9 @@ pub struct InitRequest {
     pub listen_addr: String,
     #[serde(rename = "AdvertiseAddr", default)]
     pub advertise_addr: String,
+    /// Accepted for the CLI's sake; swarmguard carries no data path.
     #[serde(rename = "DataPathAddr", default)]
+    #[allow(dead_code)]
     pub data_path_addr: String,
     #[serde(rename = "DataPathPort", default)]
     pub data_path_port: u32,
@@ -217,7 +247,11 @@ pub struct NodeSpec {
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(rename = "Role", default, skip_serializing_if = "String::is_empty")]
     pub role: String,
-    #[serde(rename = "Availability", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "Availability",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub availability: String,
 }
 
@@ -257,7 +291,11 @@ pub struct NodeDescription {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Platform {
-    #[serde(rename = "Architecture", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "Architecture",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub architecture: String,
     #[serde(rename = "OS", default, skip_serializing_if = "String::is_empty")]
     pub os: String,
@@ -273,7 +311,11 @@ pub struct Resources {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EngineDescription {
-    #[serde(rename = "EngineVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "EngineVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub engine_version: String,
 }
 

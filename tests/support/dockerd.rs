@@ -43,10 +43,17 @@ impl Dockerd {
     pub fn start(own_netns: bool) -> Dockerd {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         // Short paths: unix socket paths must stay under 108 bytes, containerd's included.
-        let dir = tempfile::Builder::new().prefix("sgd").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("sgd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let socket = dir.path().join("d.sock");
         let netns = own_netns.then(|| {
-            let name = format!("sg{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+            let name = format!(
+                "sg{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::SeqCst)
+            );
             run(Command::new("ip").args(["netns", "add", &name]));
             run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
             name
@@ -55,7 +62,8 @@ impl Dockerd {
             // `ip netns exec` remounts /sys and breaks dockerd; nsenter switches only the netns.
             Some(name) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{name}")).arg(dockerd_bin());
+                c.arg(format!("--net=/var/run/netns/{name}"))
+                    .arg(dockerd_bin());
                 c
             }
             None => Command::new(dockerd_bin()),
@@ -89,7 +97,10 @@ impl Dockerd {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if d.docker(&["version", "--format", "{{.Server.Version}}"]).status.success() {
+            if d.docker(&["version", "--format", "{{.Server.Version}}"])
+                .status
+                .success()
+            {
                 return d;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -127,7 +138,10 @@ impl Dockerd {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

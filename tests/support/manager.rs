@@ -39,7 +39,10 @@ impl HttpResponse {
     }
 
     pub fn message(&self) -> String {
-        self.json()["message"].as_str().unwrap_or_default().to_string()
+        self.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -74,7 +77,7 @@ impl Manager {
             .arg(&self.data_dir)
             .arg("--listen-addr")
             .arg(format!("127.0.0.1:{}", free_port()))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -121,8 +124,12 @@ impl Manager {
             .status()
             .expect("kill");
         assert!(status.success());
-        let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("manager exits on SIGTERM");
-        assert!(status.success(), "manager exited with {status} after SIGTERM");
+        let status =
+            wait_timeout(&mut child, Duration::from_secs(20)).expect("manager exits on SIGTERM");
+        assert!(
+            status.success(),
+            "manager exited with {status} after SIGTERM"
+        );
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -150,7 +157,11 @@ impl Manager {
             .env("HOME", self.docker_config.path())
             .env("DOCKER_CONFIG", self.docker_config.path())
             .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("run docker");
@@ -177,7 +188,12 @@ impl Manager {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    fn try_request(&self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<HttpResponse> {
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<HttpResponse> {
         unix_request(&self.socket, method, path, body)
     }
 }
@@ -247,7 +263,8 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
         data = &data[line_end + 2..];
         if size == 0 {
             return Some(out);
