@@ -131,19 +131,25 @@ impl Store {
             let store_dir = store_dir.clone();
             let opts = opts.clone();
             spawn_io(move || {
+                let log_path = store_dir.join("raft-log.redb");
+                let sm_path = store_dir.join("state.redb");
+                let has_data = [&log_path, &sm_path]
+                    .iter()
+                    .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+                if has_data && std::fs::symlink_metadata(&key_path).is_err() {
+                    // Creating a fresh key here would only make every record undecryptable.
+                    return Err(StoreError::MissingKey { path: key_path });
+                }
                 let dek = Arc::new(swarmguard_secrets::keyfile::load_or_create_dek(&key_path)?);
+                create_private_file(&log_path)?;
+                create_private_file(&sm_path)?;
                 let (tx, _) = broadcast::channel(1024);
                 let shared = Arc::new(Shared {
                     map: RwLock::new(BTreeMap::new()),
                     tx,
                 });
-                let log = LogStore::open(
-                    &store_dir.join("raft-log.redb"),
-                    dek.clone(),
-                    opts.compact_log_after_purged,
-                )?;
-                let sm =
-                    StateMachine::open(&store_dir.join("state.redb"), dek.clone(), shared.clone())?;
+                let log = LogStore::open(&log_path, dek.clone(), opts.compact_log_after_purged)?;
+                let sm = StateMachine::open(&sm_path, dek.clone(), shared.clone())?;
                 Ok((dek, log, sm, shared))
             })
             .await?
@@ -286,6 +292,25 @@ impl Store {
             .snapshot()
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))
+    }
+}
+
+/// Creates an empty file with mode 0600 if none exists, so redb never creates it with the
+/// umask's default mode.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

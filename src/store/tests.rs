@@ -374,6 +374,24 @@ async fn nothing_in_clear_on_disk() {
         )
         .await
         .unwrap();
+    for f in ["store/raft-log.redb", "store/state.redb", "keys/dek"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    for d in ["store", "keys"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(d))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700, "{d}");
+    }
     let dek = swarmguard_secrets::keyfile::load_dek(&dir.path().join("keys/dek")).unwrap();
     let dek_bytes = *dek.expose_bytes();
     let check = |when: &str| {
@@ -522,8 +540,12 @@ async fn wrong_or_exposed_key_file_refused() {
     let err = Store::open(dir.path()).await.err().unwrap();
     assert!(matches!(err, StoreError::Key(_)), "{err}");
     assert!(err.to_string().contains("chmod 600"));
-    // Another key: every record fails authentication.
+    // A missing key with existing data is refused, and no new key is made.
     std::fs::remove_file(&key).unwrap();
+    let err = Store::open(dir.path()).await.err().unwrap();
+    assert!(matches!(err, StoreError::MissingKey { .. }), "{err}");
+    assert!(!key.exists());
+    // Another key: every record fails authentication.
     swarmguard_secrets::keyfile::load_or_create_dek(&key).unwrap();
     let err = Store::open(dir.path()).await.err().unwrap();
     eprintln!("wrong key -> {err}");
