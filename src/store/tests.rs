@@ -828,3 +828,105 @@ async fn random_corruption_never_panics() {
     }
     eprintln!("random corruption: {ok} opened (unused bytes), {errs} clear errors");
 }
+
+const CRASH_DIR_ENV: &str = "SWARMGUARD_STORE_CRASH_CHILD_DIR";
+
+/// Child process of [`kill_9_keeps_acknowledged_writes`]: writes until killed, printing one
+/// `ACK <key> <index>` line per acknowledged write.
+#[test]
+#[ignore = "helper process, run by kill_9_keeps_acknowledged_writes"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let store = Store::open_with(Path::new(&dir), small_opts())
+            .await
+            .unwrap();
+        println!("READY");
+        let mut tasks = vec![];
+        for w in 0..3u32 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0u64.. {
+                    let key = format!("w{w}/{i}");
+                    let out = s
+                        .apply(txn(vec![put(&key, format!("val-{i}").as_bytes())]))
+                        .await;
+                    if let Ok(TxnOutcome::Committed { index }) = out {
+                        println!("ACK {key} {index}");
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+/// A real `kill -9` (SIGKILL) of a process that is writing: every write it acknowledged is there
+/// after reopening.
+#[test]
+fn kill_9_keeps_acknowledged_writes() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::tests::crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut acked = vec![];
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            let mut it = rest.split(' ');
+            let key = it.next().unwrap().to_owned();
+            let index: u64 = it.next().unwrap().parse().unwrap();
+            acked.push((key, index));
+            if acked.len() >= 400 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(acked.len() >= 400, "child stopped early");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open_with(dir.path(), small_opts()).await.unwrap();
+        for (k, idx) in &acked {
+            let v = store
+                .get(k)
+                .unwrap_or_else(|| panic!("acknowledged write {k}@{idx} lost after kill -9"));
+            assert_eq!(v.version, *idx);
+        }
+        let total = store.list("w").len();
+        eprintln!(
+            "kill -9: {} acknowledged writes all present ({} keys on disk)",
+            acked.len(),
+            total
+        );
+        store.shutdown().await.unwrap();
+    });
+}
