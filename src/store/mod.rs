@@ -7,6 +7,22 @@
 //!
 //! Durability: [`Store::apply`] returns only after the entry was appended and fsync'd to the log,
 //! committed, applied to the state machine and that write fsync'd too.
+//!
+//! On-disk layout (directories 0700, files 0600):
+//!
+//! ```text
+//! <data_dir>/keys/dek              DEK key file (swarmguard_secrets::keyfile)
+//! <data_dir>/store/raft-log.redb   raft log, vote, purge point, node id   (see log_store.rs)
+//! <data_dir>/store/state.redb      applied key/values, applied id, snapshot (see state_machine.rs)
+//! ```
+//!
+//! Every record is sealed with the DEK, with the record's identity as AAD (`log/<index>`,
+//! `sm/<key>`, `snapshot/<id>`, `meta/vote` …). State-machine keys are stored in clear.
+//! Every record is decrypted and checked when the store opens, so a damaged or swapped record
+//! stops [`Store::open`] with an error naming it.
+//!
+//! Reads ([`Store::get`], [`Store::list`]) are served from an in-memory copy of the applied state,
+//! which therefore holds the plaintext values while the process runs.
 
 mod error;
 mod log_store;
@@ -255,7 +271,10 @@ impl Store {
             .collect()
     }
 
-    /// `(index, changed keys)` after each applied transaction.
+    /// `(index, changed keys)` after each committed transaction, in log order (and once with all
+    /// affected keys after a snapshot install). Conflicting transactions send nothing. The channel
+    /// holds 1024 notices; a receiver that falls further behind gets `RecvError::Lagged` and
+    /// should re-read what it watches with [`Store::list`].
     pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
         self.inner.shared.tx.subscribe()
     }

@@ -701,6 +701,18 @@ async fn install_snapshot_replaces_state() {
     assert_eq!(lock_read(&shared2.map).get("b").unwrap().value, b"B");
 }
 
+fn percentiles(lat: &mut [Duration]) -> String {
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    format!(
+        "p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        lat[lat.len() - 1]
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_applies() {
     let base = std::env::var_os("SWARMGUARD_BENCH_DIR").map(PathBuf::from);
@@ -718,18 +730,55 @@ async fn sequential_applies() {
         lat.push(t0.elapsed());
     }
     let total = start.elapsed();
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "1000 sequential applies (256-byte values) in {:?} under {}: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        "1000 sequential applies (256-byte values) in {:?} under {}: {}",
         total,
         dir.path().display(),
-        pct(0.50),
-        pct(0.90),
-        pct(0.99),
-        lat[lat.len() - 1]
+        percentiles(&mut lat)
     );
+
+    // Same volume from 8 concurrent writers: openraft batches them into shared fsyncs.
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for w in 0..8u32 {
+        let s = store.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = vec![];
+            for i in 0..125u32 {
+                let t0 = Instant::now();
+                committed(&s, txn(vec![put(&format!("c{w}/{i}"), &value)])).await;
+                lat.push(t0.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = vec![];
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    println!(
+        "1000 applies from 8 concurrent writers in {:?}: {}",
+        start.elapsed(),
+        percentiles(&mut lat)
+    );
+
+    // For scale: one bare redb write transaction with Durability::Immediate on the same disk.
+    let db = redb::Database::create(dir.path().join("bench.redb")).unwrap();
+    let mut lat = vec![];
+    for i in 0..200u64 {
+        let t0 = Instant::now();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(LOG)
+            .unwrap()
+            .insert(i, value.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        lat.push(t0.elapsed());
+    }
+    println!("bare redb fsync'd commit: {}", percentiles(&mut lat));
     assert_eq!(store.list("node/").len(), 100);
+    assert_eq!(store.list("c").len(), 1000);
     store.shutdown().await.unwrap();
 }
 
