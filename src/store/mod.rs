@@ -193,6 +193,31 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
 
+        let store = Store {
+            inner: Arc::new(Inner {
+                raft,
+                shared,
+                node_id,
+                log_closed,
+                sm_closed,
+                log_compactions,
+            }),
+        };
+        if let Err(e) = store.start(&opts).await {
+            // Do not leave a half-started node holding the files.
+            if let Err(se) = store.shutdown().await {
+                tracing::warn!(error = %se, "stopping the store after a failed open");
+            }
+            return Err(e);
+        }
+        tracing::info!(node_id, "cluster store open, this node is leader");
+        Ok(store)
+    }
+
+    /// Initializes membership on first start and waits for leadership.
+    async fn start(&self, opts: &StoreOptions) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let node_id = self.inner.node_id;
         let initialized = raft
             .is_initialized()
             .await
@@ -215,18 +240,7 @@ impl Store {
             .map_err(|e| StoreError::Timeout {
                 what: format!("leadership: {e}"),
             })?;
-        tracing::info!(node_id, "cluster store open, this node is leader");
-
-        Ok(Store {
-            inner: Arc::new(Inner {
-                raft,
-                shared,
-                node_id,
-                log_closed,
-                sm_closed,
-                log_compactions,
-            }),
-        })
+        Ok(())
     }
 
     /// This manager's Raft node ID.

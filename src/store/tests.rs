@@ -979,3 +979,20 @@ fn kill_9_keeps_acknowledged_writes() {
         store.shutdown().await.unwrap();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_open_releases_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        leader_timeout: Duration::ZERO,
+        ..Default::default()
+    };
+    match Store::open_with(dir.path(), opts).await {
+        Err(StoreError::Timeout { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(s) => s.shutdown().await.unwrap(), // became leader instantly; still fine
+    }
+    let store = Store::open(dir.path()).await.unwrap();
+    committed(&store, txn(vec![put("a", b"1")])).await;
+    store.shutdown().await.unwrap();
+}
