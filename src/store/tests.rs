@@ -996,3 +996,24 @@ async fn failed_open_releases_the_files() {
     committed(&store, txn(vec![put("a", b"1")])).await;
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn network_reports_every_peer_unreachable() {
+    use openraft::error::RPCError;
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    let mut factory = network::NoPeers;
+    let mut client = factory
+        .new_client(7, &BasicNode::new("10.0.0.7:4242"))
+        .await;
+    let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1, 1), None);
+    let err = client
+        .vote(vote, RPCOption::new(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no manager-to-manager transport") && msg.contains("10.0.0.7:4242"),
+        "{msg}"
+    );
+}
