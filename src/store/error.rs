@@ -16,6 +16,8 @@ pub enum StoreError {
     },
     #[error("data encryption key: {0}")]
     Key(#[from] KeyFileError),
+    #[error("the store holds data but its key file {path} is missing; restore keys/dek from the backup taken with this data directory (a new key cannot decrypt it)")]
+    MissingKey { path: PathBuf },
     #[error("database {what}: {source} (if another swarmguard process uses this data directory, stop it first; otherwise restore the store from a backup)")]
     Database {
         what: String,

@@ -7,6 +7,22 @@
 //!
 //! Durability: [`Store::apply`] returns only after the entry was appended and fsync'd to the log,
 //! committed, applied to the state machine and that write fsync'd too.
+//!
+//! On-disk layout (directories 0700, files 0600):
+//!
+//! ```text
+//! <data_dir>/keys/dek              DEK key file (swarmguard_secrets::keyfile)
+//! <data_dir>/store/raft-log.redb   raft log, vote, purge point, node id   (see log_store.rs)
+//! <data_dir>/store/state.redb      applied key/values, applied id, snapshot (see state_machine.rs)
+//! ```
+//!
+//! Every record is sealed with the DEK, with the record's identity as AAD (`log/<index>`,
+//! `sm/<key>`, `snapshot/<id>`, `meta/vote` …). State-machine keys are stored in clear.
+//! Every record is decrypted and checked when the store opens, so a damaged or swapped record
+//! stops [`Store::open`] with an error naming it.
+//!
+//! Reads ([`Store::get`], [`Store::list`]) are served from an in-memory copy of the applied state,
+//! which therefore holds the plaintext values while the process runs.
 
 mod error;
 mod log_store;
@@ -131,19 +147,25 @@ impl Store {
             let store_dir = store_dir.clone();
             let opts = opts.clone();
             spawn_io(move || {
+                let log_path = store_dir.join("raft-log.redb");
+                let sm_path = store_dir.join("state.redb");
+                let has_data = [&log_path, &sm_path]
+                    .iter()
+                    .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+                if has_data && std::fs::symlink_metadata(&key_path).is_err() {
+                    // Creating a fresh key here would only make every record undecryptable.
+                    return Err(StoreError::MissingKey { path: key_path });
+                }
                 let dek = Arc::new(swarmguard_secrets::keyfile::load_or_create_dek(&key_path)?);
+                create_private_file(&log_path)?;
+                create_private_file(&sm_path)?;
                 let (tx, _) = broadcast::channel(1024);
                 let shared = Arc::new(Shared {
                     map: RwLock::new(BTreeMap::new()),
                     tx,
                 });
-                let log = LogStore::open(
-                    &store_dir.join("raft-log.redb"),
-                    dek.clone(),
-                    opts.compact_log_after_purged,
-                )?;
-                let sm =
-                    StateMachine::open(&store_dir.join("state.redb"), dek.clone(), shared.clone())?;
+                let log = LogStore::open(&log_path, dek.clone(), opts.compact_log_after_purged)?;
+                let sm = StateMachine::open(&sm_path, dek.clone(), shared.clone())?;
                 Ok((dek, log, sm, shared))
             })
             .await?
@@ -171,6 +193,31 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
 
+        let store = Store {
+            inner: Arc::new(Inner {
+                raft,
+                shared,
+                node_id,
+                log_closed,
+                sm_closed,
+                log_compactions,
+            }),
+        };
+        if let Err(e) = store.start(&opts).await {
+            // Do not leave a half-started node holding the files.
+            if let Err(se) = store.shutdown().await {
+                tracing::warn!(error = %se, "stopping the store after a failed open");
+            }
+            return Err(e);
+        }
+        tracing::info!(node_id, "cluster store open, this node is leader");
+        Ok(store)
+    }
+
+    /// Initializes membership on first start and waits for leadership.
+    async fn start(&self, opts: &StoreOptions) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let node_id = self.inner.node_id;
         let initialized = raft
             .is_initialized()
             .await
@@ -193,18 +240,7 @@ impl Store {
             .map_err(|e| StoreError::Timeout {
                 what: format!("leadership: {e}"),
             })?;
-        tracing::info!(node_id, "cluster store open, this node is leader");
-
-        Ok(Store {
-            inner: Arc::new(Inner {
-                raft,
-                shared,
-                node_id,
-                log_closed,
-                sm_closed,
-                log_compactions,
-            }),
-        })
+        Ok(())
     }
 
     /// This manager's Raft node ID.
@@ -249,7 +285,10 @@ impl Store {
             .collect()
     }
 
-    /// `(index, changed keys)` after each applied transaction.
+    /// `(index, changed keys)` after each committed transaction, in log order (and once with all
+    /// affected keys after a snapshot install). Conflicting transactions send nothing. The channel
+    /// holds 1024 notices; a receiver that falls further behind gets `RecvError::Lagged` and
+    /// should re-read what it watches with [`Store::list`].
     pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
         self.inner.shared.tx.subscribe()
     }
@@ -286,6 +325,25 @@ impl Store {
             .snapshot()
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))
+    }
+}
+
+/// Creates an empty file with mode 0600 if none exists, so redb never creates it with the
+/// umask's default mode.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
