@@ -6,7 +6,6 @@
 
 mod control;
 mod engine;
-mod fsutil;
 mod manager;
 // `subscribe`, `node_id` and `trigger_snapshot` serve the dispatcher and multi-manager work next.
 #[allow(dead_code)]

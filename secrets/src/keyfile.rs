@@ -16,13 +16,12 @@
 //! (which fails instead of overwriting if another process created the key first), and the
 //! directory fsync'd.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::{DataKey, SealError, KEY_LEN};
@@ -206,37 +205,13 @@ fn create_key_file(path: &Path, key: &DataKey) -> Result<(), KeyFileError> {
         .mode(0o700)
         .create(&dir)
         .map_err(io_err(&dir))?;
-    let mut suffix = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut suffix)
-        .map_err(|_| SealError::Random)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dek".to_owned());
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", u64::from_le_bytes(suffix)));
-    let result: Result<(), KeyFileError> = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        // The umask can only remove bits, but make the mode explicit anyway.
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io_err(&tmp))?;
-        f.write_all(render(key).as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        drop(f);
-        // hard_link fails with AlreadyExists instead of replacing an existing key.
-        fs::hard_link(&tmp, path).map_err(io_err(path))?;
-        Ok(())
-    })();
-    let _ = fs::remove_file(&tmp);
-    result?;
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&dir))?;
+    crate::atomic::write_atomic(
+        path,
+        render(key).as_bytes(),
+        0o600,
+        crate::atomic::Placement::CreateNew,
+    )
+    .map_err(io_err(path))?;
     Ok(())
 }
 

@@ -3,11 +3,13 @@
 //! - [`DataKey`]: the data-encryption key (DEK), AES-256-GCM via `ring`, with a versioned sealed
 //!   record layout and the record identity bound as additional authenticated data (AAD).
 //! - [`keyfile`]: loading and atomically creating the on-disk DEK file.
+//! - [`atomic`]: crash-safe writes of key material and certificates.
 //!
 //! Autolock (wrapping the DEK with a key-encryption key) is not implemented yet; the key file format
 //! already carries a `wrapped:` field for it.
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod keyfile;
 
 use std::fmt;

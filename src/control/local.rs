@@ -16,7 +16,7 @@ use swarmguard_ca::RootCa;
 use super::error::ControlError;
 use super::parse_addr;
 use crate::engine::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
-use crate::fsutil::write_atomic;
+use swarmguard_secrets::atomic::{write_atomic, Placement};
 
 /// Daemon flags that shape the swarm addresses.
 #[derive(Debug, Clone)]
@@ -95,16 +95,36 @@ impl LocalIdentity {
     ) -> io::Result<LocalIdentity> {
         let dir = data_dir.join(CERT_DIR);
         fs::create_dir_all(&dir)?;
-        write_atomic(&dir.join("swarm-root-ca.crt"), root_pem, 0o644)?;
-        write_atomic(&dir.join("swarm-node.key"), key_pem, 0o600)?;
-        write_atomic(&dir.join("swarm-node.crt"), cert_pem, 0o644)?;
+        write_atomic(
+            &dir.join("swarm-root-ca.crt"),
+            root_pem,
+            0o644,
+            Placement::Replace,
+        )?;
+        write_atomic(
+            &dir.join("swarm-node.key"),
+            key_pem,
+            0o600,
+            Placement::Replace,
+        )?;
+        write_atomic(
+            &dir.join("swarm-node.crt"),
+            cert_pem,
+            0o644,
+            Placement::Replace,
+        )?;
         let identity = LocalIdentity {
             node_id: node_id.to_string(),
             listen_addr,
             advertise_addr,
         };
         let state = serde_json::to_vec_pretty(&identity).map_err(io::Error::other)?;
-        write_atomic(&data_dir.join(STATE_FILE), &state, 0o600)?;
+        write_atomic(
+            &data_dir.join(STATE_FILE),
+            &state,
+            0o600,
+            Placement::Replace,
+        )?;
         Ok(identity)
     }
 

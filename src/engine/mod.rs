@@ -63,6 +63,19 @@ pub fn service(control: Arc<Control>) -> Router {
 /// Strips `/v<major>.<minor>` and refuses versions outside what swarmguard serves, with
 /// dockerd's wording so the CLI's hints still apply.
 async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, ControlError> {
+    // A declared oversized body is refused before a byte of it is read (and before hyper sends
+    // `100 Continue`); undeclared lengths are cut at the same limit while reading.
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ControlError::plain(
+            413,
+            format!("request body is too large: at most {MAX_BODY} bytes are accepted"),
+        ));
+    }
     let path = req.uri().path();
     let Some(rest) = path.strip_prefix("/v") else {
         return Ok(req);

@@ -6,7 +6,8 @@
 //! network factory are in place for 3–5 managers (see [`network`]).
 //!
 //! Durability: [`Store::apply`] returns only after the entry was appended and fsync'd to the log,
-//! committed, applied to the state machine and that write fsync'd too.
+//! committed and applied to the state machine. The log is the durable record; the state file is
+//! fsync'd in batches and caught up from the log at open, before any read (see state_machine.rs).
 //!
 //! On-disk layout (directories 0700, files 0600):
 //!
@@ -239,6 +240,15 @@ impl Store {
             .await
             .map_err(|e| StoreError::Timeout {
                 what: format!("leadership: {e}"),
+            })?;
+        // Entries in the log but not yet in the state machine (a crash between the two, or state
+        // commits not yet fsync'd) are re-applied now; nobody may read state before that.
+        let last_log = raft.metrics().borrow().last_log_index;
+        raft.wait(Some(opts.leader_timeout))
+            .applied_index_at_least(last_log, "the state machine catches up with the log")
+            .await
+            .map_err(|e| StoreError::Timeout {
+                what: format!("replaying the log: {e}"),
             })?;
         Ok(())
     }

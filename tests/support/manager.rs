@@ -208,14 +208,27 @@ pub fn unix_request(
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or_default();
+    // A large body goes out only after the server agreed to read it (`Expect: 100-continue`), as
+    // a well-behaved client does; a server that refuses it answers at once.
+    let expect = body.len() > 64 * 1024;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if expect { "Expect: 100-continue\r\n" } else { "" }
     );
     s.write_all(head.as_bytes())?;
-    // A server may answer (413) before reading the whole body; that is not a client error.
-    let _ = s.write_all(body);
     let mut raw = Vec::new();
+    if expect {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf)?;
+        raw.extend_from_slice(&buf[..n]);
+        if raw.starts_with(b"HTTP/1.1 100") {
+            raw.clear();
+            s.write_all(body)?;
+        }
+    } else {
+        s.write_all(body)?;
+    }
     s.read_to_end(&mut raw)?;
     parse_response(&raw, method == "HEAD")
 }
