@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use support::dockerd::Dockerd;
 use support::manager::{unix_request, Manager};
 
-const CLI_ROUNDS: usize = 30;
+const CLI_ROUNDS: usize = 40;
 const API_ROUNDS: usize = 200;
 
 struct Stats {
@@ -38,44 +38,55 @@ fn ms(d: Duration) -> String {
 }
 
 /// The CLI path: what an operator types.
-fn time_cli(docker: &dyn Fn(&[&str]) -> std::process::Output) -> Vec<Duration> {
-    let mut seen = std::collections::HashSet::new();
-    (0..CLI_ROUNDS)
-        .map(|_| {
-            let t = Instant::now();
-            let out = docker(&["swarm", "join-token", "--rotate", "-q", "worker"]);
-            let d = t.elapsed();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(seen.insert(out.stdout), "every rotation yields a new token");
-            d
-        })
-        .collect()
+fn time_cli(docker: &dyn Fn(&[&str]) -> std::process::Output) -> Duration {
+    let t = Instant::now();
+    let out = docker(&["swarm", "join-token", "--rotate", "-q", "worker"]);
+    let d = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
 }
 
 /// The API path the CLI uses: GET /swarm for the version and spec, POST /swarm/update.
-fn time_api(socket: &Path) -> Vec<Duration> {
-    (0..API_ROUNDS)
-        .map(|_| {
-            let t = Instant::now();
-            let s = unix_request(socket, "GET", "/v1.41/swarm", None).unwrap().json();
-            let v = s["Version"]["Index"].as_u64().unwrap();
-            let body = serde_json::to_vec(&s["Spec"]).unwrap();
-            let r = unix_request(
-                socket,
-                "POST",
-                &format!("/v1.41/swarm/update?rotateManagerToken=false&rotateManagerUnlockKey=false&rotateWorkerToken=true&version={v}"),
-                Some(&body),
-            )
-            .unwrap();
-            let d = t.elapsed();
-            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-            d
-        })
-        .collect()
+fn time_api(socket: &Path) -> Duration {
+    let t = Instant::now();
+    let s = unix_request(socket, "GET", "/v1.41/swarm", None)
+        .unwrap()
+        .json();
+    let v = s["Version"]["Index"].as_u64().unwrap();
+    let body = serde_json::to_vec(&s["Spec"]).unwrap();
+    let r = unix_request(
+        socket,
+        "POST",
+        &format!("/v1.41/swarm/update?rotateManagerToken=false&rotateManagerUnlockKey=false&rotateWorkerToken=true&version={v}"),
+        Some(&body),
+    )
+    .unwrap();
+    let d = t.elapsed();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    d
+}
+
+/// Runs `f` on both peers in alternating rounds, so load on this shared machine hits both alike.
+fn interleaved(
+    rounds: usize,
+    mut f: impl FnMut(bool) -> Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // Alternate which peer goes first, too.
+        if i % 2 == 0 {
+            ours.push(f(true));
+            theirs.push(f(false));
+        } else {
+            theirs.push(f(false));
+            ours.push(f(true));
+        }
+    }
+    (ours, theirs)
 }
 
 fn main() {
@@ -90,10 +101,25 @@ fn main() {
     sg.docker_ok(&["swarm", "join-token", "--rotate", "-q", "worker"]);
     dockerd.docker_ok(&["swarm", "join-token", "--rotate", "-q", "worker"]);
 
-    let sg_cli = stats(time_cli(&|a| sg.docker(a)));
-    let dk_cli = stats(time_cli(&|a| dockerd.docker(a)));
-    let sg_api = stats(time_api(&sg.socket));
-    let dk_api = stats(time_api(&dockerd.socket));
+    let (sg_cli, dk_cli) = interleaved(CLI_ROUNDS, |ours| {
+        if ours {
+            time_cli(&|a| sg.docker(a))
+        } else {
+            time_cli(&|a| dockerd.docker(a))
+        }
+    });
+    let (sg_api, dk_api) = interleaved(API_ROUNDS, |ours| {
+        time_api(if ours { &sg.socket } else { &dockerd.socket })
+    });
+    // Every rotation must have produced a new token on each side.
+    for socket in [&sg.socket, &dockerd.socket] {
+        let s = unix_request(socket, "GET", "/v1.41/swarm", None)
+            .unwrap()
+            .json();
+        assert!(s["Version"]["Index"].as_u64().unwrap() > (CLI_ROUNDS + API_ROUNDS) as u64);
+    }
+    let (sg_cli, dk_cli, sg_api, dk_api) =
+        (stats(sg_cli), stats(dk_cli), stats(sg_api), stats(dk_api));
 
     let ratio = |a: &Stats, b: &Stats| b.p50.as_secs_f64() / a.p50.as_secs_f64();
     println!("| path | peer | n | p50 ms | p90 ms | max ms | dockerd p50 / swarmguard p50 |");
