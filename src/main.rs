@@ -4,16 +4,26 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "swarmguard", version, about = "A hardened security plane for Docker Swarm clusters")]
+#[command(
+    name = "swarmguard",
+    version,
+    about = "A hardened security plane for Docker Swarm clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Notary-compatible trust server for Docker Content Trust.
+    TrustServer(swarmguard_notary::server::ServerArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::TrustServer(args) => swarmguard_notary::server::run(args)?,
+    }
     Ok(())
 }
