@@ -361,6 +361,16 @@ async fn upload(app: &Arc<App>, gun: String, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return reject(app, "MALFORMED_UPLOAD", e),
     };
+    // Refuse a declared oversized body before reading it (and before
+    // answering `Expect: 100-continue`).
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_body as u64) {
+        return reject(app, "MALFORMED_UPLOAD", "request body too large");
+    }
     let body = match axum::body::to_bytes(req.into_body(), app.max_body).await {
         Ok(b) => b,
         Err(_) => {

@@ -252,7 +252,7 @@ impl Signer for LocalSigner {
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad(gun, role, key_id).as_bytes()),
-                &mut *buf,
+                &mut buf,
             )
             .map_err(|_| SignerError::Crypto)?;
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, plain, &self.rng)

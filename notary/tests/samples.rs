@@ -59,7 +59,7 @@ fn canonical_json_reproduces_signed_bytes_of_go_output() {
         let env: tuf::Envelope = serde_json::from_slice(raw).unwrap();
         assert_eq!(
             cjson::to_canonical(&env.signed).unwrap(),
-            text[start..end].as_bytes()
+            &text.as_bytes()[start..end]
         );
     }
 }

@@ -113,7 +113,14 @@ async fn timestamp_is_resigned_before_expiry() {
     let ts_raw = state.roles["timestamp"].1.clone();
     let ts: tuf::Parsed<Timestamp> = tuf::parse(&ts_raw, "Timestamp").unwrap();
     let keys = BTreeMap::from([(ts_key.id.clone(), ts_key.public.clone())]);
-    tuf::verify_threshold("timestamp", &ts.envelope, &[ts_key.id.clone()], 1, &keys).unwrap();
+    tuf::verify_threshold(
+        "timestamp",
+        &ts.envelope,
+        std::slice::from_ref(&ts_key.id),
+        1,
+        &keys,
+    )
+    .unwrap();
     // Fresh: nothing to do. 8 days later (< 7 days left): re-signed, version + 1.
     assert!(
         validate::refresh_timestamp(GUN, &state, signer.as_ref(), now)
@@ -127,5 +134,12 @@ async fn timestamp_is_resigned_before_expiry() {
     let ts2: tuf::Parsed<Timestamp> = tuf::parse(&w.raw, "Timestamp").unwrap();
     assert!(tuf::parse_time(&ts2.body.expires).unwrap() > now + Duration::days(21));
     assert_eq!(ts2.body.meta["snapshot"], ts.body.meta["snapshot"]);
-    tuf::verify_threshold("timestamp", &ts2.envelope, &[ts_key.id.clone()], 1, &keys).unwrap();
+    tuf::verify_threshold(
+        "timestamp",
+        &ts2.envelope,
+        std::slice::from_ref(&ts_key.id),
+        1,
+        &keys,
+    )
+    .unwrap();
 }
