@@ -56,6 +56,15 @@ fn notary_cli_full_flow() {
     let list = fresh.ok(&["list", gun]);
     assert!(list.contains("v2"), "after timestamp rotation:\n{list}");
 
+    // Root key rotation: the new root is signed by the old and the new root
+    // key; a reader holding the old root follows it.
+    publisher.ok(&["key", "rotate", gun, "root"]);
+    let list = reader.ok(&["list", gun]);
+    assert!(list.contains("v2"), "reader with cached old root after root rotation:\n{list}");
+    publisher.ok(&["remove", gun, "v1", "-p"]);
+    let list = reader.ok(&["list", gun]);
+    assert!(list.contains("v2") && !list.contains("v1 "), "after remove:\n{list}");
+
     // delete --remote: gone for a new reader.
     publisher.ok(&["delete", gun, "--remote"]);
     let gone = NotaryCli::new(&dir.path().join("reader3"), &server.url(), &server.cert);

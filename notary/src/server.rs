@@ -300,10 +300,21 @@ async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
     let res = blocking(move || -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         Ok(match lookup {
             Lookup::Current(role) => {
-                if role == "timestamp" {
-                    refresh_timestamp(&a, &gun);
+                let cur = a.store.current(&gun, &role)?;
+                match cur {
+                    // Cheap read-only check first; re-sign only when needed.
+                    Some(raw)
+                        if role == "timestamp"
+                            && validate::timestamp_needs_refresh(
+                                &raw,
+                                time::OffsetDateTime::now_utc(),
+                            ) =>
+                    {
+                        refresh_timestamp(&a, &gun);
+                        a.store.current(&gun, &role)?.map(|r| (r, false))
+                    }
+                    other => other.map(|r| (r, false)),
                 }
-                a.store.current(&gun, &role)?.map(|r| (r, false))
             }
             Lookup::Checksum(role, hex) => {
                 a.store.by_checksum(&gun, &role, &hex)?.map(|r| (r, true))

@@ -406,6 +406,14 @@ fn make_timestamp(
     })
 }
 
+/// Does this timestamp expire within half its lifetime (or is it unreadable)?
+pub fn timestamp_needs_refresh(raw: &[u8], now: OffsetDateTime) -> bool {
+    let Ok(ts) = tuf::parse::<Timestamp>(raw, "Timestamp") else {
+        return true;
+    };
+    tuf::parse_time(&ts.body.expires).map_or(true, |e| e - now <= TIMESTAMP_LIFETIME / 2)
+}
+
 /// If the current timestamp expires within half its lifetime (or the root
 /// cannot be read), re-sign it. Returns the new file to store, if any.
 pub fn refresh_timestamp(
