@@ -18,12 +18,15 @@ struct Cli {
 enum Command {
     /// Notary-compatible trust server for Docker Content Trust.
     TrustServer(swarmguard_notary::server::ServerArgs),
+    /// Trust signer holding timestamp/snapshot keys, served over gRPC with mutual TLS.
+    TrustSigner(swarmguard_notary::remote::SignerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::TrustServer(args) => swarmguard_notary::server::run(args)?,
+        Command::TrustSigner(args) => swarmguard_notary::remote::run_signer(args)?,
     }
     Ok(())
 }

@@ -60,10 +60,16 @@ fn notary_cli_full_flow() {
     // key; a reader holding the old root follows it.
     publisher.ok(&["key", "rotate", gun, "root"]);
     let list = reader.ok(&["list", gun]);
-    assert!(list.contains("v2"), "reader with cached old root after root rotation:\n{list}");
+    assert!(
+        list.contains("v2"),
+        "reader with cached old root after root rotation:\n{list}"
+    );
     publisher.ok(&["remove", gun, "v1", "-p"]);
     let list = reader.ok(&["list", gun]);
-    assert!(list.contains("v2") && !list.contains("v1 "), "after remove:\n{list}");
+    assert!(
+        list.contains("v2") && !list.contains("v1 "),
+        "after remove:\n{list}"
+    );
 
     // delete --remote: gone for a new reader.
     publisher.ok(&["delete", gun, "--remote"]);

@@ -6,6 +6,7 @@
 pub mod cjson;
 pub mod multipart;
 pub mod names;
+pub mod remote;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -51,6 +51,19 @@ pub struct ServerArgs {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Use a separate `swarmguard trust-signer` at this https URL (gRPC over
+    /// mutual TLS) instead of the in-process signer.
+    #[arg(long, requires_all = ["signer_ca", "signer_client_cert", "signer_client_key"])]
+    pub signer_url: Option<String>,
+    /// PEM CA that the trust signer's certificate must chain to.
+    #[arg(long)]
+    pub signer_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the trust signer.
+    #[arg(long)]
+    pub signer_client_cert: Option<PathBuf>,
+    /// PEM private key of --signer-client-cert.
+    #[arg(long)]
+    pub signer_client_key: Option<PathBuf>,
 }
 
 /// Server startup errors.
@@ -342,11 +355,11 @@ fn refresh_timestamp(app: &App, gun: &str) {
     let res = app
         .store
         .update(gun, |state| -> Result<Vec<validate::Write>, UpdateError> {
-            Ok(
-                validate::refresh_timestamp(gun, state, signer.as_ref(), now)?
-                    .into_iter()
-                    .collect(),
-            )
+            let writes: Vec<_> = validate::refresh_timestamp(gun, state, signer.as_ref(), now)?
+                .into_iter()
+                .collect();
+            validate::verify_outgoing(state, &writes)?;
+            Ok(writes)
         });
     match res {
         Ok(w) if !w.is_empty() => tracing::info!(gun, "re-signed timestamp before expiry"),
@@ -403,7 +416,10 @@ async fn upload(app: &Arc<App>, gun: String, req: Request) -> Response {
         let now = time::OffsetDateTime::now_utc();
         let parts: BTreeMap<String, Vec<u8>> = parts;
         a.store.update(&g, |state| {
-            validate::validate_update(&g, state, &parts, a.signer.as_ref(), now, &a.limits)
+            let writes =
+                validate::validate_update(&g, state, &parts, a.signer.as_ref(), now, &a.limits)?;
+            validate::verify_outgoing(state, &writes)?;
+            Ok(writes)
         })
     })
     .await;
@@ -544,8 +560,9 @@ fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
     Ok(cfg)
 }
 
-/// Run the trust server until SIGINT/SIGTERM.
-pub fn run(args: ServerArgs) -> Result<(), ServerError> {
+/// Process-wide setup shared by the trust server and signer: the rustls
+/// ring provider and logging.
+pub fn init_process() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -555,6 +572,26 @@ pub fn run(args: ServerArgs) -> Result<(), ServerError> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Run the trust server until SIGINT/SIGTERM.
+pub fn run(args: ServerArgs) -> Result<(), ServerError> {
+    init_process();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -562,10 +599,28 @@ pub fn run(args: ServerArgs) -> Result<(), ServerError> {
 }
 
 async fn serve(args: ServerArgs) -> Result<(), ServerError> {
-    let master = load_master_key(&args)?;
     let tls = tls_config(&args)?;
     let store = Store::open(&args.data_dir)?;
-    let signer: Arc<dyn Signer> = Arc::new(LocalSigner::new(store.database(), master)?);
+    let signer: Arc<dyn Signer> = match &args.signer_url {
+        Some(url) => {
+            let need = |p: &Option<PathBuf>, what: &str| {
+                p.clone()
+                    .ok_or_else(|| ServerError::Config(format!("--signer-url needs {what}")))
+            };
+            let cfg = crate::remote::RemoteConfig {
+                url: url.clone(),
+                ca: need(&args.signer_ca, "--signer-ca")?,
+                client_cert: need(&args.signer_client_cert, "--signer-client-cert")?,
+                client_key: need(&args.signer_client_key, "--signer-client-key")?,
+            };
+            tracing::info!(%url, "using remote trust signer");
+            Arc::new(
+                crate::remote::RemoteSigner::new(&cfg)
+                    .map_err(|e| ServerError::Config(e.to_string()))?,
+            )
+        }
+        None => Arc::new(LocalSigner::new(store.database(), load_master_key(&args)?)?),
+    };
     let limits = Limits {
         max_metadata_bytes: args.max_metadata_bytes,
         max_targets: args.max_targets,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::names;
-use crate::signer::{Signer, SignerError};
+use crate::signer::{HeldKey, Signer, SignerError};
 use crate::tuf::{self, Envelope, FileMeta, Parsed, Root, Snapshot, Targets, Timestamp, TufError};
 
 /// Bounds on what one upload may contain.
@@ -343,9 +343,11 @@ pub fn validate_update(
             raw.clone()
         }
         None => {
-            let key = held_key(signer, gun, "snapshot", &snap_role.keyids)?.ok_or_else(|| {
-                inv("no snapshot in upload and the server does not hold the repository's snapshot key")
-            })?;
+            let key = held_key(signer, gun, "snapshot", &snap_role.keyids)?
+                .ok_or_else(|| {
+                    inv("no snapshot in upload and the server does not hold the repository's snapshot key")
+                })?
+                .id;
             let mut meta = serde_json::Map::new();
             for (role, raw) in &after {
                 if role != "snapshot" && role != "timestamp" {
@@ -390,7 +392,8 @@ fn make_timestamp(
 ) -> Result<Write, UpdateError> {
     let ts_role = &root.body.roles["timestamp"];
     let key = held_key(signer, gun, "timestamp", &ts_role.keyids)?
-        .ok_or_else(|| inv("root does not list a timestamp key held by this server"))?;
+        .ok_or_else(|| inv("root does not list a timestamp key held by this server"))?
+        .id;
     let version = state.roles.get("timestamp").map(|(v, _)| *v).unwrap_or(0) + 1;
     let signed = json!({
         "_type": "Timestamp",
@@ -445,13 +448,12 @@ fn held_key(
     gun: &str,
     role: &str,
     keyids: &[String],
-) -> Result<Option<String>, UpdateError> {
+) -> Result<Option<HeldKey>, UpdateError> {
     Ok(signer
         .keys(gun, role)?
         .into_iter()
         .rev()
-        .map(|k| k.id)
-        .find(|id| keyids.contains(id)))
+        .find(|k| keyids.contains(&k.id)))
 }
 
 fn sign_document(
@@ -469,6 +471,33 @@ fn sign_document(
     });
     // Canonical form is valid JSON and re-canonicalises to itself.
     crate::cjson::to_canonical(&doc).map_err(|e| inv(e.to_string()))
+}
+
+/// Defence in depth against a faulty or compromised signer: every snapshot
+/// and timestamp about to be stored must verify against the (new) root.
+pub fn verify_outgoing(state: &RepoState, writes: &[Write]) -> Result<(), UpdateError> {
+    let root_raw = writes
+        .iter()
+        .find(|w| w.role == "root")
+        .map(|w| &w.raw)
+        .or_else(|| state.roles.get("root").map(|(_, r)| r))
+        .ok_or_else(|| inv("no root"))?;
+    let root = parse_root(root_raw, &Limits::default())?;
+    for w in writes
+        .iter()
+        .filter(|w| w.role == "snapshot" || w.role == "timestamp")
+    {
+        let env: Envelope = serde_json::from_slice(&w.raw).map_err(|e| inv(e.to_string()))?;
+        let r = &root.body.roles[w.role.as_str()];
+        tuf::verify_threshold(&w.role, &env, &r.keyids, r.threshold, &root.body.keys).map_err(
+            |e| {
+                UpdateError::Signer(SignerError::Storage(format!(
+                    "signer output does not verify: {e}"
+                )))
+            },
+        )?;
+    }
+    Ok(())
 }
 
 fn check_snapshot_meta(

@@ -8,6 +8,7 @@ pub mod dockerd;
 pub mod notary_cli;
 pub mod registry;
 pub mod trust_server;
+pub mod trust_signer;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,15 @@ impl Proc {
             name: name.to_string(),
             child: Some(child),
             log,
+        }
+    }
+
+    /// A placeholder owning no process.
+    pub fn none() -> Proc {
+        Proc {
+            name: "none".into(),
+            child: None,
+            log: PathBuf::new(),
         }
     }
 
@@ -222,3 +232,105 @@ pub fn make_server_cert(dir: &Path, dns: &[&str]) -> (PathBuf, PathBuf) {
 
 /// Passphrase used for every client key in the tests.
 pub const PASS: &str = "correct-horse-battery-staple";
+
+/// A test CA plus leaf certificates signed by it (openssl CLI).
+pub struct TestCa {
+    pub dir: PathBuf,
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, cn: &str) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        let cert = dir.join("ca.crt");
+        let key = dir.join("ca.key");
+        let mut cmd = Command::new(require_bin("openssl"));
+        cmd.args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+        ])
+        .args(["-subj", &format!("/CN={cn}")])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+        let o = run(cmd, Duration::from_secs(30));
+        assert!(o.status.success(), "openssl CA: {}", text(&o));
+        TestCa {
+            dir: dir.to_path_buf(),
+            cert,
+            key,
+        }
+    }
+
+    /// Issue a leaf for `name` (`server` → serverAuth + IP 127.0.0.1 SAN,
+    /// else clientAuth). Returns (cert, key).
+    pub fn issue(&self, name: &str, server: bool) -> (PathBuf, PathBuf) {
+        let key = self.dir.join(format!("{name}.key"));
+        let csr = self.dir.join(format!("{name}.csr"));
+        let cert = self.dir.join(format!("{name}.crt"));
+        let ext = self.dir.join(format!("{name}.ext"));
+        std::fs::write(
+            &ext,
+            if server {
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n"
+            } else {
+                "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+            },
+        )
+        .unwrap();
+        let mut req = Command::new(require_bin("openssl"));
+        req.args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", &format!("/CN={name}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr);
+        let o = run(req, Duration::from_secs(30));
+        assert!(o.status.success(), "openssl csr: {}", text(&o));
+        let mut sign = Command::new(require_bin("openssl"));
+        sign.args([
+            "x509",
+            "-req",
+            "-days",
+            "30",
+            "-set_serial",
+            &format!("{}", std::process::id() as u64 * 1000 + name.len() as u64),
+        ])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&self.cert)
+        .arg("-CAkey")
+        .arg(&self.key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert);
+        let o = run(sign, Duration::from_secs(30));
+        assert!(o.status.success(), "openssl sign: {}", text(&o));
+        (cert, key)
+    }
+}

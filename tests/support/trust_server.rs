@@ -15,11 +15,17 @@ pub struct TrustServer {
     master_key: PathBuf,
     dir: PathBuf,
     restarts: u32,
+    extra: Vec<String>,
 }
 
 impl TrustServer {
     /// Start with a fresh data dir and TLS cert under `dir`.
     pub fn start(dir: &Path) -> TrustServer {
+        Self::start_with(dir, Vec::new())
+    }
+
+    /// Start with extra command-line arguments (e.g. a remote signer).
+    pub fn start_with(dir: &Path, extra: Vec<String>) -> TrustServer {
         std::fs::create_dir_all(dir).unwrap();
         let (cert, key) = super::make_server_cert(dir, &["tls-probe.invalid"]);
         let master_key = dir.join("signer.key");
@@ -32,50 +38,45 @@ impl TrustServer {
             raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
         )
         .unwrap();
-        let data_dir = dir.join("data");
-        let proc = Self::spawn(dir, &data_dir, &cert, &key, &master_key, 0, 0);
         let mut s = TrustServer {
-            proc,
+            proc: Proc::none(),
             port: 0,
-            data_dir,
+            data_dir: dir.join("data"),
             cert,
             key,
             master_key,
             dir: dir.to_path_buf(),
             restarts: 0,
+            extra,
         };
+        s.proc = s.spawn(0, 0);
         s.port = s.wait_ready(0);
         s
     }
 
-    fn spawn(
-        dir: &Path,
-        data: &Path,
-        cert: &Path,
-        key: &Path,
-        master: &Path,
-        port: u16,
-        n: u32,
-    ) -> Proc {
+    fn spawn(&self, port: u16, n: u32) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_swarmguard"));
         cmd.arg("trust-server")
             .arg("--data-dir")
-            .arg(data)
+            .arg(&self.data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--tls-cert")
-            .arg(cert)
+            .arg(&self.cert)
             .arg("--tls-key")
-            .arg(key)
-            .arg("--signer-key-file")
-            .arg(master)
+            .arg(&self.key)
             .arg("--ready-file")
-            .arg(dir.join(format!("ready-{n}")))
+            .arg(self.dir.join(format!("ready-{n}")))
             .env("RUST_LOG", "info");
+        if self.extra.is_empty() {
+            cmd.arg("--signer-key-file").arg(&self.master_key);
+        } else {
+            cmd.args(&self.extra);
+        }
         Proc::spawn(
             "trust-server",
             cmd,
-            dir.join(format!("trust-server-{n}.log")),
+            self.dir.join(format!("trust-server-{n}.log")),
         )
     }
 
@@ -105,15 +106,7 @@ impl TrustServer {
         self.proc.stop(Duration::from_secs(10));
         self.restarts += 1;
         let n = self.restarts;
-        self.proc = Self::spawn(
-            &self.dir,
-            &self.data_dir,
-            &self.cert,
-            &self.key,
-            &self.master_key,
-            self.port,
-            n,
-        );
+        self.proc = self.spawn(self.port, n);
         let port = self.wait_ready(n);
         assert_eq!(port, self.port);
     }
