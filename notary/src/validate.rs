@@ -239,6 +239,18 @@ pub fn validate_update(
             .ok_or_else(|| inv("repository has no root: upload root.json first"))?,
     };
 
+    // A new root that changes the targets keys must come with a targets file
+    // they signed: the stored one has to verify under the new root.
+    if uploads.contains_key("root") && !uploads.contains_key("targets") {
+        if let Some((_, raw)) = state.roles.get("targets") {
+            let t = parse_targets("targets", raw, limits)?;
+            let r = &root.body.roles["targets"];
+            tuf::verify_threshold("targets", &t.envelope, &r.keyids, r.threshold, &root.body.keys).map_err(|e| {
+                inv(format!("new root does not accept the current targets (upload a re-signed targets.json): {e}"))
+            })?;
+        }
+    }
+
     // ---- targets and delegations, parents before children
     let mut parsed_targets: BTreeMap<String, Parsed<Targets>> = BTreeMap::new();
     let mut upload_roles: Vec<&String> = uploads

@@ -213,6 +213,38 @@ async fn new_root_must_be_signed_by_old_root() {
 }
 
 #[tokio::test]
+async fn root_changing_targets_key_needs_resigned_targets() {
+    let s = Server::new();
+    let repo = Repo::create(&s, GUN).await;
+    let before = snap(&s, GUN).await;
+    let new_targets = TestKey::new();
+    let rs = root_signed(
+        2,
+        &[&repo.root.public],
+        &new_targets.public,
+        &repo.snapshot,
+        &repo.timestamp,
+    );
+    let root2 = doc(rs, &[&repo.root]);
+    let (st, b) = s.post(GUN, &[("root", &root2)]).await;
+    refused(
+        &s,
+        GUN,
+        st,
+        &b,
+        &before,
+        "new targets key without re-signed targets",
+    )
+    .await;
+    let t2 = doc(
+        targets_signed(2, json!({"v1": target(10)}), no_delegations()),
+        &[&new_targets],
+    );
+    let (st, b) = s.post(GUN, &[("root", &root2), ("targets", &t2)]).await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}
+
+#[tokio::test]
 async fn threshold_not_met_and_wrong_key_refused() {
     let s = Server::new();
     let repo = Repo::create(&s, GUN).await;
@@ -250,7 +282,23 @@ async fn threshold_not_met_and_wrong_key_refused() {
     );
     rs["keys"][&t2.id] = serde_json::to_value(&t2.public).unwrap();
     rs["roles"]["targets"] = json!({"keyids": [repo.targets.id, t2.id], "threshold": 2});
-    let (st, _) = s.post(GUN, &[("root", &doc(rs, &[&repo.root]))]).await;
+    // The new root's targets threshold needs a targets file signed by both.
+    let root2 = doc(rs, &[&repo.root]);
+    let (st, b) = s.post(GUN, &[("root", &root2)]).await;
+    refused(
+        &s,
+        GUN,
+        st,
+        &b,
+        &before,
+        "root raising the targets threshold alone",
+    )
+    .await;
+    let t2v2 = doc(
+        targets_signed(2, json!({"v1": target(10)}), no_delegations()),
+        &[&repo.targets, &t2],
+    );
+    let (st, _) = s.post(GUN, &[("root", &root2), ("targets", &t2v2)]).await;
     assert_eq!(st, StatusCode::OK);
     let before = snap(&s, GUN).await;
     let signed = targets_signed(3, json!({"y": target(1)}), no_delegations());
@@ -323,12 +371,21 @@ async fn delegation_outside_paths_refused() {
     )
     .await;
     let inside = doc(
-        targets_signed(1, json!({"app/x": target(1)}), no_delegations()),
+        targets_signed(2, json!({"app/x": target(1)}), no_delegations()),
         &[&alice],
     );
     let (st, _) = s.post(GUN, &[("targets/releases", &inside)]).await;
     assert_eq!(st, StatusCode::OK);
     assert!(s.current(GUN, "targets/releases").await.is_some());
+    // Delegation rollback.
+    let before = snap(&s, GUN).await;
+    let old = doc(
+        targets_signed(1, json!({"app/old": target(1)}), no_delegations()),
+        &[&alice],
+    );
+    let (st, b) = s.post(GUN, &[("targets/releases", &old)]).await;
+    refused(&s, GUN, st, &b, &before, "delegation rollback").await;
+    assert_eq!(s.current(GUN, "targets/releases").await.unwrap(), inside);
 }
 
 #[tokio::test]
