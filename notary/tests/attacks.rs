@@ -720,4 +720,16 @@ async fn key_endpoints_get_is_stable_post_rotates() {
         .contains("swarmguard_trust_requests_total"));
     let (st, _) = s.request("HEAD", "/v2/", None, vec![]).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+    for q in [
+        "change_id=-1",
+        "change_id=abc",
+        "records=0",
+        "records=100000",
+        "records=x",
+    ] {
+        let (st, _) = s.get(&format!("/v2/_trust/changefeed?{q}")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{q}");
+    }
+    let (st, _) = s.get("/v2/_trust/changefeed?change_id=0&records=-5").await;
+    assert_eq!(st, StatusCode::OK);
 }
