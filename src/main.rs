@@ -1,7 +1,7 @@
 //! swarmguard: a hardened security plane for Docker Swarm clusters.
 //!
-//! One binary: the manager daemon (Engine API for the docker CLI, cluster CA, Raft store) and,
-//! as they land, the trust server and the worker agent.
+//! One binary: the manager daemon (Engine API for the docker CLI, cluster CA, Raft store), the
+//! Notary-compatible trust server and its signer, and, as it lands, the worker agent.
 #![forbid(unsafe_code)]
 
 mod control;
@@ -37,27 +37,34 @@ enum Command {
     /// With no flags it keeps its data in ./swarmguard-data and serves the Engine API on
     /// unix://./swarmguard-data/swarmguard.sock; it prints the DOCKER_HOST line to use.
     Manager(manager::ManagerArgs),
+    /// Notary-compatible trust server for Docker Content Trust.
+    TrustServer(swarmguard_notary::server::ServerArgs),
+    /// Trust signer holding timestamp/snapshot keys, served over gRPC with mutual TLS.
+    TrustSigner(swarmguard_notary::remote::SignerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    // One TLS stack with one provider, chosen here rather than by whichever crate asks first.
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Manager(args) => manager::run(args).await,
+    match cli.command {
+        Command::Manager(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            // One TLS stack with one provider, chosen here rather than by whichever crate asks
+            // first.
+            rustls::crypto::ring::default_provider()
+                .install_default()
+                .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(manager::run(args))
         }
-    })
+        Command::TrustServer(args) => Ok(swarmguard_notary::server::run(args)?),
+        Command::TrustSigner(args) => Ok(swarmguard_notary::remote::run_signer(args)?),
+    }
 }

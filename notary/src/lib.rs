@@ -1,1 +1,14 @@
+//! swarmguard-notary: a Notary-compatible TUF trust server for Docker Content
+//! Trust, with our own canonical JSON, TUF schema, signature verification,
+//! upload validation, redb storage and a signer boundary.
 #![forbid(unsafe_code)]
+
+pub mod cjson;
+pub mod multipart;
+pub mod names;
+pub mod remote;
+pub mod server;
+pub mod signer;
+pub mod store;
+pub mod tuf;
+pub mod validate;

@@ -1,161 +1,183 @@
-//! A real dockerd (Debian's docker.io, SwarmKit inside) for tests and benches: its own dirs, its
-//! own socket and, for swarm mode, its own network namespace (two swarm-mode dockerds clash in
-//! one: gossip port 7946, docker_gwbridge, VXLAN). Stopped by the PID we started, also when the
+//! A private real dockerd (Debian's docker.io 20.10, SwarmKit inside) plus the docker CLI pointed
+//! at it. For swarm mode it runs in its own network namespace: two swarm-mode dockerds clash in
+//! one (gossip port 7946, docker_gwbridge, VXLAN). Stopped by the PID we started, also when the
 //! test fails; never by name.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::manager::docker_bin;
+use super::{require_bin, run, short_tempdir, text, wait_until, Proc};
 
 pub struct Dockerd {
-    pub dir: tempfile::TempDir,
+    pub proc: Proc,
     pub socket: PathBuf,
+    /// DOCKER_CONFIG for the CLI (the trust dir lives here).
+    pub config: PathBuf,
+    /// The network namespace dockerd runs in, if its own.
     pub netns: Option<String>,
-    docker_config: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-/// The dockerd binary; a missing one fails the test loudly with the fix.
-pub fn dockerd_bin() -> PathBuf {
-    for p in ["/usr/sbin/dockerd", "/usr/bin/dockerd"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("dockerd is not installed: run scripts/test, which installs Debian's docker.io")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    /// The directory holding data-root, exec-root, socket and log.
+    pub root: PathBuf,
+    docker: PathBuf,
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl Dockerd {
-    /// Starts dockerd; with `own_netns` it runs in a fresh network namespace with only loopback.
+    /// Starts dockerd in a fresh short temp dir; with `own_netns`, in a new network namespace
+    /// with only loopback up.
     pub fn start(own_netns: bool) -> Dockerd {
+        let temp = short_tempdir("sgd");
+        let mut d = Dockerd::start_in(temp.path(), own_netns);
+        d._temp = Some(temp);
+        d
+    }
+
+    /// Starts dockerd with its files under `dir`, which must be short (unix socket paths, the
+    /// managed containerd's included, must stay under 108 bytes).
+    pub fn start_in(dir: &Path, own_netns: bool) -> Dockerd {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        // Short paths: unix socket paths must stay under 108 bytes, containerd's included.
-        let dir = tempfile::Builder::new()
-            .prefix("sgd")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let socket = dir.path().join("d.sock");
+        let bin = require_bin("dockerd");
+        let docker = require_bin("docker");
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("d.sock");
+        assert!(
+            socket.as_os_str().len() < 80,
+            "socket path too long: {}",
+            socket.display()
+        );
+        let config = dir.join("cfg");
+        std::fs::create_dir_all(&config).unwrap();
         let netns = own_netns.then(|| {
             let name = format!(
                 "sg{}-{}",
                 std::process::id(),
                 SEQ.fetch_add(1, Ordering::SeqCst)
             );
-            run(Command::new("ip").args(["netns", "add", &name]));
-            run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+            let ip = require_bin("ip");
+            for args in [
+                vec!["netns", "add", &name],
+                vec!["-n", &name, "link", "set", "lo", "up"],
+            ] {
+                let mut c = Command::new(&ip);
+                c.args(&args);
+                let o = run(c, Duration::from_secs(30));
+                assert!(o.status.success(), "ip {args:?}: {}", text(&o));
+            }
             name
         });
         let mut cmd = match &netns {
             // `ip netns exec` remounts /sys and breaks dockerd; nsenter switches only the netns.
             Some(name) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{name}"))
-                    .arg(dockerd_bin());
+                let mut c = Command::new(require_bin("nsenter"));
+                c.arg(format!("--net=/var/run/netns/{name}")).arg(&bin);
                 c
             }
-            None => Command::new(dockerd_bin()),
+            None => Command::new(&bin),
         };
-        let p = dir.path();
         cmd.arg("--data-root")
-            .arg(p.join("root"))
+            .arg(dir.join("data"))
             .arg("--exec-root")
-            .arg(p.join("e"))
+            .arg(dir.join("x"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
             .arg("--pidfile")
-            .arg(p.join("d.pid"))
+            .arg(dir.join("d.pid"))
             .args([
                 "--iptables=false",
                 "--ip-forward=false",
                 "--ip-masq=false",
                 "--bridge=none",
                 "--storage-driver=vfs",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(p.join("dockerd.log")).expect("log file"));
-        let child = cmd.spawn().expect("start dockerd");
-        let d = Dockerd {
+            ]);
+        let proc = Proc::spawn("dockerd", cmd, dir.join("dockerd.log"));
+        let mut d = Dockerd {
+            proc,
             socket,
+            config,
             netns,
-            docker_config: tempfile::tempdir().expect("tempdir"),
-            child: Some(child),
-            dir,
+            root: dir.to_path_buf(),
+            docker,
+            _temp: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if d.docker(&["version", "--format", "{{.Server.Version}}"])
-                .status
-                .success()
-            {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default();
-        panic!("dockerd did not come up within 60 s; its log:\n{log}");
+        let sock = d.socket.clone();
+        let docker = d.docker.clone();
+        wait_until("dockerd socket", Duration::from_secs(60), || {
+            d.proc.assert_running();
+            sock.exists()
+                && Command::new(&docker)
+                    .arg("-H")
+                    .arg(format!("unix://{}", sock.display()))
+                    .arg("version")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+        });
+        d
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.proc.pid()
+    }
+
+    /// A docker CLI command against this daemon with the given env.
+    pub fn cmd(&self, env: &[(&str, &str)], args: &[&str]) -> Command {
+        let mut c = Command::new(&self.docker);
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", self.config.parent().unwrap())
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", &self.config);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.args(args);
+        c
+    }
+
+    pub fn docker_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        run(self.cmd(env, args), Duration::from_secs(180))
+    }
+
+    /// Run with `env` and require success; returns stdout and stderr.
+    pub fn ok(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let o = self.docker_env(env, args);
+        assert!(o.status.success(), "docker {args:?} failed:\n{}", text(&o));
+        text(&o)
     }
 
     pub fn docker(&self, args: &[&str]) -> Output {
-        Command::new(docker_bin())
-            .args(args)
-            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
-            .env("DOCKER_CONFIG", self.docker_config.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run docker")
+        self.docker_env(&[], args)
     }
 
+    /// Run and require success; returns stdout only.
     pub fn docker_ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
+        let o = self.docker(args);
+        assert!(o.status.success(), "docker {args:?} failed:\n{}", text(&o));
+        String::from_utf8(o.stdout).expect("utf-8")
     }
 
-    /// Stops dockerd by its PID and cleans up what it may leave behind.
+    /// Import a tiny image (one static file) as `tag`.
+    pub fn import_tiny_image(&self, tag: &str, content: &str) {
+        let dir = self.root.join("rootfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello.txt"), content).unwrap();
+        let tar = self.root.join("rootfs.tar");
+        let mut c = Command::new(require_bin("tar"));
+        c.arg("-C").arg(&dir).arg("-cf").arg(&tar).arg(".");
+        let o = run(c, Duration::from_secs(30));
+        assert!(o.status.success(), "tar: {}", text(&o));
+        self.ok(&[], &["import", tar.to_str().unwrap(), tag]);
+    }
+
+    /// Stops dockerd by its PID, then removes what it may leave behind: a netns bind mount
+    /// under exec-root from a failed ingress sandbox, and our network namespace.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if child.try_wait().ok().flatten().is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // A failed ingress sandbox can leak a netns bind mount under exec-root.
+        self.proc.stop(Duration::from_secs(30));
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
-            let root = self.dir.path().to_string_lossy().to_string();
+            let root = self.root.to_string_lossy().to_string();
             for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
                 if m.starts_with(&root) {
                     let _ = Command::new("umount").arg("-l").arg(m).status();

@@ -46,16 +46,6 @@ impl HttpResponse {
     }
 }
 
-/// The docker CLI the tests drive; a missing CLI fails the test loudly.
-pub fn docker_bin() -> PathBuf {
-    for p in ["/usr/local/bin/docker", "/usr/bin/docker"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("the docker CLI is not installed: run scripts/test, which installs the test peers")
-}
-
 impl Manager {
     /// Starts a manager on `data_dir` and waits until its Engine API answers.
     pub fn start(data_dir: &Path) -> Manager {
@@ -76,7 +66,7 @@ impl Manager {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-addr")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", super::free_port()))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -150,7 +140,7 @@ impl Manager {
     }
 
     pub fn docker_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut cmd = Command::new(docker_bin());
+        let mut cmd = Command::new(super::require_bin("docker"));
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -231,14 +221,6 @@ pub fn unix_request(
     }
     s.read_to_end(&mut raw)?;
     parse_response(&raw, method == "HEAD")
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 fn parse_response(raw: &[u8], head: bool) -> std::io::Result<HttpResponse> {

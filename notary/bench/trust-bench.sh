@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Benchmark `swarmguard trust-server` + `trust-signer` against Debian's
+# notary-server + notary-signer (memory storage), all on loopback ports
+# chosen at run time, in one run:
+#   * GET timestamp.json and targets.<sha256>.json: requests/s and CPU per
+#     request (server + signer, from /proc/<pid>/stat) at 2 and 32 connections (wrk)
+#   * publish latency with the notary CLI (p50 of N publishes)
+#   * trusted `docker push` latency (p50 of N pushes; needs dockerd, registry)
+#   * RSS of every server process after the load
+# Usage: notary/bench/trust-bench.sh [path/to/swarmguard]   (release build recommended)
+# Env: DURATION (wrk seconds, default 10), N (publishes/pushes, default 5), SKIP_DOCKER=1
+set -euo pipefail
+
+BIN=${1:-${SWARMGUARD_BIN:-/work/target-notary/release/swarmguard}}
+DURATION=${DURATION:-10}
+N=${N:-5}
+for b in "$BIN" notary notary-server notary-signer wrk openssl curl python3; do
+  command -v "$b" >/dev/null || { echo "missing required binary: $b" >&2; exit 1; }
+done
+
+W=$(mktemp -d /tmp/sgb.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+waitport() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+p50() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+now_ms() { date +%s%3N; }
+TICK=$(getconf CLK_TCK)
+
+# ---- PKI: one CA; server cert (IP SAN), signer cert, client cert.
+cd "$W"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 -subj /CN=bench-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout ca.key -out ca.crt 2>/dev/null
+leaf() { # name eku
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=%s\n' "$2" > "$1.ext"
+  openssl x509 -req -days 7 -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+  # notary (Go) wants PKCS#8 or EC keys; both are fine.
+}
+leaf server serverAuth; leaf signer serverAuth; leaf client clientAuth
+
+# ---- Debian notary-signer + notary-server
+NS_GRPC=$(freeport); NS_HTTP=$(freeport); N_PORT=$(freeport)
+cat > signer.json <<J
+{"server":{"http_addr":"127.0.0.1:$NS_HTTP","grpc_addr":"127.0.0.1:$NS_GRPC","tls_cert_file":"$W/signer.crt","tls_key_file":"$W/signer.key","client_ca_file":"$W/ca.crt"},
+ "logging":{"level":"error"},"storage":{"backend":"memory","default_alias":"benchalias"}}
+J
+cat > server.json <<J
+{"server":{"http_addr":"127.0.0.1:$N_PORT","tls_cert_file":"$W/server.crt","tls_key_file":"$W/server.key"},
+ "trust_service":{"type":"remote","hostname":"127.0.0.1","port":"$NS_GRPC","tls_ca_file":"$W/ca.crt","key_algorithm":"ecdsa","tls_client_cert":"$W/client.crt","tls_client_key":"$W/client.key"},
+ "logging":{"level":"error"},"storage":{"backend":"memory"}}
+J
+NOTARY_SIGNER_BENCHALIAS=benchpass notary-signer -config signer.json > notary-signer.log 2>&1 & NSIG=$!; PIDS+=($NSIG)
+waitport "$NS_GRPC"
+notary-server -config server.json > notary-server.log 2>&1 & NSRV=$!; PIDS+=($NSRV)
+waitport "$N_PORT"
+
+# ---- swarmguard trust-signer + trust-server
+S_GRPC=$(freeport); S_PORT=$(freeport)
+head -c 32 /dev/urandom | base64 > master.key
+"$BIN" trust-signer --data-dir "$W/sg-signer" --listen 127.0.0.1:"$S_GRPC" --tls-cert signer.crt --tls-key signer.key \
+  --client-ca ca.crt --signer-key-file master.key > sg-signer.log 2>&1 & SSIG=$!; PIDS+=($SSIG)
+waitport "$S_GRPC"
+"$BIN" trust-server --data-dir "$W/sg-server" --listen 127.0.0.1:"$S_PORT" --tls-cert server.crt --tls-key server.key \
+  --signer-url https://127.0.0.1:"$S_GRPC" --signer-ca ca.crt --signer-client-cert client.crt --signer-client-key client.key \
+  > sg-server.log 2>&1 & SSRV=$!; PIDS+=($SSRV)
+waitport "$S_PORT"
+
+export NOTARY_ROOT_PASSPHRASE=bench NOTARY_TARGETS_PASSPHRASE=bench NOTARY_SNAPSHOT_PASSPHRASE=bench
+GUN=127.0.0.1:5000/bench/app
+echo "payload" > payload.txt
+
+declare -A RESULT
+bench_one() { # label port server_pid signer_pid
+  local label=$1 port=$2 spid=$3 gpid=$4 url="https://127.0.0.1:$2"
+  local nt=(notary -d "$W/trust-$label" -s "$url" --tlscacert ca.crt)
+  "${nt[@]}" init "$GUN" >/dev/null
+  "${nt[@]}" add "$GUN" v0 payload.txt >/dev/null
+  "${nt[@]}" publish "$GUN" >/dev/null
+  "${nt[@]}" key rotate "$GUN" snapshot -r >/dev/null   # server-managed snapshot, like docker
+  local times=()
+  for i in $(seq 1 "$N"); do
+    "${nt[@]}" add "$GUN" "v$i" payload.txt >/dev/null
+    local t0; t0=$(now_ms); "${nt[@]}" publish "$GUN" >/dev/null; times+=($(( $(now_ms) - t0 )))
+  done
+  RESULT[$label,publish_p50_ms]=$(printf '%s\n' "${times[@]}" | p50)
+  local ts_url="$url/v2/$GUN/_trust/tuf/timestamp.json"
+  local snap; snap=$(curl -s --cacert ca.crt "$ts_url" | python3 -c 'import sys,json,base64;print(base64.b64decode(json.load(sys.stdin)["signed"]["meta"]["snapshot"]["hashes"]["sha256"]).hex())')
+  local tg; tg=$(curl -s --cacert ca.crt "$url/v2/$GUN/_trust/tuf/snapshot.$snap.json" | python3 -c 'import sys,json,base64;print(base64.b64decode(json.load(sys.stdin)["signed"]["meta"]["targets"]["hashes"]["sha256"]).hex())')
+  local tg_url="$url/v2/$GUN/_trust/tuf/targets.$tg.json"
+  for what in timestamp targets; do
+    local u=$ts_url; [ "$what" = targets ] && u=$tg_url
+    for c in 2 32; do
+      local c0 g0; c0=$(cpu_ticks "$spid"); g0=$(cpu_ticks "$gpid")
+      local out; out=$(wrk -t2 -c"$c" -d"${DURATION}s" --latency "$u")
+      local c1 g1; c1=$(cpu_ticks "$spid"); g1=$(cpu_ticks "$gpid")
+      local reqs rps; reqs=$(echo "$out" | awk '/requests in/{print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+      RESULT[$label,$what,c$c,rps]=$rps
+      RESULT[$label,$what,c$c,cpu_us_per_req]=$(python3 -c "print(round(((($c1-$c0)+($g1-$g0))/$TICK)*1e6/max(1,$reqs),1))")
+    done
+  done
+  RESULT[$label,rss_server_kb]=$(rss_kb "$spid"); RESULT[$label,rss_signer_kb]=$(rss_kb "$gpid")
+}
+
+bench_one notary "$N_PORT" "$NSRV" "$NSIG"
+bench_one swarmguard "$S_PORT" "$SSRV" "$SSIG"
+
+# ---- trusted docker push latency (optional)
+if [ "${SKIP_DOCKER:-0}" != 1 ] && command -v dockerd >/dev/null && command -v docker-registry >/dev/null; then
+  R_PORT=$(freeport); D="$W/d"; mkdir -p "$D/reg" "$D/cfg"
+  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$D/reg" "$R_PORT" > "$D/reg.yml"
+  docker-registry serve "$D/reg.yml" > "$D/registry.log" 2>&1 & PIDS+=($!)
+  dockerd --data-root "$D/data" --exec-root "$D/x" -H unix://"$D/s" --pidfile "$D/p" --iptables=false --ip-forward=false \
+    --ip-masq=false --bridge=none --storage-driver=vfs > "$D/dockerd.log" 2>&1 & PIDS+=($!)
+  waitport "$R_PORT"
+  for _ in $(seq 1 300); do docker -H unix://"$D/s" version >/dev/null 2>&1 && break; sleep 0.2; done
+  export DOCKER_HOST=unix://$D/s DOCKER_CONFIG=$D/cfg DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE=bench DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE=bench
+  mkdir -p "$D/rootfs"
+  for label in notary swarmguard; do
+    port=$N_PORT; [ $label = swarmguard ] && port=$S_PORT
+    times=()
+    for i in $(seq 1 "$N"); do
+      echo "$label $i $RANDOM" > "$D/rootfs/f"; tar -C "$D/rootfs" -cf "$D/r.tar" .
+      img=127.0.0.1:$R_PORT/bench/$label:t$i
+      docker import "$D/r.tar" "$img" >/dev/null
+      t0=$(now_ms)
+      DOCKER_CONTENT_TRUST=1 DOCKER_CONTENT_TRUST_SERVER=https://127.0.0.1:$port docker push "$img" >/dev/null
+      times+=($(( $(now_ms) - t0 )))
+    done
+    RESULT[$label,push_p50_ms]=$(printf '%s\n' "${times[@]}" | p50)
+  done
+fi
+
+printf '\n%-44s %14s %14s %8s\n' metric notary swarmguard ratio
+for k in $(printf '%s\n' "${!RESULT[@]}" | sed 's/^[^,]*,//' | sort -u); do
+  a=${RESULT[notary,$k]:-}; b=${RESULT[swarmguard,$k]:-}
+  r=$(python3 -c "a='$a';b='$b';print(round(float(b)/float(a),2) if a and b and float(a) else '-')")
+  printf '%-44s %14s %14s %8s\n' "$k" "$a" "$b" "$r"
+done

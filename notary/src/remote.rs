@@ -1,0 +1,329 @@
+//! `swarmguard trust-signer`: the signer as a separate process, reached over
+//! gRPC with mutual TLS, and the [`Signer`] client the trust server uses to
+//! talk to it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::names;
+use crate::signer::{HeldKey, LocalSigner, MasterKey, Signer, SignerError};
+use crate::tuf::{KeyVal, PublicKey};
+
+/// Generated from proto/signer.proto.
+pub mod pb {
+    tonic::include_proto!("swarmguard.trust.signer.v1");
+}
+
+use pb::trust_signer_client::TrustSignerClient;
+use pb::trust_signer_server::{TrustSigner, TrustSignerServer};
+
+/// Largest message the signer will sign (snapshot/timestamp are far smaller).
+const MAX_SIGN_BYTES: usize = 1 << 20;
+
+/// `swarmguard trust-signer` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SignerArgs {
+    /// Directory for the signer's redb database (encrypted keys).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; see --ready-file).
+    #[arg(long, default_value = "127.0.0.1:7899")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain the signer presents.
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    /// PEM CA that client certificates (the trust servers) must chain to.
+    #[arg(long)]
+    pub client_ca: PathBuf,
+    /// File with the 32-byte master key (base64 or hex); without it the key
+    /// is read from SWARMGUARD_TRUST_SIGNER_KEY.
+    #[arg(long)]
+    pub signer_key_file: Option<PathBuf>,
+    /// Once listening, write the bound address to this file.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Errors starting the signer or its client.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, RemoteError> {
+    std::fs::read(path).map_err(|e| RemoteError::Config(format!("{}: {e}", path.display())))
+}
+
+struct Service {
+    signer: Arc<LocalSigner>,
+}
+
+fn check_names(gun: &str, role: &str) -> Result<(), Status> {
+    if !names::valid_gun(gun) {
+        return Err(Status::invalid_argument("invalid GUN"));
+    }
+    if role != "timestamp" && role != "snapshot" {
+        return Err(Status::invalid_argument(
+            "only timestamp and snapshot keys are held",
+        ));
+    }
+    Ok(())
+}
+
+fn status(e: SignerError) -> Status {
+    match e {
+        SignerError::UnknownKey(_) => Status::not_found("no such key"),
+        other => {
+            tracing::error!(error = %other, "signer failure");
+            Status::internal("signer failure")
+        }
+    }
+}
+
+fn info(k: HeldKey) -> pb::KeyInfo {
+    pb::KeyInfo {
+        key_id: k.id,
+        keytype: k.public.keytype,
+        public: k.public.keyval.public,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::internal("task failed"))?
+}
+
+#[tonic::async_trait]
+impl TrustSigner for Service {
+    async fn create_key(
+        &self,
+        req: Request<pb::KeyRequest>,
+    ) -> Result<Response<pb::KeyInfo>, Status> {
+        let r = req.into_inner();
+        check_names(&r.gun, &r.role)?;
+        let s = self.signer.clone();
+        let k = blocking(move || s.create_key(&r.gun, &r.role).map_err(status)).await?;
+        Ok(Response::new(info(k)))
+    }
+
+    async fn list_keys(
+        &self,
+        req: Request<pb::KeyRequest>,
+    ) -> Result<Response<pb::KeyList>, Status> {
+        let r = req.into_inner();
+        check_names(&r.gun, &r.role)?;
+        let s = self.signer.clone();
+        let keys = blocking(move || s.keys(&r.gun, &r.role).map_err(status)).await?;
+        Ok(Response::new(pb::KeyList {
+            keys: keys.into_iter().map(info).collect(),
+        }))
+    }
+
+    async fn sign(
+        &self,
+        req: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
+        let r = req.into_inner();
+        check_names(&r.gun, &r.role)?;
+        if r.key_id.len() != 64 || !r.key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument("invalid key ID"));
+        }
+        if r.message.len() > MAX_SIGN_BYTES {
+            return Err(Status::invalid_argument("message too large"));
+        }
+        let s = self.signer.clone();
+        let (method, signature) = blocking(move || {
+            s.sign(&r.gun, &r.role, &r.key_id, &r.message)
+                .map_err(status)
+        })
+        .await?;
+        Ok(Response::new(pb::SignResponse { method, signature }))
+    }
+}
+
+/// Run `swarmguard trust-signer` until SIGINT/SIGTERM.
+pub fn run_signer(args: SignerArgs) -> Result<(), RemoteError> {
+    crate::server::init_process();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve_signer(args))
+}
+
+async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
+    let master = match &args.signer_key_file {
+        Some(p) => MasterKey::from_file(p)?,
+        None => match std::env::var(crate::server::MASTER_KEY_ENV) {
+            Ok(v) => MasterKey::decode(&zeroize::Zeroizing::new(v))?,
+            Err(_) => {
+                return Err(RemoteError::Config(
+                    "no master key: pass --signer-key-file".into(),
+                ))
+            }
+        },
+    };
+    let store = crate::store::Store::open(&args.data_dir)
+        .map_err(|e| RemoteError::Config(e.to_string()))?;
+    let signer = Arc::new(LocalSigner::new(store.database(), master)?);
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&args.tls_cert)?,
+            read(&args.tls_key)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read(&args.client_ca)?));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    if let Some(p) = &args.ready_file {
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, local.to_string())?;
+        std::fs::rename(&tmp, p)?;
+    }
+    tracing::info!(%local, "trust signer listening (mutual TLS)");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    Server::builder()
+        .tls_config(tls)?
+        .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(64)
+        .add_service(
+            TrustSignerServer::new(Service { signer })
+                .max_decoding_message_size(2 * MAX_SIGN_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, crate::server::shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Where and how the trust server reaches a remote signer.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub url: String,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// A [`Signer`] backed by `swarmguard trust-signer` over gRPC + mTLS. Its
+/// methods block: call them from blocking threads only.
+pub struct RemoteSigner {
+    client: TrustSignerClient<Channel>,
+    handle: tokio::runtime::Handle,
+}
+
+impl RemoteSigner {
+    /// Build a lazily connecting client; must be called inside a runtime.
+    pub fn new(cfg: &RemoteConfig) -> Result<Self, RemoteError> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&cfg.ca)?))
+            .identity(Identity::from_pem(
+                read(&cfg.client_cert)?,
+                read(&cfg.client_key)?,
+            ));
+        let channel = Channel::from_shared(cfg.url.clone())
+            .map_err(|e| RemoteError::Config(format!("signer URL: {e}")))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy();
+        Ok(RemoteSigner {
+            client: TrustSignerClient::new(channel),
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+}
+
+fn remote_err(s: Status) -> SignerError {
+    match s.code() {
+        tonic::Code::NotFound => SignerError::UnknownKey(String::new()),
+        _ => SignerError::Storage(format!("remote signer: {}", s.message())),
+    }
+}
+
+fn held(k: pb::KeyInfo) -> Result<HeldKey, SignerError> {
+    let public = PublicKey {
+        keytype: k.keytype,
+        keyval: KeyVal {
+            private: None,
+            public: k.public,
+        },
+    };
+    // Never trust the remote's key ID: recompute it.
+    let id = crate::tuf::key_id(&public).map_err(|_| SignerError::Crypto)?;
+    if id != k.key_id {
+        return Err(SignerError::Storage(
+            "remote signer returned a mismatched key ID".into(),
+        ));
+    }
+    Ok(HeldKey { id, public })
+}
+
+impl Signer for RemoteSigner {
+    fn create_key(&self, gun: &str, role: &str) -> Result<HeldKey, SignerError> {
+        let mut c = self.client.clone();
+        let req = pb::KeyRequest {
+            gun: gun.into(),
+            role: role.into(),
+        };
+        held(
+            self.handle
+                .block_on(c.create_key(req))
+                .map_err(remote_err)?
+                .into_inner(),
+        )
+    }
+
+    fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError> {
+        let mut c = self.client.clone();
+        let req = pb::KeyRequest {
+            gun: gun.into(),
+            role: role.into(),
+        };
+        self.handle
+            .block_on(c.list_keys(req))
+            .map_err(remote_err)?
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(held)
+            .collect()
+    }
+
+    fn sign(
+        &self,
+        gun: &str,
+        role: &str,
+        key_id: &str,
+        msg: &[u8],
+    ) -> Result<(String, Vec<u8>), SignerError> {
+        let mut c = self.client.clone();
+        let req = pb::SignRequest {
+            gun: gun.into(),
+            role: role.into(),
+            key_id: key_id.into(),
+            message: msg.to_vec(),
+        };
+        let r = self
+            .handle
+            .block_on(c.sign(req))
+            .map_err(remote_err)?
+            .into_inner();
+        Ok((r.method, r.signature))
+    }
+}

@@ -1,0 +1,263 @@
+//! The signing boundary: timestamp and snapshot private keys live only behind
+//! [`Signer`]. The in-process implementation keeps them in redb, encrypted
+//! with AES-256-GCM under a 32-byte master key, and decrypts a key only for
+//! the duration of one signature (the plaintext is zeroized afterwards).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::tuf::{self, KeyVal, PublicKey};
+
+/// Errors from the signer.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("no key {0} held for this repository")]
+    UnknownKey(String),
+    #[error("master key: {0}")]
+    MasterKey(String),
+    #[error("crypto failure")]
+    Crypto,
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> SignerError {
+    SignerError::Storage(e.to_string())
+}
+
+/// A server-held key, public part.
+#[derive(Debug, Clone)]
+pub struct HeldKey {
+    pub id: String,
+    pub public: PublicKey,
+}
+
+/// What the trust server needs from a signer.
+pub trait Signer: Send + Sync {
+    /// Create a new key for `gun`/`role` and return its public part.
+    fn create_key(&self, gun: &str, role: &str) -> Result<HeldKey, SignerError>;
+    /// All keys held for `gun`/`role`, oldest first.
+    fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError>;
+    /// Sign `msg` with key `key_id` of `gun`/`role`; returns (method, signature).
+    fn sign(
+        &self,
+        gun: &str,
+        role: &str,
+        key_id: &str,
+        msg: &[u8],
+    ) -> Result<(String, Vec<u8>), SignerError>;
+}
+
+/// 32-byte AES-256-GCM master key, zeroized on drop.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl MasterKey {
+    /// Decode base64 (standard) or 64 hex characters.
+    pub fn decode(text: &str) -> Result<Self, SignerError> {
+        let t = text.trim();
+        let mut raw = Zeroizing::new(
+            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                (0..32)
+                    .map(|i| {
+                        u8::from_str_radix(&t[2 * i..2 * i + 2], 16)
+                            .map_err(|_| SignerError::MasterKey("hex".into()))
+                    })
+                    .collect::<Result<Vec<u8>, _>>()?
+            } else {
+                B64.decode(t).map_err(|_| {
+                    SignerError::MasterKey("neither 64 hex digits nor base64".into())
+                })?
+            },
+        );
+        if raw.len() != 32 {
+            raw.zeroize();
+            return Err(SignerError::MasterKey("must be exactly 32 bytes".into()));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&raw);
+        Ok(MasterKey(k))
+    }
+
+    /// Read from a file (which should be mode 0600).
+    pub fn from_file(path: &Path) -> Result<Self, SignerError> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| SignerError::MasterKey(format!("{}: {e}", path.display())))?,
+        );
+        Self::decode(&text)
+    }
+
+    fn aead(&self) -> Result<LessSafeKey, SignerError> {
+        Ok(LessSafeKey::new(
+            UnboundKey::new(&aead::AES_256_GCM, &self.0[..]).map_err(|_| SignerError::Crypto)?,
+        ))
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signer_keys");
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    id: String,
+    public: String,
+    nonce: String,
+    /// AES-256-GCM ciphertext+tag of the PKCS#8 private key.
+    sealed: String,
+}
+
+/// In-process signer over redb.
+pub struct LocalSigner {
+    db: Arc<Database>,
+    master: MasterKey,
+    rng: SystemRandom,
+}
+
+impl LocalSigner {
+    pub fn new(db: Arc<Database>, master: MasterKey) -> Result<Self, SignerError> {
+        let tx = db.begin_write().map_err(storage)?;
+        tx.open_table(KEYS).map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok(LocalSigner {
+            db,
+            master,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    fn load(&self, gun: &str, role: &str) -> Result<Vec<StoredKey>, SignerError> {
+        let tx = self.db.begin_read().map_err(storage)?;
+        let t = tx.open_table(KEYS).map_err(storage)?;
+        match t.get(slot(gun, role).as_str()).map_err(storage)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(storage),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+fn slot(gun: &str, role: &str) -> String {
+    format!("{gun}\n{role}")
+}
+
+fn aad(gun: &str, role: &str, id: &str) -> String {
+    format!("swarmguard-notary-key\n{gun}\n{role}\n{id}")
+}
+
+impl Signer for LocalSigner {
+    fn create_key(&self, gun: &str, role: &str) -> Result<HeldKey, SignerError> {
+        let pkcs8 = Zeroizing::new(
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.rng)
+                .map_err(|_| SignerError::Crypto)?
+                .as_ref()
+                .to_vec(),
+        );
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &self.rng)
+            .map_err(|_| SignerError::Crypto)?;
+        let public = tuf::ecdsa_p256_key(pair.public_key().as_ref());
+        let id = tuf::key_id(&public).map_err(|_| SignerError::Crypto)?;
+        let mut nonce = [0u8; 12];
+        self.rng.fill(&mut nonce).map_err(|_| SignerError::Crypto)?;
+        let mut buf = Zeroizing::new(pkcs8.to_vec());
+        self.master
+            .aead()?
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(gun, role, &id).as_bytes()),
+                &mut *buf,
+            )
+            .map_err(|_| SignerError::Crypto)?;
+        let stored = StoredKey {
+            id: id.clone(),
+            public: public.keyval.public.clone(),
+            nonce: B64.encode(nonce),
+            sealed: B64.encode(&*buf),
+        };
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = tx.open_table(KEYS).map_err(storage)?;
+            let key = slot(gun, role);
+            let mut all: Vec<StoredKey> = match t.get(key.as_str()).map_err(storage)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+                None => Vec::new(),
+            };
+            all.push(stored);
+            // Bound the history kept per repository and role.
+            if all.len() > 16 {
+                let drop = all.len() - 16;
+                all.drain(..drop);
+            }
+            let bytes = serde_json::to_vec(&all).map_err(storage)?;
+            t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        tracing::info!(gun, role, key_id = %id, "created server-held key");
+        Ok(HeldKey { id, public })
+    }
+
+    fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError> {
+        Ok(self
+            .load(gun, role)?
+            .into_iter()
+            .map(|k| HeldKey {
+                id: k.id,
+                public: PublicKey {
+                    keytype: "ecdsa".into(),
+                    keyval: KeyVal {
+                        private: None,
+                        public: k.public,
+                    },
+                },
+            })
+            .collect())
+    }
+
+    fn sign(
+        &self,
+        gun: &str,
+        role: &str,
+        key_id: &str,
+        msg: &[u8],
+    ) -> Result<(String, Vec<u8>), SignerError> {
+        let stored = self
+            .load(gun, role)?
+            .into_iter()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| SignerError::UnknownKey(key_id.to_string()))?;
+        let nonce: [u8; 12] = B64
+            .decode(&stored.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or(SignerError::Crypto)?;
+        let mut buf = Zeroizing::new(
+            B64.decode(&stored.sealed)
+                .map_err(|_| SignerError::Crypto)?,
+        );
+        let plain = self
+            .master
+            .aead()?
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(gun, role, key_id).as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| SignerError::Crypto)?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, plain, &self.rng)
+            .map_err(|_| SignerError::Crypto)?;
+        let sig = pair.sign(&self.rng, msg).map_err(|_| SignerError::Crypto)?;
+        Ok(("ecdsa".to_string(), sig.as_ref().to_vec()))
+    }
+}

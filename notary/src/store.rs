@@ -1,0 +1,293 @@
+//! Durable metadata storage in redb. Uploaded files are stored verbatim and
+//! served byte for byte. Every upload is validated and written inside one
+//! write transaction, so validation and storage cannot interleave.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::tuf;
+use crate::validate::{RepoState, Write};
+
+/// "gun\nrole\n{version:020}" → raw bytes
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// "gun\nrole" → current version
+const CURRENT: TableDefinition<&str, u64> = TableDefinition::new("current");
+/// "gun\nrole\n{sha256 hex}" → version
+const CHECKSUM: TableDefinition<&str, u64> = TableDefinition::new("checksum");
+/// change id → JSON record
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("changefeed");
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+fn se(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// One changefeed record, as Notary writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    #[serde(rename = "GUN")]
+    pub gun: String,
+    #[serde(rename = "Version")]
+    pub version: u64,
+    #[serde(rename = "SHA256")]
+    pub sha256: String,
+    #[serde(rename = "Category")]
+    pub category: String,
+}
+
+/// The metadata store.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+fn prefix(gun: &str) -> (String, String) {
+    (format!("{gun}\n"), format!("{gun}\u{b}"))
+}
+
+impl Store {
+    /// Open (or create) `data_dir/trust.redb`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(se)?;
+        let db = Database::create(data_dir.join("trust.redb")).map_err(se)?;
+        let tx = db.begin_write().map_err(se)?;
+        tx.open_table(META).map_err(se)?;
+        tx.open_table(CURRENT).map_err(se)?;
+        tx.open_table(CHECKSUM).map_err(se)?;
+        tx.open_table(FEED).map_err(se)?;
+        tx.commit().map_err(se)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// The database, shared with the in-process signer.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    /// Current bytes of `role`.
+    pub fn current(&self, gun: &str, role: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        let cur = tx.open_table(CURRENT).map_err(se)?;
+        let Some(v) = cur
+            .get(format!("{gun}\n{role}").as_str())
+            .map_err(se)?
+            .map(|g| g.value())
+        else {
+            return Ok(None);
+        };
+        self.version_in(&tx, gun, role, v)
+    }
+
+    fn version_in(
+        &self,
+        tx: &redb::ReadTransaction,
+        gun: &str,
+        role: &str,
+        v: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let meta = tx.open_table(META).map_err(se)?;
+        Ok(meta
+            .get(format!("{gun}\n{role}\n{v:020}").as_str())
+            .map_err(se)?
+            .map(|g| g.value().to_vec()))
+    }
+
+    /// `role` at `version`.
+    pub fn version(
+        &self,
+        gun: &str,
+        role: &str,
+        version: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        self.version_in(&tx, gun, role, version)
+    }
+
+    /// `role` whose sha256 is `hex`.
+    pub fn by_checksum(
+        &self,
+        gun: &str,
+        role: &str,
+        hex: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        let t = tx.open_table(CHECKSUM).map_err(se)?;
+        let Some(v) = t
+            .get(format!("{gun}\n{role}\n{hex}").as_str())
+            .map_err(se)?
+            .map(|g| g.value())
+        else {
+            return Ok(None);
+        };
+        self.version_in(&tx, gun, role, v)
+    }
+
+    fn load_state(tx: &redb::WriteTransaction, gun: &str) -> Result<RepoState, StoreError> {
+        let cur = tx.open_table(CURRENT).map_err(se)?;
+        let meta = tx.open_table(META).map_err(se)?;
+        let (lo, hi) = prefix(gun);
+        let mut state = RepoState::default();
+        for item in cur.range(lo.as_str()..hi.as_str()).map_err(se)? {
+            let (k, v) = item.map_err(se)?;
+            let role = k.value()[lo.len()..].to_string();
+            let version = v.value();
+            let raw = meta
+                .get(format!("{gun}\n{role}\n{version:020}").as_str())
+                .map_err(se)?
+                .map(|g| g.value().to_vec())
+                .ok_or_else(|| StoreError(format!("missing {role} v{version}")))?;
+            state.roles.insert(role, (version, raw));
+        }
+        Ok(state)
+    }
+
+    /// Run `f` on the repository's current state inside one write
+    /// transaction and store what it returns. `f`'s error aborts everything.
+    pub fn update<E: From<StoreError>>(
+        &self,
+        gun: &str,
+        f: impl FnOnce(&RepoState) -> Result<Vec<Write>, E>,
+    ) -> Result<Vec<Write>, E> {
+        let tx = self.db.begin_write().map_err(se)?;
+        let state = Self::load_state(&tx, gun)?;
+        let writes = f(&state)?;
+        if writes.is_empty() {
+            return Ok(writes);
+        }
+        {
+            let mut meta = tx.open_table(META).map_err(se)?;
+            let mut cur = tx.open_table(CURRENT).map_err(se)?;
+            let mut sums = tx.open_table(CHECKSUM).map_err(se)?;
+            let mut feed = tx.open_table(FEED).map_err(se)?;
+            for w in &writes {
+                meta.insert(
+                    format!("{gun}\n{}\n{:020}", w.role, w.version).as_str(),
+                    w.raw.as_slice(),
+                )
+                .map_err(se)?;
+                cur.insert(format!("{gun}\n{}", w.role).as_str(), w.version)
+                    .map_err(se)?;
+                sums.insert(
+                    format!("{gun}\n{}\n{}", w.role, tuf::sha256_hex(&w.raw)).as_str(),
+                    w.version,
+                )
+                .map_err(se)?;
+                if w.role == "timestamp" {
+                    let id = feed
+                        .last()
+                        .map_err(se)?
+                        .map(|(k, _)| k.value())
+                        .unwrap_or(0)
+                        + 1;
+                    let rec = Change {
+                        id: id.to_string(),
+                        created_at: tuf::format_time(time::OffsetDateTime::now_utc()),
+                        gun: gun.to_string(),
+                        version: w.version,
+                        sha256: tuf::sha256_hex(&w.raw),
+                        category: "update".into(),
+                    };
+                    feed.insert(id, serde_json::to_vec(&rec).map_err(se)?.as_slice())
+                        .map_err(se)?;
+                }
+            }
+        }
+        tx.commit().map_err(se)?;
+        Ok(writes)
+    }
+
+    /// Delete all metadata of `gun`. Returns whether anything existed.
+    pub fn delete(&self, gun: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(se)?;
+        let existed;
+        {
+            let (lo, hi) = prefix(gun);
+            let mut meta = tx.open_table(META).map_err(se)?;
+            let mut cur = tx.open_table(CURRENT).map_err(se)?;
+            let mut sums = tx.open_table(CHECKSUM).map_err(se)?;
+            let mut feed = tx.open_table(FEED).map_err(se)?;
+            existed = cur
+                .range(lo.as_str()..hi.as_str())
+                .map_err(se)?
+                .next()
+                .is_some();
+            meta.retain_in(lo.as_str()..hi.as_str(), |_, _| false)
+                .map_err(se)?;
+            cur.retain_in(lo.as_str()..hi.as_str(), |_, _| false)
+                .map_err(se)?;
+            sums.retain_in(lo.as_str()..hi.as_str(), |_, _| false)
+                .map_err(se)?;
+            let id = feed
+                .last()
+                .map_err(se)?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0)
+                + 1;
+            let rec = Change {
+                id: id.to_string(),
+                created_at: tuf::format_time(time::OffsetDateTime::now_utc()),
+                gun: gun.to_string(),
+                version: 0,
+                sha256: String::new(),
+                category: "deletion".into(),
+            };
+            feed.insert(id, serde_json::to_vec(&rec).map_err(se)?.as_slice())
+                .map_err(se)?;
+        }
+        tx.commit().map_err(se)?;
+        Ok(existed)
+    }
+
+    /// Changefeed: up to |records| records after `after_id` (records > 0), or
+    /// the last |records| records up to `after_id` (records < 0; 0 = latest),
+    /// optionally for one GUN.
+    pub fn changes(
+        &self,
+        gun: Option<&str>,
+        after_id: u64,
+        records: i64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let tx = self.db.begin_read().map_err(se)?;
+        let feed = tx.open_table(FEED).map_err(se)?;
+        let n = records.unsigned_abs() as usize;
+        let matches = |c: &Change| gun.is_none_or(|g| c.gun == g);
+        let mut out = Vec::new();
+        if records >= 0 {
+            for item in feed.range(after_id.saturating_add(1)..).map_err(se)? {
+                let (_, v) = item.map_err(se)?;
+                let c: Change = serde_json::from_slice(v.value()).map_err(se)?;
+                if matches(&c) {
+                    out.push(c);
+                    if out.len() >= n {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let upper = if after_id == 0 { u64::MAX } else { after_id };
+            for item in feed.range(..=upper).map_err(se)?.rev() {
+                let (_, v) = item.map_err(se)?;
+                let c: Change = serde_json::from_slice(v.value()).map_err(se)?;
+                if matches(&c) {
+                    out.push(c);
+                    if out.len() >= n {
+                        break;
+                    }
+                }
+            }
+            out.reverse();
+        }
+        Ok(out)
+    }
+}

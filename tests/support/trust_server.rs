@@ -1,0 +1,129 @@
+//! Our `swarmguard trust-server`, started as a real process over HTTPS.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::{port_open, wait_until, Proc};
+
+pub struct TrustServer {
+    pub proc: Proc,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub cert: PathBuf,
+    key: PathBuf,
+    master_key: PathBuf,
+    dir: PathBuf,
+    restarts: u32,
+    extra: Vec<String>,
+}
+
+impl TrustServer {
+    /// Start with a fresh data dir and TLS cert under `dir`.
+    pub fn start(dir: &Path) -> TrustServer {
+        Self::start_with(dir, Vec::new())
+    }
+
+    /// Start with extra command-line arguments (e.g. a remote signer).
+    pub fn start_with(dir: &Path, extra: Vec<String>) -> TrustServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = super::make_server_cert(dir, &["tls-probe.invalid"]);
+        let master_key = dir.join("signer.key");
+        // 32 random bytes, hex, from the kernel.
+        let mut raw = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw)
+            .unwrap();
+        std::fs::write(
+            &master_key,
+            raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        )
+        .unwrap();
+        let mut s = TrustServer {
+            proc: Proc::none(),
+            port: 0,
+            data_dir: dir.join("data"),
+            cert,
+            key,
+            master_key,
+            dir: dir.to_path_buf(),
+            restarts: 0,
+            extra,
+        };
+        s.proc = s.spawn(0, 0);
+        s.port = s.wait_ready(0);
+        s
+    }
+
+    fn spawn(&self, port: u16, n: u32) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_swarmguard"));
+        cmd.arg("trust-server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tls-cert")
+            .arg(&self.cert)
+            .arg("--tls-key")
+            .arg(&self.key)
+            .arg("--ready-file")
+            .arg(self.dir.join(format!("ready-{n}")))
+            .env("RUST_LOG", "info");
+        if self.extra.is_empty() {
+            cmd.arg("--signer-key-file").arg(&self.master_key);
+        } else {
+            cmd.args(&self.extra);
+        }
+        Proc::spawn(
+            "trust-server",
+            cmd,
+            self.dir.join(format!("trust-server-{n}.log")),
+        )
+    }
+
+    fn wait_ready(&mut self, n: u32) -> u16 {
+        let ready = self.dir.join(format!("ready-{n}"));
+        let mut port = 0;
+        wait_until("trust-server ready file", Duration::from_secs(30), || {
+            self.proc.assert_running();
+            if let Ok(s) = std::fs::read_to_string(&ready) {
+                port = s
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+            }
+            port != 0 && port_open(port)
+        });
+        port
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the process and start it again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.proc.stop(Duration::from_secs(10));
+        self.restarts += 1;
+        let n = self.restarts;
+        self.proc = self.spawn(self.port, n);
+        let port = self.wait_ready(n);
+        assert_eq!(port, self.port);
+    }
+}
+
+impl TrustServer {
+    /// Read one counter from /metrics (over verified TLS, with curl).
+    pub fn metric(&self, name: &str) -> u64 {
+        let mut c = std::process::Command::new(super::require_bin("curl"));
+        c.args(["-sS", "--fail", "--cacert"])
+            .arg(&self.cert)
+            .arg(format!("{}/metrics", self.url()));
+        let o = super::run(c, Duration::from_secs(30));
+        assert!(o.status.success(), "metrics: {}", super::text(&o));
+        let body = String::from_utf8_lossy(&o.stdout).to_string();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+}
