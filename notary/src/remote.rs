@@ -162,7 +162,10 @@ impl TrustSigner for Service {
 /// Run `swarmguard trust-signer` until SIGINT/SIGTERM.
 pub fn run_signer(args: SignerArgs) -> Result<(), RemoteError> {
     crate::server::init_process();
+    // Signing is rare and cheap: one worker thread keeps the footprint small.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
         .enable_all()
         .build()?;
     rt.block_on(serve_signer(args))

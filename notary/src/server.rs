@@ -309,33 +309,32 @@ async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
     let Some(lookup) = parse_lookup(tail) else {
         return not_found();
     };
-    let a = app.clone();
-    let res = blocking(move || -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+    // Reads are short redb read transactions (no fsync, no signing): run them
+    // inline rather than paying a blocking-pool handoff per request. Only a
+    // timestamp that needs re-signing goes to the blocking pool.
+    let read = |lookup: &Lookup| -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         Ok(match lookup {
-            Lookup::Current(role) => {
-                let cur = a.store.current(&gun, &role)?;
-                match cur {
-                    // Cheap read-only check first; re-sign only when needed.
-                    Some(raw)
-                        if role == "timestamp"
-                            && validate::timestamp_needs_refresh(
-                                &raw,
-                                time::OffsetDateTime::now_utc(),
-                            ) =>
-                    {
-                        refresh_timestamp(&a, &gun);
-                        a.store.current(&gun, &role)?.map(|r| (r, false))
-                    }
-                    other => other.map(|r| (r, false)),
-                }
-            }
+            Lookup::Current(role) => app.store.current(&gun, role)?.map(|r| (r, false)),
             Lookup::Checksum(role, hex) => {
-                a.store.by_checksum(&gun, &role, &hex)?.map(|r| (r, true))
+                app.store.by_checksum(&gun, role, hex)?.map(|r| (r, true))
             }
-            Lookup::Version(role, v) => a.store.version(&gun, &role, v)?.map(|r| (r, true)),
+            Lookup::Version(role, v) => app.store.version(&gun, role, *v)?.map(|r| (r, true)),
         })
-    })
-    .await;
+    };
+    let mut res = read(&lookup);
+    if let (Lookup::Current(role), Ok(Some((raw, _)))) = (&lookup, &res) {
+        if role == "timestamp"
+            && validate::timestamp_needs_refresh(raw, time::OffsetDateTime::now_utc())
+        {
+            let a = app.clone();
+            let g = gun.clone();
+            if let Err(r) = blocking(move || refresh_timestamp(&a, &g)).await {
+                return r;
+            }
+            res = read(&lookup);
+        }
+    }
+    let res: Result<_, Response> = Ok(res);
     match res {
         Ok(Ok(Some((raw, immutable)))) => {
             app.metrics.metadata_served.fetch_add(1, Ordering::Relaxed);
