@@ -284,7 +284,7 @@ enum Lookup {
 fn parse_lookup(tail: &str) -> Option<Lookup> {
     let s = tail.strip_suffix(".json")?;
     if let Some((role, hex)) = s.rsplit_once('.') {
-        if hex.len() == 64
+        if matches!(hex.len(), 64 | 96 | 128)
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

@@ -77,6 +77,19 @@ async fn happy_path_then_versions_and_checksum_names() {
         .get(&format!("/v2/{GUN}/_trust/tuf/targets.{sum}.json"))
         .await;
     assert_eq!((st, body), (StatusCode::OK, t2.clone()));
+    let sum512 =
+        swarmguard_notary::tuf::hex(ring::digest::digest(&ring::digest::SHA512, &t2).as_ref());
+    let (st, body) = s
+        .get(&format!("/v2/{GUN}/_trust/tuf/targets.{sum512}.json"))
+        .await;
+    assert_eq!((st, body), (StatusCode::OK, t2.clone()));
+    let (st, _) = s
+        .get(&format!(
+            "/v2/{GUN}/_trust/tuf/targets.{}.json",
+            "0".repeat(64)
+        ))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = s.get(&format!("/v2/{GUN}/_trust/tuf/1.targets.json")).await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = s.get(&format!("/v2/{GUN}/_trust/tuf/99.root.json")).await;
