@@ -88,6 +88,7 @@ fn check_names(gun: &str, role: &str) -> Result<(), Status> {
 fn status(e: SignerError) -> Status {
     match e {
         SignerError::UnknownKey(_) => Status::not_found("no such key"),
+        SignerError::TooManyKeys => Status::resource_exhausted("too many keys"),
         other => {
             tracing::error!(error = %other, "signer failure");
             Status::internal("signer failure")
@@ -255,6 +256,7 @@ impl RemoteSigner {
 fn remote_err(s: Status) -> SignerError {
     match s.code() {
         tonic::Code::NotFound => SignerError::UnknownKey(String::new()),
+        tonic::Code::ResourceExhausted => SignerError::TooManyKeys,
         _ => SignerError::Storage(format!("remote signer: {}", s.message())),
     }
 }

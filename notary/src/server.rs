@@ -480,6 +480,7 @@ async fn key(app: &Arc<App>, gun: String, role: &str, rotate: bool) -> Response 
             StatusCode::OK,
             serde_json::to_string(&k.public).unwrap_or_default(),
         ),
+        Ok(Err(e @ crate::signer::SignerError::TooManyKeys)) => bad_request("INVALID_UPDATE", e),
         Ok(Err(e)) => internal(e),
         Err(r) => r,
     }

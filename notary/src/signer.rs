@@ -28,7 +28,13 @@ pub enum SignerError {
     Crypto,
     #[error("storage: {0}")]
     Storage(String),
+    #[error("too many server-held keys for this repository and role")]
+    TooManyKeys,
 }
+
+/// Most keys kept per repository and role. Keys are never dropped (the
+/// current root may still list an old one); past this, creation is refused.
+pub const MAX_KEYS_PER_ROLE: usize = 64;
 
 fn storage(e: impl std::fmt::Display) -> SignerError {
     SignerError::Storage(e.to_string())
@@ -194,12 +200,10 @@ impl Signer for LocalSigner {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                 None => Vec::new(),
             };
-            all.push(stored);
-            // Bound the history kept per repository and role.
-            if all.len() > 16 {
-                let drop = all.len() - 16;
-                all.drain(..drop);
+            if all.len() >= MAX_KEYS_PER_ROLE {
+                return Err(SignerError::TooManyKeys);
             }
+            all.push(stored);
             let bytes = serde_json::to_vec(&all).map_err(storage)?;
             t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
         }
