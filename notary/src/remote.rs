@@ -173,17 +173,7 @@ pub fn run_signer(args: SignerArgs) -> Result<(), RemoteError> {
 }
 
 async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
-    let master = match &args.signer_key_file {
-        Some(p) => MasterKey::from_file(p)?,
-        None => match std::env::var(crate::server::MASTER_KEY_ENV) {
-            Ok(v) => MasterKey::decode(&zeroize::Zeroizing::new(v))?,
-            Err(_) => {
-                return Err(RemoteError::Config(
-                    "no master key: pass --signer-key-file".into(),
-                ))
-            }
-        },
-    };
+    let master = MasterKey::load(args.signer_key_file.as_deref())?;
     let store = crate::store::Store::open(&args.data_dir)
         .map_err(|e| RemoteError::Config(e.to_string()))?;
     let signer = Arc::new(LocalSigner::new(store.database(), master)?);
@@ -196,9 +186,7 @@ async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     if let Some(p) = &args.ready_file {
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, local.to_string())?;
-        std::fs::rename(&tmp, p)?;
+        crate::server::write_ready_file(p, local)?;
     }
     tracing::info!(%local, "trust signer listening (mutual TLS)");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);

@@ -20,8 +20,7 @@ use crate::signer::{LocalSigner, MasterKey, Signer};
 use crate::store::{Store, StoreError};
 use crate::validate::{self, Limits, UpdateError};
 
-/// Environment variable holding the signer master key (base64 or hex, 32 bytes).
-pub const MASTER_KEY_ENV: &str = "SWARMGUARD_TRUST_SIGNER_KEY";
+pub use crate::signer::MASTER_KEY_ENV;
 
 /// `swarmguard trust-server` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -524,18 +523,6 @@ async fn changefeed(app: &Arc<App>, gun: Option<String>, query: &str) -> Respons
     }
 }
 
-fn load_master_key(args: &ServerArgs) -> Result<MasterKey, ServerError> {
-    match &args.signer_key_file {
-        Some(p) => Ok(MasterKey::from_file(p)?),
-        None => match std::env::var(MASTER_KEY_ENV) {
-            Ok(v) => Ok(MasterKey::decode(&zeroize::Zeroizing::new(v))?),
-            Err(_) => Err(ServerError::Config(format!(
-                "no signer master key: pass --signer-key-file or set {MASTER_KEY_ENV}"
-            ))),
-        },
-    }
-}
-
 fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -572,6 +559,13 @@ pub fn init_process() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Atomically write the bound address to `path` (for --ready-file).
+pub fn write_ready_file(path: &std::path::Path, local: SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, local.to_string())?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -619,7 +613,10 @@ async fn serve(args: ServerArgs) -> Result<(), ServerError> {
                     .map_err(|e| ServerError::Config(e.to_string()))?,
             )
         }
-        None => Arc::new(LocalSigner::new(store.database(), load_master_key(&args)?)?),
+        None => Arc::new(LocalSigner::new(
+            store.database(),
+            MasterKey::load(args.signer_key_file.as_deref())?,
+        )?),
     };
     let limits = Limits {
         max_metadata_bytes: args.max_metadata_bytes,
@@ -630,9 +627,7 @@ async fn serve(args: ServerArgs) -> Result<(), ServerError> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     if let Some(p) = &args.ready_file {
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, local.to_string())?;
-        std::fs::rename(&tmp, p)?;
+        write_ready_file(p, local)?;
     }
     tracing::info!(%local, "trust server listening");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));

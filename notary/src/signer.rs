@@ -109,6 +109,24 @@ impl MasterKey {
     }
 }
 
+/// Environment variable holding the master key (base64 or hex, 32 bytes).
+pub const MASTER_KEY_ENV: &str = "SWARMGUARD_TRUST_SIGNER_KEY";
+
+impl MasterKey {
+    /// From `file` if given, else from [`MASTER_KEY_ENV`].
+    pub fn load(file: Option<&Path>) -> Result<Self, SignerError> {
+        match file {
+            Some(p) => Self::from_file(p),
+            None => match std::env::var(MASTER_KEY_ENV) {
+                Ok(v) => Self::decode(&Zeroizing::new(v)),
+                Err(_) => Err(SignerError::MasterKey(format!(
+                    "none given: pass --signer-key-file or set {MASTER_KEY_ENV}"
+                ))),
+            },
+        }
+    }
+}
+
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MasterKey(<redacted>)")
