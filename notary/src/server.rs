@@ -50,6 +50,10 @@ pub struct ServerArgs {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Accept `DELETE /v2/<gun>/_trust/tuf/` (`notary delete --remote`).
+    /// Notary checks no signature for it, so it is off by default.
+    #[arg(long)]
+    pub allow_delete: bool,
     /// Use a separate `swarmguard trust-signer` at this https URL (gRPC over
     /// mutual TLS) instead of the in-process signer.
     #[arg(long, requires_all = ["signer_ca", "signer_client_cert", "signer_client_key"])]
@@ -95,19 +99,26 @@ pub struct App {
     signer: Arc<dyn Signer>,
     limits: Limits,
     max_body: usize,
+    allow_delete: bool,
     metrics: Metrics,
     key_lock: std::sync::Mutex<()>,
 }
 
 impl App {
     /// Build the application over a store and signer.
-    pub fn new(store: Store, signer: Arc<dyn Signer>, limits: Limits) -> Arc<App> {
+    pub fn new(
+        store: Store,
+        signer: Arc<dyn Signer>,
+        limits: Limits,
+        allow_delete: bool,
+    ) -> Arc<App> {
         let max_body = limits.max_metadata_bytes.saturating_mul(4).max(1 << 20);
         Arc::new(App {
             store,
             signer,
             limits,
             max_body,
+            allow_delete,
             metrics: Metrics::default(),
             key_lock: Default::default(),
         })
@@ -446,6 +457,16 @@ fn reject(app: &App, code: &str, detail: impl std::fmt::Display) -> Response {
 }
 
 async fn delete(app: &Arc<App>, gun: String) -> Response {
+    // Notary has no cryptographic check on deletion: anyone who can reach
+    // the API could wipe a repository. Off unless explicitly enabled.
+    if !app.allow_delete {
+        return error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "requested access to the resource is denied",
+            json!("remote deletion is disabled on this server (--allow-delete)"),
+        );
+    }
     let a = app.clone();
     let g = gun.clone();
     match blocking(move || a.store.delete(&g)).await {
@@ -623,7 +644,7 @@ async fn serve(args: ServerArgs) -> Result<(), ServerError> {
         max_targets: args.max_targets,
         ..Limits::default()
     };
-    let app = App::new(store, signer, limits);
+    let app = App::new(store, signer, limits, args.allow_delete);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     if let Some(p) = &args.ready_file {

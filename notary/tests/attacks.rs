@@ -940,3 +940,22 @@ async fn structurally_invalid_metadata_refused() {
         refused(&s, GUN, st, &b, &before, what).await;
     }
 }
+
+#[tokio::test]
+async fn remote_delete_is_off_unless_enabled() {
+    let s = Server::with_options(Limits::default(), false);
+    let _repo = Repo::create(&s, GUN).await;
+    let before = snap(&s, GUN).await;
+    let (st, body) = s
+        .request("DELETE", &format!("/v2/{GUN}/_trust/tuf/"), None, vec![])
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let after = snap(&s, GUN).await;
+    assert_eq!(before.timestamp, after.timestamp);
+    assert_eq!(before.feed, after.feed);
+}

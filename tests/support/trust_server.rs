@@ -57,6 +57,7 @@ impl TrustServer {
             .arg(&self.cert)
             .arg("--tls-key")
             .arg(&self.key)
+            .arg("--allow-delete")
             .arg("--ready-file")
             .arg(self.dir.join(format!("ready-{n}")))
             .env("RUST_LOG", "info");
