@@ -168,6 +168,21 @@ fn docker_trust_push_inspect_pull_sign_and_restart() {
     docker.ok(&[], &["rmi", &signed2]);
     let pulled = docker.ok(&env_after, &["pull", &signed2]);
     assert!(pulled.contains(&format!("@sha256:{d2}")), "{pulled}");
+
+    // docker trust revoke: signed2 loses its signatures, a trusted pull fails.
+    docker.ok(&env_after, &["trust", "revoke", "--yes", &signed2]);
+    let inspect = docker.ok(&env_after, &["trust", "inspect", &repo]);
+    assert!(
+        !signed_tags(&inspect).iter().any(|(t, _, _)| t == "signed2"),
+        "{inspect}"
+    );
+    docker.ok(&[], &["rmi", &signed2]);
+    let o = docker.docker(&env_after, &["pull", &signed2]);
+    assert!(
+        !o.status.success(),
+        "pull of a revoked tag succeeded:\n{}",
+        text(&o)
+    );
     server.proc.assert_running();
 }
 

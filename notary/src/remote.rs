@@ -88,6 +88,7 @@ fn check_names(gun: &str, role: &str) -> Result<(), Status> {
 fn status(e: SignerError) -> Status {
     match e {
         SignerError::UnknownKey(_) => Status::not_found("no such key"),
+        SignerError::TooManyKeys => Status::resource_exhausted("too many keys"),
         other => {
             tracing::error!(error = %other, "signer failure");
             Status::internal("signer failure")
@@ -162,24 +163,17 @@ impl TrustSigner for Service {
 /// Run `swarmguard trust-signer` until SIGINT/SIGTERM.
 pub fn run_signer(args: SignerArgs) -> Result<(), RemoteError> {
     crate::server::init_process();
+    // Signing is rare and cheap: one worker thread keeps the footprint small.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
         .enable_all()
         .build()?;
     rt.block_on(serve_signer(args))
 }
 
 async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
-    let master = match &args.signer_key_file {
-        Some(p) => MasterKey::from_file(p)?,
-        None => match std::env::var(crate::server::MASTER_KEY_ENV) {
-            Ok(v) => MasterKey::decode(&zeroize::Zeroizing::new(v))?,
-            Err(_) => {
-                return Err(RemoteError::Config(
-                    "no master key: pass --signer-key-file".into(),
-                ))
-            }
-        },
-    };
+    let master = MasterKey::load(args.signer_key_file.as_deref())?;
     let store = crate::store::Store::open(&args.data_dir)
         .map_err(|e| RemoteError::Config(e.to_string()))?;
     let signer = Arc::new(LocalSigner::new(store.database(), master)?);
@@ -192,9 +186,7 @@ async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     if let Some(p) = &args.ready_file {
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, local.to_string())?;
-        std::fs::rename(&tmp, p)?;
+        crate::server::write_ready_file(p, local)?;
     }
     tracing::info!(%local, "trust signer listening (mutual TLS)");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -252,6 +244,7 @@ impl RemoteSigner {
 fn remote_err(s: Status) -> SignerError {
     match s.code() {
         tonic::Code::NotFound => SignerError::UnknownKey(String::new()),
+        tonic::Code::ResourceExhausted => SignerError::TooManyKeys,
         _ => SignerError::Storage(format!("remote signer: {}", s.message())),
     }
 }

@@ -20,8 +20,7 @@ use crate::signer::{LocalSigner, MasterKey, Signer};
 use crate::store::{Store, StoreError};
 use crate::validate::{self, Limits, UpdateError};
 
-/// Environment variable holding the signer master key (base64 or hex, 32 bytes).
-pub const MASTER_KEY_ENV: &str = "SWARMGUARD_TRUST_SIGNER_KEY";
+pub use crate::signer::MASTER_KEY_ENV;
 
 /// `swarmguard trust-server` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +50,10 @@ pub struct ServerArgs {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Accept `DELETE /v2/<gun>/_trust/tuf/` (`notary delete --remote`).
+    /// Notary checks no signature for it, so it is off by default.
+    #[arg(long)]
+    pub allow_delete: bool,
     /// Use a separate `swarmguard trust-signer` at this https URL (gRPC over
     /// mutual TLS) instead of the in-process signer.
     #[arg(long, requires_all = ["signer_ca", "signer_client_cert", "signer_client_key"])]
@@ -96,19 +99,26 @@ pub struct App {
     signer: Arc<dyn Signer>,
     limits: Limits,
     max_body: usize,
+    allow_delete: bool,
     metrics: Metrics,
     key_lock: std::sync::Mutex<()>,
 }
 
 impl App {
     /// Build the application over a store and signer.
-    pub fn new(store: Store, signer: Arc<dyn Signer>, limits: Limits) -> Arc<App> {
+    pub fn new(
+        store: Store,
+        signer: Arc<dyn Signer>,
+        limits: Limits,
+        allow_delete: bool,
+    ) -> Arc<App> {
         let max_body = limits.max_metadata_bytes.saturating_mul(4).max(1 << 20);
         Arc::new(App {
             store,
             signer,
             limits,
             max_body,
+            allow_delete,
             metrics: Metrics::default(),
             key_lock: Default::default(),
         })
@@ -284,7 +294,7 @@ enum Lookup {
 fn parse_lookup(tail: &str) -> Option<Lookup> {
     let s = tail.strip_suffix(".json")?;
     if let Some((role, hex)) = s.rsplit_once('.') {
-        if hex.len() == 64
+        if matches!(hex.len(), 64 | 96 | 128)
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -309,33 +319,32 @@ async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
     let Some(lookup) = parse_lookup(tail) else {
         return not_found();
     };
-    let a = app.clone();
-    let res = blocking(move || -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+    // Reads are short redb read transactions (no fsync, no signing): run them
+    // inline rather than paying a blocking-pool handoff per request. Only a
+    // timestamp that needs re-signing goes to the blocking pool.
+    let read = |lookup: &Lookup| -> Result<Option<(Vec<u8>, bool)>, StoreError> {
         Ok(match lookup {
-            Lookup::Current(role) => {
-                let cur = a.store.current(&gun, &role)?;
-                match cur {
-                    // Cheap read-only check first; re-sign only when needed.
-                    Some(raw)
-                        if role == "timestamp"
-                            && validate::timestamp_needs_refresh(
-                                &raw,
-                                time::OffsetDateTime::now_utc(),
-                            ) =>
-                    {
-                        refresh_timestamp(&a, &gun);
-                        a.store.current(&gun, &role)?.map(|r| (r, false))
-                    }
-                    other => other.map(|r| (r, false)),
-                }
-            }
+            Lookup::Current(role) => app.store.current(&gun, role)?.map(|r| (r, false)),
             Lookup::Checksum(role, hex) => {
-                a.store.by_checksum(&gun, &role, &hex)?.map(|r| (r, true))
+                app.store.by_checksum(&gun, role, hex)?.map(|r| (r, true))
             }
-            Lookup::Version(role, v) => a.store.version(&gun, &role, v)?.map(|r| (r, true)),
+            Lookup::Version(role, v) => app.store.version(&gun, role, *v)?.map(|r| (r, true)),
         })
-    })
-    .await;
+    };
+    let mut res = read(&lookup);
+    if let (Lookup::Current(role), Ok(Some((raw, _)))) = (&lookup, &res) {
+        if role == "timestamp"
+            && validate::timestamp_needs_refresh(raw, time::OffsetDateTime::now_utc())
+        {
+            let a = app.clone();
+            let g = gun.clone();
+            if let Err(r) = blocking(move || refresh_timestamp(&a, &g)).await {
+                return r;
+            }
+            res = read(&lookup);
+        }
+    }
+    let res: Result<_, Response> = Ok(res);
     match res {
         Ok(Ok(Some((raw, immutable)))) => {
             app.metrics.metadata_served.fetch_add(1, Ordering::Relaxed);
@@ -448,6 +457,16 @@ fn reject(app: &App, code: &str, detail: impl std::fmt::Display) -> Response {
 }
 
 async fn delete(app: &Arc<App>, gun: String) -> Response {
+    // Notary has no cryptographic check on deletion: anyone who can reach
+    // the API could wipe a repository. Off unless explicitly enabled.
+    if !app.allow_delete {
+        return error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "requested access to the resource is denied",
+            json!("remote deletion is disabled on this server (--allow-delete)"),
+        );
+    }
     let a = app.clone();
     let g = gun.clone();
     match blocking(move || a.store.delete(&g)).await {
@@ -481,6 +500,7 @@ async fn key(app: &Arc<App>, gun: String, role: &str, rotate: bool) -> Response 
             StatusCode::OK,
             serde_json::to_string(&k.public).unwrap_or_default(),
         ),
+        Ok(Err(e @ crate::signer::SignerError::TooManyKeys)) => bad_request("INVALID_UPDATE", e),
         Ok(Err(e)) => internal(e),
         Err(r) => r,
     }
@@ -524,18 +544,6 @@ async fn changefeed(app: &Arc<App>, gun: Option<String>, query: &str) -> Respons
     }
 }
 
-fn load_master_key(args: &ServerArgs) -> Result<MasterKey, ServerError> {
-    match &args.signer_key_file {
-        Some(p) => Ok(MasterKey::from_file(p)?),
-        None => match std::env::var(MASTER_KEY_ENV) {
-            Ok(v) => Ok(MasterKey::decode(&zeroize::Zeroizing::new(v))?),
-            Err(_) => Err(ServerError::Config(format!(
-                "no signer master key: pass --signer-key-file or set {MASTER_KEY_ENV}"
-            ))),
-        },
-    }
-}
-
 fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -572,6 +580,13 @@ pub fn init_process() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Atomically write the bound address to `path` (for --ready-file).
+pub fn write_ready_file(path: &std::path::Path, local: SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, local.to_string())?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -619,20 +634,21 @@ async fn serve(args: ServerArgs) -> Result<(), ServerError> {
                     .map_err(|e| ServerError::Config(e.to_string()))?,
             )
         }
-        None => Arc::new(LocalSigner::new(store.database(), load_master_key(&args)?)?),
+        None => Arc::new(LocalSigner::new(
+            store.database(),
+            MasterKey::load(args.signer_key_file.as_deref())?,
+        )?),
     };
     let limits = Limits {
         max_metadata_bytes: args.max_metadata_bytes,
         max_targets: args.max_targets,
         ..Limits::default()
     };
-    let app = App::new(store, signer, limits);
+    let app = App::new(store, signer, limits, args.allow_delete);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     if let Some(p) = &args.ready_file {
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, local.to_string())?;
-        std::fs::rename(&tmp, p)?;
+        write_ready_file(p, local)?;
     }
     tracing::info!(%local, "trust server listening");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));

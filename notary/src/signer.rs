@@ -28,7 +28,13 @@ pub enum SignerError {
     Crypto,
     #[error("storage: {0}")]
     Storage(String),
+    #[error("too many server-held keys for this repository and role")]
+    TooManyKeys,
 }
+
+/// Most keys kept per repository and role. Keys are never dropped (the
+/// current root may still list an old one); past this, creation is refused.
+pub const MAX_KEYS_PER_ROLE: usize = 64;
 
 fn storage(e: impl std::fmt::Display) -> SignerError {
     SignerError::Storage(e.to_string())
@@ -100,6 +106,24 @@ impl MasterKey {
         Ok(LessSafeKey::new(
             UnboundKey::new(&aead::AES_256_GCM, &self.0[..]).map_err(|_| SignerError::Crypto)?,
         ))
+    }
+}
+
+/// Environment variable holding the master key (base64 or hex, 32 bytes).
+pub const MASTER_KEY_ENV: &str = "SWARMGUARD_TRUST_SIGNER_KEY";
+
+impl MasterKey {
+    /// From `file` if given, else from [`MASTER_KEY_ENV`].
+    pub fn load(file: Option<&Path>) -> Result<Self, SignerError> {
+        match file {
+            Some(p) => Self::from_file(p),
+            None => match std::env::var(MASTER_KEY_ENV) {
+                Ok(v) => Self::decode(&Zeroizing::new(v)),
+                Err(_) => Err(SignerError::MasterKey(format!(
+                    "none given: pass --signer-key-file or set {MASTER_KEY_ENV}"
+                ))),
+            },
+        }
     }
 }
 
@@ -194,12 +218,10 @@ impl Signer for LocalSigner {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                 None => Vec::new(),
             };
-            all.push(stored);
-            // Bound the history kept per repository and role.
-            if all.len() > 16 {
-                let drop = all.len() - 16;
-                all.drain(..drop);
+            if all.len() >= MAX_KEYS_PER_ROLE {
+                return Err(SignerError::TooManyKeys);
             }
+            all.push(stored);
             let bytes = serde_json::to_vec(&all).map_err(storage)?;
             t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
         }

@@ -178,11 +178,16 @@ impl Store {
                 .map_err(se)?;
                 cur.insert(format!("{gun}\n{}", w.role).as_str(), w.version)
                     .map_err(se)?;
-                sums.insert(
-                    format!("{gun}\n{}\n{}", w.role, tuf::sha256_hex(&w.raw)).as_str(),
-                    w.version,
-                )
-                .map_err(se)?;
+                // Checksum names by sha256 (what clients use), sha384 and sha512.
+                for alg in [
+                    &ring::digest::SHA256,
+                    &ring::digest::SHA384,
+                    &ring::digest::SHA512,
+                ] {
+                    let hex = tuf::hex(ring::digest::digest(alg, &w.raw).as_ref());
+                    sums.insert(format!("{gun}\n{}\n{hex}", w.role).as_str(), w.version)
+                        .map_err(se)?;
+                }
                 if w.role == "timestamp" {
                     let id = feed
                         .last()

@@ -77,6 +77,19 @@ async fn happy_path_then_versions_and_checksum_names() {
         .get(&format!("/v2/{GUN}/_trust/tuf/targets.{sum}.json"))
         .await;
     assert_eq!((st, body), (StatusCode::OK, t2.clone()));
+    let sum512 =
+        swarmguard_notary::tuf::hex(ring::digest::digest(&ring::digest::SHA512, &t2).as_ref());
+    let (st, body) = s
+        .get(&format!("/v2/{GUN}/_trust/tuf/targets.{sum512}.json"))
+        .await;
+    assert_eq!((st, body), (StatusCode::OK, t2.clone()));
+    let (st, _) = s
+        .get(&format!(
+            "/v2/{GUN}/_trust/tuf/targets.{}.json",
+            "0".repeat(64)
+        ))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = s.get(&format!("/v2/{GUN}/_trust/tuf/1.targets.json")).await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) = s.get(&format!("/v2/{GUN}/_trust/tuf/99.root.json")).await;
@@ -707,6 +720,27 @@ async fn key_endpoints_get_is_stable_post_rotates() {
     let c: swarmguard_notary::tuf::PublicKey = serde_json::from_slice(&body).unwrap();
     assert_ne!(a, c);
     assert_eq!(s.server_key(GUN, "timestamp").await, c);
+    // Rotation is bounded (keys are never dropped): past the cap, a clear 400.
+    for _ in 2..swarmguard_notary::signer::MAX_KEYS_PER_ROLE {
+        let (st, _) = s
+            .request(
+                "POST",
+                &format!("/v2/{GUN}/_trust/tuf/timestamp.key"),
+                None,
+                vec![],
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (st, _) = s
+        .request(
+            "POST",
+            &format!("/v2/{GUN}/_trust/tuf/timestamp.key"),
+            None,
+            vec![],
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) = s.get(&format!("/v2/{GUN}/_trust/tuf/targets.key")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = s.get("/v2/").await;
@@ -732,4 +766,196 @@ async fn key_endpoints_get_is_stable_post_rotates() {
     }
     let (st, _) = s.get("/v2/_trust/changefeed?change_id=0&records=-5").await;
     assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn structurally_invalid_metadata_refused() {
+    let s = Server::new();
+    let repo = Repo::create(&s, GUN).await;
+    let before = snap(&s, GUN).await;
+    let alice = TestKey::new();
+    let (aid, akv) = key_entry(&alice.public);
+
+    // Targets-level problems, each correctly signed by the targets key.
+    let mut many_sigs: Value = serde_json::from_slice(&repo.targets_v(2, json!({}))).unwrap();
+    let sig = many_sigs["signatures"][0].clone();
+    many_sigs["signatures"] = Value::Array(vec![sig; 33]);
+    let deep = (0..200).fold(json!(1), |v, _| json!([v]));
+    let mut many_roles = Vec::new();
+    for i in 0..257 {
+        many_roles.push(json!({"keyids": [aid], "name": format!("targets/r{i}"), "paths": [""], "threshold": 1}));
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("33 signatures", serde_json::to_vec(&many_sigs).unwrap()),
+        (
+            "nesting deeper than the parser allows",
+            doc_raw(
+                targets_signed(
+                    2,
+                    json!({"x": {"hashes": {"sha256": "AA=="}, "length": 1, "custom": deep}}),
+                    no_delegations(),
+                ),
+                &repo.targets,
+            ),
+        ),
+        (
+            "257 delegation roles",
+            doc(
+                targets_signed(
+                    2,
+                    json!({}),
+                    json!({"keys": {aid.clone(): akv.clone()}, "roles": many_roles}),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "delegation listed twice",
+            doc(
+                targets_signed(
+                    2,
+                    json!({}),
+                    json!({"keys": {aid.clone(): akv.clone()}, "roles": [
+                    {"keyids": [aid], "name": "targets/a", "paths": [""], "threshold": 1},
+                    {"keyids": [aid], "name": "targets/a", "paths": [""], "threshold": 1}]}),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "delegation that is not a direct child",
+            doc(
+                targets_signed(
+                    2,
+                    json!({}),
+                    json!({"keys": {aid.clone(): akv.clone()}, "roles": [
+                    {"keyids": [aid], "name": "targets/a/b", "paths": [""], "threshold": 1}]}),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "delegation threshold above its key count",
+            doc(
+                targets_signed(
+                    2,
+                    json!({}),
+                    json!({"keys": {aid.clone(): akv.clone()}, "roles": [
+                    {"keyids": [aid], "name": "targets/a", "paths": [""], "threshold": 2}]}),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "delegation naming an unknown key",
+            doc(
+                targets_signed(
+                    2,
+                    json!({}),
+                    json!({"keys": {}, "roles": [
+                    {"keyids": [aid], "name": "targets/a", "paths": [""], "threshold": 1}]}),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "target without hashes",
+            doc(
+                targets_signed(
+                    2,
+                    json!({"x": {"hashes": {}, "length": 1}}),
+                    no_delegations(),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "negative length",
+            doc(
+                targets_signed(
+                    2,
+                    json!({"x": {"hashes": {"sha256": "AA=="}, "length": -1}}),
+                    no_delegations(),
+                ),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "version 0 wraps nothing",
+            doc(
+                targets_signed(0, json!({}), no_delegations()),
+                &[&repo.targets],
+            ),
+        ),
+        (
+            "wrong _type",
+            doc(
+                json!({"_type": "Snapshot", "expires": far(), "meta": {}, "version": 2}),
+                &[&repo.targets],
+            ),
+        ),
+    ];
+    for (what, raw) in cases {
+        let (st, b) = s.post(GUN, &[("targets", &raw)]).await;
+        refused(&s, GUN, st, &b, &before, what).await;
+    }
+
+    // Root-level problems, each correctly signed by the root key.
+    let base = || {
+        root_signed(
+            2,
+            &[&repo.root.public],
+            &repo.targets.public,
+            &repo.snapshot,
+            &repo.timestamp,
+        )
+    };
+    let mut missing_role = base();
+    missing_role["roles"]
+        .as_object_mut()
+        .unwrap()
+        .remove("snapshot");
+    let mut extra_role = base();
+    extra_role["roles"]["targets/x"] = json!({"keyids": [repo.targets.id], "threshold": 1});
+    let mut unknown_key = base();
+    unknown_key["roles"]["targets"]["keyids"] = json!(["00".repeat(32)]);
+    let mut zero_threshold = base();
+    zero_threshold["roles"]["targets"]["threshold"] = json!(0);
+    let mut wrong_id = base();
+    let moved = wrong_id["keys"]
+        .as_object_mut()
+        .unwrap()
+        .remove(&repo.targets.id)
+        .unwrap();
+    wrong_id["keys"]["ab".repeat(32)] = moved;
+    wrong_id["roles"]["targets"]["keyids"] = json!(["ab".repeat(32)]);
+    for (what, signed) in [
+        ("root without a snapshot role", missing_role),
+        ("root with an extra role", extra_role),
+        ("root role naming an unknown key", unknown_key),
+        ("root role with threshold 0", zero_threshold),
+        ("root key under a wrong ID", wrong_id),
+    ] {
+        let (st, b) = s.post(GUN, &[("root", &doc(signed, &[&repo.root]))]).await;
+        refused(&s, GUN, st, &b, &before, what).await;
+    }
+}
+
+#[tokio::test]
+async fn remote_delete_is_off_unless_enabled() {
+    let s = Server::with_options(Limits::default(), false);
+    let _repo = Repo::create(&s, GUN).await;
+    let before = snap(&s, GUN).await;
+    let (st, body) = s
+        .request("DELETE", &format!("/v2/{GUN}/_trust/tuf/"), None, vec![])
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let after = snap(&s, GUN).await;
+    assert_eq!(before.timestamp, after.timestamp);
+    assert_eq!(before.feed, after.feed);
 }

@@ -61,6 +61,29 @@ fn keys_are_encrypted_at_rest_and_bound_to_master_key() {
     assert!(!raw.windows(pkcs8_prefix.len()).any(|w| w == pkcs8_prefix));
 }
 
+#[test]
+fn key_creation_is_bounded_and_never_drops_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let signer = LocalSigner::new(
+        store.database(),
+        MasterKey::decode(&B64.encode([3u8; 32])).unwrap(),
+    )
+    .unwrap();
+    let first = signer.create_key(GUN, "timestamp").unwrap();
+    for _ in 1..swarmguard_notary::signer::MAX_KEYS_PER_ROLE {
+        signer.create_key(GUN, "timestamp").unwrap();
+    }
+    assert!(matches!(
+        signer.create_key(GUN, "timestamp"),
+        Err(swarmguard_notary::signer::SignerError::TooManyKeys)
+    ));
+    assert!(signer
+        .sign(GUN, "timestamp", &first.id, b"still usable")
+        .is_ok());
+    assert!(signer.create_key(GUN, "snapshot").is_ok());
+}
+
 #[tokio::test]
 async fn timestamp_is_resigned_before_expiry() {
     let dir = tempfile::tempdir().unwrap();

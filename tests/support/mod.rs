@@ -142,6 +142,39 @@ impl Drop for Proc {
     }
 }
 
+/// Wait for a process started with `--ready-file path` to write its bound
+/// address and accept connections; returns the port.
+pub fn wait_ready_file(proc: &mut Proc, path: &Path) -> u16 {
+    let mut port = 0;
+    wait_until(
+        &format!("{} ready file", proc.name),
+        Duration::from_secs(30),
+        || {
+            proc.assert_running();
+            if let Ok(s) = std::fs::read_to_string(path) {
+                port = s
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+            }
+            port != 0 && port_open(port)
+        },
+    );
+    port
+}
+
+/// Write a fresh random 32-byte signer master key (hex) to `path`.
+pub fn write_master_key(path: &Path) {
+    let mut raw = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw).unwrap();
+    std::fs::write(
+        path,
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )
+    .unwrap();
+}
+
 /// Run a command to completion with a timeout; returns its output.
 pub fn run(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::{port_open, wait_until, Proc};
+use super::{wait_ready_file, write_master_key, Proc};
 
 pub struct TrustServer {
     pub proc: Proc,
@@ -29,15 +29,7 @@ impl TrustServer {
         std::fs::create_dir_all(dir).unwrap();
         let (cert, key) = super::make_server_cert(dir, &["tls-probe.invalid"]);
         let master_key = dir.join("signer.key");
-        // 32 random bytes, hex, from the kernel.
-        let mut raw = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw)
-            .unwrap();
-        std::fs::write(
-            &master_key,
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        )
-        .unwrap();
+        write_master_key(&master_key);
         let mut s = TrustServer {
             proc: Proc::none(),
             port: 0,
@@ -65,6 +57,7 @@ impl TrustServer {
             .arg(&self.cert)
             .arg("--tls-key")
             .arg(&self.key)
+            .arg("--allow-delete")
             .arg("--ready-file")
             .arg(self.dir.join(format!("ready-{n}")))
             .env("RUST_LOG", "info");
@@ -81,20 +74,7 @@ impl TrustServer {
     }
 
     fn wait_ready(&mut self, n: u32) -> u16 {
-        let ready = self.dir.join(format!("ready-{n}"));
-        let mut port = 0;
-        wait_until("trust-server ready file", Duration::from_secs(30), || {
-            self.proc.assert_running();
-            if let Ok(s) = std::fs::read_to_string(&ready) {
-                port = s
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-            }
-            port != 0 && port_open(port)
-        });
-        port
+        wait_ready_file(&mut self.proc, &self.dir.join(format!("ready-{n}")))
     }
 
     pub fn url(&self) -> String {

@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use super::{port_open, wait_until, Proc, TestCa};
+use super::{wait_ready_file, write_master_key, Proc, TestCa};
 
 pub struct TrustSigner {
     pub proc: Proc,
@@ -22,14 +21,7 @@ impl TrustSigner {
         let (cert, key) = ca.issue("signer", true);
         let (client_cert, client_key) = ca.issue("trust-server", false);
         let master = dir.join("master.key");
-        let mut raw = [0u8; 32];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw)
-            .unwrap();
-        std::fs::write(
-            &master,
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        )
-        .unwrap();
+        write_master_key(&master);
         let ready = dir.join("ready");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_swarmguard"));
         cmd.arg("trust-signer")
@@ -48,18 +40,7 @@ impl TrustSigner {
             .arg(&ready)
             .env("RUST_LOG", "info");
         let mut proc = Proc::spawn("trust-signer", cmd, dir.join("trust-signer.log"));
-        let mut port = 0;
-        wait_until("trust-signer ready file", Duration::from_secs(30), || {
-            proc.assert_running();
-            if let Ok(s) = std::fs::read_to_string(&ready) {
-                port = s
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0);
-            }
-            port != 0 && port_open(port)
-        });
+        let port = wait_ready_file(&mut proc, &ready);
         TrustSigner {
             proc,
             port,

@@ -173,12 +173,16 @@ impl Server {
     }
 
     pub fn with_limits(limits: Limits) -> Self {
+        Self::with_options(limits, true)
+    }
+
+    pub fn with_options(limits: Limits, allow_delete: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let master = MasterKey::decode(&B64.encode([0x42u8; 32])).unwrap();
         let signer = Arc::new(LocalSigner::new(store.database(), master).unwrap());
         Server {
-            router: router(App::new(store, signer, limits)),
+            router: router(App::new(store, signer, limits, allow_delete)),
             _dir: dir,
         }
     }
