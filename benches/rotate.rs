@@ -4,7 +4,6 @@
 //! Run: `cargo bench --bench rotate` (as root: dockerd runs in its own network namespace).
 //! Prints a markdown table for docs/benchmarks.md.
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

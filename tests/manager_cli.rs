@@ -1,7 +1,6 @@
 //! The stock docker CLI driving a real swarmguard manager: swarm init, join tokens, info, nodes,
 //! updates, restarts, and a table of bad inputs that must change nothing.
 
-#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;

@@ -177,7 +177,7 @@ fn docker_trust_push_inspect_pull_sign_and_restart() {
         "{inspect}"
     );
     docker.ok(&[], &["rmi", &signed2]);
-    let o = docker.docker(&env_after, &["pull", &signed2]);
+    let o = docker.docker_env(&env_after, &["pull", &signed2]);
     assert!(
         !o.status.success(),
         "pull of a revoked tag succeeded:\n{}",
