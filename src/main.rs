@@ -45,26 +45,26 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Manager(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            // One TLS stack with one provider, chosen here rather than by whichever crate asks
-            // first.
-            rustls::crypto::ring::default_provider()
-                .install_default()
-                .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(manager::run(args))
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // One TLS stack with one provider, chosen here rather than by whichever crate asks first.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Manager(args) => manager::run(args).await,
+            Command::TrustServer(args) => Ok(swarmguard_notary::server::serve(args).await?),
+            Command::TrustSigner(args) => Ok(swarmguard_notary::remote::serve_signer(args).await?),
         }
-        Command::TrustServer(args) => Ok(swarmguard_notary::server::run(args)?),
-        Command::TrustSigner(args) => Ok(swarmguard_notary::remote::run_signer(args)?),
-    }
+    })
 }

@@ -160,19 +160,8 @@ impl TrustSigner for Service {
     }
 }
 
-/// Run `swarmguard trust-signer` until SIGINT/SIGTERM.
-pub fn run_signer(args: SignerArgs) -> Result<(), RemoteError> {
-    crate::server::init_process();
-    // Signing is rare and cheap: one worker thread keeps the footprint small.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()?;
-    rt.block_on(serve_signer(args))
-}
-
-async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
+/// Runs `swarmguard trust-signer` until SIGINT/SIGTERM; the binary owns the process set-up.
+pub async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
     let master = MasterKey::load(args.signer_key_file.as_deref())?;
     let store = crate::store::Store::open(&args.data_dir)
         .map_err(|e| RemoteError::Config(e.to_string()))?;

@@ -568,20 +568,6 @@ fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
     Ok(cfg)
 }
 
-/// Process-wide setup shared by the trust server and signer: the rustls
-/// ring provider and logging.
-pub fn init_process() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Atomically write the bound address to `path` (for --ready-file).
 pub fn write_ready_file(path: &std::path::Path, local: SocketAddr) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -604,16 +590,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Run the trust server until SIGINT/SIGTERM.
-pub fn run(args: ServerArgs) -> Result<(), ServerError> {
-    init_process();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(args))
-}
-
-async fn serve(args: ServerArgs) -> Result<(), ServerError> {
+/// Runs the trust server until SIGINT/SIGTERM. The caller (the binary) owns the process set-up:
+/// logging, the rustls crypto provider and the tokio runtime.
+pub async fn serve(args: ServerArgs) -> Result<(), ServerError> {
     let tls = tls_config(&args)?;
     let store = Store::open(&args.data_dir)?;
     let signer: Arc<dyn Signer> = match &args.signer_url {
