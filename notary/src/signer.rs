@@ -9,10 +9,10 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::{Deserialize, Serialize};
+use swarmguard_secrets::DataKey;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::tuf::{self, KeyVal, PublicKey};
@@ -63,8 +63,9 @@ pub trait Signer: Send + Sync {
     ) -> Result<(String, Vec<u8>), SignerError>;
 }
 
-/// 32-byte AES-256-GCM master key, zeroized on drop.
-pub struct MasterKey(Zeroizing<[u8; 32]>);
+/// 32-byte AES-256-GCM master key, zeroized on drop; sealing is the project's one AEAD
+/// ([`swarmguard_secrets::DataKey`]).
+pub struct MasterKey(DataKey);
 
 impl MasterKey {
     /// Decode base64 (standard) or 64 hex characters.
@@ -90,7 +91,7 @@ impl MasterKey {
         }
         let mut k = Zeroizing::new([0u8; 32]);
         k.copy_from_slice(&raw);
-        Ok(MasterKey(k))
+        Ok(MasterKey(DataKey::from_bytes(k)))
     }
 
     /// Read from a file (which should be mode 0600).
@@ -100,12 +101,6 @@ impl MasterKey {
                 .map_err(|e| SignerError::MasterKey(format!("{}: {e}", path.display())))?,
         );
         Self::decode(&text)
-    }
-
-    fn aead(&self) -> Result<LessSafeKey, SignerError> {
-        Ok(LessSafeKey::new(
-            UnboundKey::new(&aead::AES_256_GCM, &self.0[..]).map_err(|_| SignerError::Crypto)?,
-        ))
     }
 }
 
@@ -139,8 +134,8 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signer_keys");
 struct StoredKey {
     id: String,
     public: String,
-    nonce: String,
-    /// AES-256-GCM ciphertext+tag of the PKCS#8 private key.
+    /// The PKCS#8 private key sealed with the master key (`DataKey::seal` layout: version,
+    /// nonce, ciphertext and tag), base64.
     sealed: String,
 }
 
@@ -193,22 +188,15 @@ impl Signer for LocalSigner {
             .map_err(|_| SignerError::Crypto)?;
         let public = tuf::ecdsa_p256_key(pair.public_key().as_ref());
         let id = tuf::key_id(&public).map_err(|_| SignerError::Crypto)?;
-        let mut nonce = [0u8; 12];
-        self.rng.fill(&mut nonce).map_err(|_| SignerError::Crypto)?;
-        let mut buf = Zeroizing::new(pkcs8.to_vec());
-        self.master
-            .aead()?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(gun, role, &id).as_bytes()),
-                &mut *buf,
-            )
+        let sealed = self
+            .master
+            .0
+            .seal(aad(gun, role, &id).as_bytes(), &pkcs8)
             .map_err(|_| SignerError::Crypto)?;
         let stored = StoredKey {
             id: id.clone(),
             public: public.keyval.public.clone(),
-            nonce: B64.encode(nonce),
-            sealed: B64.encode(&*buf),
+            sealed: B64.encode(&sealed),
         };
         let tx = self.db.begin_write().map_err(storage)?;
         {
@@ -259,25 +247,15 @@ impl Signer for LocalSigner {
             .into_iter()
             .find(|k| k.id == key_id)
             .ok_or_else(|| SignerError::UnknownKey(key_id.to_string()))?;
-        let nonce: [u8; 12] = B64
-            .decode(&stored.nonce)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or(SignerError::Crypto)?;
-        let mut buf = Zeroizing::new(
-            B64.decode(&stored.sealed)
-                .map_err(|_| SignerError::Crypto)?,
-        );
+        let sealed = B64
+            .decode(&stored.sealed)
+            .map_err(|_| SignerError::Crypto)?;
         let plain = self
             .master
-            .aead()?
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(gun, role, key_id).as_bytes()),
-                &mut buf,
-            )
+            .0
+            .open(aad(gun, role, key_id).as_bytes(), &sealed)
             .map_err(|_| SignerError::Crypto)?;
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, plain, &self.rng)
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &plain, &self.rng)
             .map_err(|_| SignerError::Crypto)?;
         let sig = pair.sign(&self.rng, msg).map_err(|_| SignerError::Crypto)?;
         Ok(("ecdsa".to_string(), sig.as_ref().to_vec()))
