@@ -4,9 +4,12 @@
 //! as they land, the trust server and the worker agent.
 #![forbid(unsafe_code)]
 
+mod agent;
+mod agent_cli;
 mod control;
 mod engine;
 mod fsutil;
+mod grpc;
 mod manager;
 // `subscribe`, `node_id` and `trigger_snapshot` serve the dispatcher and multi-manager work next.
 #[allow(dead_code)]
@@ -38,6 +41,9 @@ enum Command {
     /// With no flags it keeps its data in ./swarmguard-data and serves the Engine API on
     /// unix://./swarmguard-data/swarmguard.sock; it prints the DOCKER_HOST line to use.
     Manager(manager::ManagerArgs),
+    /// Be a swarm node without dockerd: join with a token, then keep a session, heartbeats and a
+    /// rotating mTLS identity (`agent join --token … ADDR`, `agent run`).
+    Agent(agent_cli::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Manager(args) => manager::run(args).await,
+            Command::Agent(args) => agent_cli::run(args).await,
         }
     })
 }

@@ -135,6 +135,13 @@ impl Dockerd {
 
     /// Stops dockerd by its PID and cleans up what it may leave behind.
     pub fn stop(&mut self) {
+        self.stop_daemon();
+        self.cleanup();
+    }
+
+    /// Stops the daemon by its PID but keeps its directories and network namespace (other
+    /// processes may still run in it); [`Dockerd::stop`] or Drop clean up.
+    pub fn stop_daemon(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -153,6 +160,9 @@ impl Dockerd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    fn cleanup(&mut self) {
         // A failed ingress sandbox can leak a netns bind mount under exec-root.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             let root = self.dir.path().to_string_lossy().to_string();
