@@ -431,6 +431,9 @@ async fn session(
         Err(_) => return lost(AgentError::Connect("session initiation timed out".into())),
     };
     let session_id = first.session_id.clone();
+    if needs_renewal(&first, creds) {
+        return SessionEnd::Renew;
+    }
     state.send_modify(|s| {
         s.session_id = session_id.clone();
         s.sessions += 1;
