@@ -86,7 +86,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let (state_tx, _state_rx) = watch::channel(agent::AgentState::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let node = tokio::spawn(agent::run(
+    let mut node = tokio::spawn(agent::run(
         creds,
         manager,
         Some(dir),
@@ -99,6 +99,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        // The node gives up by itself only when the cluster refuses it (e.g. it was removed).
+        done = &mut node => return Ok(done??),
     }
     let _ = stop_tx.send(true);
     node.await??;

@@ -48,6 +48,8 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
     m.docker_ok(&[
         "swarm",
         "init",
+        "--listen-addr",
+        &m.cluster_addr,
         "--advertise-addr",
         "127.0.0.1",
         "--dispatcher-heartbeat",
