@@ -39,6 +39,19 @@ pub enum AgentCommand {
         #[arg(long, default_value = "./swarmguard-agent")]
         data_dir: PathBuf,
     },
+    /// Benchmark: CLIENTS concurrent in-process clients run JOINS full joins (fresh TLS
+    /// connection, token + CSR, status until issued) against ADDR; prints one JSON line.
+    /// Each join adds a node to the cluster: point it at a throw-away manager.
+    #[command(hide = true)]
+    JoinStorm {
+        #[arg(long, env = "SWARMGUARD_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 200)]
+        joins: usize,
+        addr: String,
+    },
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -73,6 +86,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             (data_dir, creds, manager)
+        }
+        AgentCommand::JoinStorm {
+            token,
+            clients,
+            joins,
+            addr,
+        } => {
+            let r = agent::storm::join_storm(resolve(&addr)?, &token, clients, joins).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
         }
         AgentCommand::Run { data_dir } => {
             let (creds, manager) = agent::load(&data_dir).with_context(|| {

@@ -6,6 +6,7 @@
 //! heartbeats, renews at a random 50–80 % of the certificate's lifetime (or at once on ROTATE
 //! or a role change) and reconnects with backoff.
 
+pub mod storm;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -123,11 +123,12 @@ pub async fn until_true(rx: &mut watch::Receiver<bool>) {
 }
 
 /// A running cluster port. Dropping it does not stop it; call [`Running::stop`].
-#[allow(dead_code)] // `addr` and `shared` serve tests; `tls` is swapped by `supervise`.
+#[allow(dead_code)] // `addr` serves tests.
 pub struct Running {
     pub addr: SocketAddr,
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     pub shared: Arc<Shared>,
+    tls_fingerprint: [u8; 32],
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -158,11 +159,11 @@ pub enum StartError {
     NotInSwarm,
 }
 
-/// Starts the cluster port of an initialized manager.
-pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
-    let local = control.local_identity().ok_or(StartError::NotInSwarm)?;
-    let store = control.store().clone();
-    let cluster: ClusterRecord = store
+/// The TLS material now: cluster root from the store, this manager's certificate and key from
+/// its data dir. Returns the config and a fingerprint of what went into it.
+fn current_tls(control: &Control) -> Result<(Arc<rustls::ServerConfig>, [u8; 32]), StartError> {
+    let cluster: ClusterRecord = control
+        .store()
         .get(CLUSTER_KEY)
         .and_then(|v| serde_json::from_slice(&v.value).ok())
         .ok_or(StartError::NotInSwarm)?;
@@ -172,6 +173,34 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
         std::fs::read(certs.join("swarm-node.key")).map_err(StartError::Identity)?,
     );
     let config = tls::server_config(cluster.root_ca_pem.as_bytes(), &cert, &key)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(cluster.root_ca_pem.as_bytes());
+    ctx.update(&cert);
+    let mut fp = [0u8; 32];
+    fp.copy_from_slice(ctx.finish().as_ref());
+    Ok((config, fp))
+}
+
+impl Running {
+    /// Swaps in a new server certificate or trusted root, if either changed: new connections
+    /// use it at once, established ones keep theirs; nothing restarts.
+    pub fn reload_tls(&mut self) -> Result<bool, StartError> {
+        let (config, fp) = current_tls(&self.shared.control)?;
+        if fp == self.tls_fingerprint {
+            return Ok(false);
+        }
+        self.tls.store(config);
+        self.tls_fingerprint = fp;
+        tracing::info!("cluster port TLS material reloaded");
+        Ok(true)
+    }
+}
+
+/// Starts the cluster port of an initialized manager.
+pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
+    let local = control.local_identity().ok_or(StartError::NotInSwarm)?;
+    let store = control.store().clone();
+    let (config, tls_fingerprint) = current_tls(&control)?;
     let tls = Arc::new(ArcSwap::new(config));
     let listener = TcpListener::bind(local.listen_addr)
         .await
@@ -239,6 +268,7 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
         addr,
         tls,
         shared,
+        tls_fingerprint,
         stop: stop_tx,
         tasks,
     })
@@ -256,6 +286,13 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
                 Ok(r) => running = Some(r),
                 Err(e) => tracing::error!(error = %e, "cannot start the cluster port"),
             },
+            (Some(_), true) => {
+                if let Some(r) = running.as_mut() {
+                    if let Err(e) = r.reload_tls() {
+                        tracing::warn!(error = %e, "cannot reload the cluster port's TLS material");
+                    }
+                }
+            }
             (Some(_), false) => {
                 if let Some(r) = running.take() {
                     r.stop().await;
