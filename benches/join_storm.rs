@@ -14,7 +14,13 @@ use std::process::Command;
 use support::dockerd::Dockerd;
 use support::manager::{free_port, Manager};
 
-fn storm(netns: Option<&str>, addr: &str, token: &str, clients: usize, joins: usize) -> serde_json::Value {
+fn storm(
+    netns: Option<&str>,
+    addr: &str,
+    token: &str,
+    clients: usize,
+    joins: usize,
+) -> serde_json::Value {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -45,19 +51,33 @@ fn storm(netns: Option<&str>, addr: &str, token: &str, clients: usize, joins: us
 fn row(target: &str, r: &serde_json::Value) -> String {
     format!(
         "| {target} | {} | {} | {:.0} | {:.1} | {:.1} |",
-        r["clients"], r["joins"], r["certs_per_second"].as_f64().unwrap(), r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap()
+        r["clients"],
+        r["joins"],
+        r["certs_per_second"].as_f64().unwrap(),
+        r["p50_ms"].as_f64().unwrap(),
+        r["p99_ms"].as_f64().unwrap()
     )
 }
 
 fn main() {
-    let joins: usize = std::env::var("JOINS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    let joins: usize = std::env::var("JOINS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
     let mut rows = Vec::new();
     let mut rates = Vec::new();
 
     // swarmguard, release or debug as cargo built it.
     let dir = tempfile::tempdir().expect("tempdir");
     let m = Manager::start(dir.path());
-    m.docker_ok(&["swarm", "init", "--listen-addr", &m.cluster_addr, "--advertise-addr", "127.0.0.1"]);
+    m.docker_ok(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        &m.cluster_addr,
+        "--advertise-addr",
+        "127.0.0.1",
+    ]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     for clients in [4, 32] {
         let r = storm(None, &m.cluster_addr, token.trim(), clients, joins);
@@ -70,7 +90,14 @@ fn main() {
     let d = Dockerd::start(true);
     let ns = d.netns.clone().expect("netns");
     let addr = format!("127.0.0.1:{}", free_port());
-    d.docker_ok(&["swarm", "init", "--listen-addr", &addr, "--advertise-addr", "127.0.0.1"]);
+    d.docker_ok(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        &addr,
+        "--advertise-addr",
+        "127.0.0.1",
+    ]);
     let token = d.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     for clients in [4, 32] {
         let r = storm(Some(&ns), &addr, token.trim(), clients, joins);
@@ -80,7 +107,10 @@ fn main() {
     let version = d.docker_ok(&["version", "--format", "{{.Server.Version}}"]);
     drop(d);
 
-    println!("Join storm, {joins} joins per row; dockerd {}", version.trim());
+    println!(
+        "Join storm, {joins} joins per row; dockerd {}",
+        version.trim()
+    );
     println!();
     println!("| manager | clients | joins | certificates/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");

@@ -70,7 +70,12 @@ fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}} {{.ManagerStatus}} {{.EngineVersion}}"]);
+        let ls = m.docker_ok(&[
+            "node",
+            "ls",
+            "--format",
+            "{{.Status}} {{.ManagerStatus}} {{.EngineVersion}}",
+        ]);
         let ready_agents = ls
             .lines()
             .filter(|l| l.starts_with("Ready") && l.contains("swarmguard-agent-"))
@@ -78,7 +83,10 @@ fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
         if ready_agents == 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "3 agents not Ready within 20 s:\n{ls}");
+        assert!(
+            Instant::now() < deadline,
+            "3 agents not Ready within 20 s:\n{ls}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     for a in &agents {

@@ -41,8 +41,12 @@ pub async fn join_storm(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
-        let (csrs, next, latencies, config) =
-            (csrs.clone(), next.clone(), latencies.clone(), config.clone());
+        let (csrs, next, latencies, config) = (
+            csrs.clone(),
+            next.clone(),
+            latencies.clone(),
+            config.clone(),
+        );
         let token = token.to_string();
         tasks.push(tokio::spawn(async move {
             loop {

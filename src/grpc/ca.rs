@@ -203,7 +203,7 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
             let wait = async {
                 loop {
                     match events.recv().await {
-                        Ok(a) if a.keys.iter().any(|k| *k == key) => return,
+                        Ok(a) if a.keys.contains(&key) => return,
                         Ok(_) => continue,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {

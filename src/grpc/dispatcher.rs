@@ -199,7 +199,7 @@ fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> 
         tls.cert_issuer_public_key.len(),
         16 * 1024,
     )?;
-    let res = d.resources.clone().unwrap_or_default();
+    let res = d.resources.unwrap_or_default();
     Ok(api::NodeDescription {
         hostname: d.hostname.clone(),
         platform: api::Platform {

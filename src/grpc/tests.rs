@@ -629,7 +629,9 @@ async fn presented_server_cert(addr: SocketAddr, root: &[u8]) -> Vec<u8> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("swarm-ca").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
-    tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,14 +643,23 @@ async fn server_certificate_is_swapped_without_a_restart() {
     let cluster_id = env.control.cluster().unwrap().record.id;
     let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
     let issued = ca
-        .issue_node_certificate(&csr, &node_id, NodeRole::Manager, &cluster_id, Duration::from_secs(7200))
+        .issue_node_certificate(
+            &csr,
+            &node_id,
+            NodeRole::Manager,
+            &cluster_id,
+            Duration::from_secs(7200),
+        )
         .unwrap();
     let certs = env._dir.path().join("certificates");
     crate::fsutil::write_atomic(&certs.join("swarm-node.key"), &key, 0o600).unwrap();
     crate::fsutil::write_atomic(&certs.join("swarm-node.crt"), &issued.cert_pem, 0o644).unwrap();
     let running = env.running.as_mut().unwrap();
     assert!(running.reload_tls().unwrap());
-    assert!(!running.reload_tls().unwrap(), "nothing changed the second time");
+    assert!(
+        !running.reload_tls().unwrap(),
+        "nothing changed the second time"
+    );
     let after = presented_server_cert(env.addr, &env.root()).await;
     assert_ne!(before, after);
     let (_, expected) = x509_parser::pem::parse_x509_pem(&issued.cert_pem).unwrap();
