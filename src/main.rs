@@ -4,8 +4,11 @@
 //! Notary-compatible trust server and its signer, and, as it lands, the worker agent.
 #![forbid(unsafe_code)]
 
+mod agent;
+mod agent_cli;
 mod control;
 mod engine;
+mod grpc;
 mod manager;
 // `subscribe`, `node_id` and `trigger_snapshot` serve the dispatcher and multi-manager work next.
 #[allow(dead_code)]
@@ -41,6 +44,9 @@ enum Command {
     TrustServer(swarmguard_notary::server::ServerArgs),
     /// Trust signer holding timestamp/snapshot keys, served over gRPC with mutual TLS.
     TrustSigner(swarmguard_notary::remote::SignerArgs),
+    /// Be a swarm node without dockerd: join with a token, then keep a session, heartbeats and a
+    /// rotating mTLS identity (`agent join --token … ADDR`, `agent run`).
+    Agent(agent_cli::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             Command::Manager(args) => manager::run(args).await,
             Command::TrustServer(args) => Ok(swarmguard_notary::server::serve(args).await?),
             Command::TrustSigner(args) => Ok(swarmguard_notary::remote::serve_signer(args).await?),
+            Command::Agent(args) => agent_cli::run(args).await,
         }
     })
 }

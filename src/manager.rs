@@ -120,6 +120,15 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("Engine API ready");
+    // The cluster gRPC port runs while this manager is part of a swarm.
+    servers.push({
+        let control = control.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            crate::grpc::supervise(control, stop).await;
+            Ok(())
+        })
+    });
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

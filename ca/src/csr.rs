@@ -33,6 +33,12 @@ pub(crate) struct CsrKey {
     pub(crate) ski: Vec<u8>,
 }
 
+/// Checks a CSR from the network the way issuance will (size, PEM framing, key type, signature)
+/// without signing anything, so a server can refuse bad input before it records a request.
+pub fn check_csr(csr_pem: &[u8]) -> Result<(), CsrError> {
+    accept_csr(csr_pem).map(|_| ())
+}
+
 /// Checks a PEM CSR and returns its public key, or says precisely why not.
 ///
 /// Order matters: the key type is checked before the signature, so a weak or

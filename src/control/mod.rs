@@ -104,6 +104,15 @@ impl Control {
             .map(|l| l.node_id.clone())
     }
 
+    /// This manager's addresses and node ID, when it is part of a swarm.
+    pub fn local_identity(&self) -> Option<LocalIdentity> {
+        self.local.read().expect("local lock").clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn root_ca(&self) -> Option<Arc<RootCa>> {
         self.ca.read().expect("ca lock").clone()
     }
@@ -202,6 +211,8 @@ impl Control {
                 state: "issued".into(),
                 cert_pem: String::from_utf8_lossy(&issued.cert_pem).into_owned(),
                 not_after: unix_seconds(issued.not_after),
+                csr_b64: String::new(),
+                err: String::new(),
             },
         };
 

@@ -80,4 +80,10 @@ pub struct CertificateRecord {
     pub cert_pem: String,
     /// Unix seconds.
     pub not_after: i64,
+    /// The CSR exactly as the node sent it (standard base64), echoed by NodeCertificateStatus.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub csr_b64: String,
+    /// Why issuance failed (state `failed`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub err: String,
 }

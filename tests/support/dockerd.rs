@@ -175,7 +175,18 @@ impl Dockerd {
     /// Stops dockerd by its PID, then removes what it may leave behind: a netns bind mount
     /// under exec-root from a failed ingress sandbox, and our network namespace.
     pub fn stop(&mut self) {
+        self.stop_daemon();
+        self.cleanup();
+    }
+
+    /// Stops the daemon by its PID but keeps its directories and network namespace (other
+    /// processes may still run in it); [`Dockerd::stop`] or Drop clean up.
+    pub fn stop_daemon(&mut self) {
         self.proc.stop(Duration::from_secs(30));
+    }
+
+    fn cleanup(&mut self) {
+        // A failed ingress sandbox can leak a netns bind mount under exec-root.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             let root = self.root.to_string_lossy().to_string();
             for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {

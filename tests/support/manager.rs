@@ -12,6 +12,10 @@ pub struct Manager {
     pub socket: PathBuf,
     /// A clean docker CLI config dir, so the user's contexts and config never leak in.
     pub docker_config: tempfile::TempDir,
+    /// The cluster gRPC address (`--listen-addr`), also advertised to joining nodes.
+    pub cluster_addr: String,
+    /// Run inside this network namespace (`/var/run/netns/NAME`), e.g. next to a dockerd.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -49,11 +53,19 @@ impl HttpResponse {
 impl Manager {
     /// Starts a manager on `data_dir` and waits until its Engine API answers.
     pub fn start(data_dir: &Path) -> Manager {
+        Manager::start_in(data_dir, None)
+    }
+
+    /// Starts a manager whose cluster port is `127.0.0.1:<free port>` inside `netns` (or the
+    /// test's own namespace); the Engine API is a unix socket, reachable from anywhere.
+    pub fn start_in(data_dir: &Path, netns: Option<&str>) -> Manager {
         let socket = data_dir.join("swarmguard.sock");
         let mut m = Manager {
             data_dir: data_dir.to_path_buf(),
             socket,
             docker_config: tempfile::tempdir().expect("tempdir"),
+            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
+            netns: netns.map(str::to_string),
             child: None,
         };
         m.spawn();
@@ -61,12 +73,24 @@ impl Manager {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+        let mut cmd = match &self.netns {
+            // nsenter execs the manager, so the PID we hold is the manager's.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"))
+                    .arg(env!("CARGO_BIN_EXE_swarmguard"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
+        };
+        let child = cmd
             .arg("manager")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-addr")
-            .arg(format!("127.0.0.1:{}", super::free_port()))
+            .arg(&self.cluster_addr)
+            .arg("--advertise-addr")
+            .arg("127.0.0.1")
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

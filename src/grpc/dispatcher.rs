@@ -1,0 +1,531 @@
+//! `Dispatcher` (sessions, heartbeats, assignments, task status) and `LogBroker`.
+//!
+//! A node's liveness lives here, in memory: a session per node with a heartbeat deadline of
+//! three periods; the node record in the store says Ready on registration and Down on expiry.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::{authorize, peer, WORKER_OR_MANAGER};
+use super::ca::{certificate_pb, role_from_name};
+use super::pb;
+use super::{b64, Shared};
+use crate::control::records::{node_key, ClusterRecord, NodeRecord, CLUSTER_KEY};
+use crate::engine::types as api;
+
+/// SwarmKit's default `Dispatcher.HeartbeatPeriod`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// A node is Down after this many periods without a heartbeat.
+pub const MISSED_PERIODS: u32 = 3;
+/// Registrations allowed per node within [`REGISTRATION_WINDOW`].
+pub const MAX_REGISTRATIONS: usize = 3;
+pub const REGISTRATION_WINDOW: Duration = Duration::from_secs(8);
+/// Most task status updates accepted in one call.
+pub const MAX_TASK_UPDATES: usize = 1024;
+
+struct Session {
+    id: String,
+    period: Duration,
+    deadline: Instant,
+    end: watch::Sender<bool>,
+}
+
+/// Live sessions and recent registrations, by node ID.
+#[derive(Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<String, Session>>,
+    registrations: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sessions {
+    /// SwarmKit's registration rate limit: a fourth registration within 8 s is refused.
+    fn admit(&self, node_id: &str) -> Result<(), Status> {
+        let now = Instant::now();
+        let mut regs = lock(&self.registrations);
+        let q = regs.entry(node_id.to_string()).or_default();
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > REGISTRATION_WINDOW)
+        {
+            q.pop_front();
+        }
+        if q.len() >= MAX_REGISTRATIONS {
+            return Err(Status::unavailable(format!(
+                "node {node_id} exceeded rate limit count of registrations"
+            )));
+        }
+        q.push_back(now);
+        Ok(())
+    }
+
+    fn register(&self, node_id: &str, period: Duration) -> (String, watch::Receiver<bool>) {
+        let id = swarmguard_ca::new_id();
+        let (end, end_rx) = watch::channel(false);
+        let old = lock(&self.live).insert(
+            node_id.to_string(),
+            Session {
+                id: id.clone(),
+                period,
+                deadline: Instant::now() + period * MISSED_PERIODS,
+                end,
+            },
+        );
+        if let Some(old) = old {
+            let _ = old.end.send(true);
+        }
+        (id, end_rx)
+    }
+
+    /// Checks `session_id` against the node's live session; `extend` renews its deadline.
+    fn check(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        extend: bool,
+    ) -> Result<(Duration, watch::Receiver<bool>), Status> {
+        let mut live = lock(&self.live);
+        let Some(s) = live.get_mut(node_id) else {
+            return Err(Status::not_found("node not registered"));
+        };
+        if s.id != session_id {
+            return Err(Status::invalid_argument("session invalid"));
+        }
+        if extend {
+            s.deadline = Instant::now() + s.period * MISSED_PERIODS;
+        }
+        Ok((s.period, s.end.subscribe()))
+    }
+
+    /// Ends the node's session (node removed or expired).
+    pub fn end(&self, node_id: &str) {
+        if let Some(s) = lock(&self.live).remove(node_id) {
+            let _ = s.end.send(true);
+        }
+    }
+
+    fn expired(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut live = lock(&self.live);
+        let gone: Vec<String> = live
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            if let Some(s) = live.remove(k) {
+                let _ = s.end.send(true);
+            }
+        }
+        gone
+    }
+}
+
+/// Marks nodes Down once their heartbeat deadline passed.
+pub async fn expire_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = crate::grpc::until_true(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        for node_id in s.dispatcher.expired() {
+            tracing::info!(node_id = %node_id, "heartbeat deadline passed: node is down");
+            let r = s
+                .update_node(&node_id, |n| {
+                    n.status.state = "down".into();
+                    n.status.message = "heartbeat failure".into();
+                    true
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(node_id = %node_id, error = %e.message(), "cannot mark node down");
+            }
+        }
+    }
+}
+
+pub fn heartbeat_period(cluster: &ClusterRecord) -> Duration {
+    match cluster.spec.dispatcher.heartbeat_period {
+        n if n > 0 => Duration::from_nanos(n as u64),
+        _ => DEFAULT_HEARTBEAT,
+    }
+}
+
+/// The period a node is told to wait: the configured one ±0.5 s, never below 100 ms.
+fn jittered(period: Duration) -> Duration {
+    let jitter_ms: i64 = rand::random_range(-500..=500);
+    let ms = (period.as_millis() as i64 + jitter_ms).max(100);
+    Duration::from_millis(ms as u64)
+}
+
+fn check_len(what: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len > max {
+        return Err(Status::invalid_argument(format!(
+            "{what} is {len} bytes; at most {max} are accepted"
+        )));
+    }
+    Ok(())
+}
+
+/// The node's own description, bounded, in the Engine API's shape.
+fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
+    check_len("hostname", d.hostname.len(), 253)?;
+    let platform = d.platform.clone().unwrap_or_default();
+    check_len("platform architecture", platform.architecture.len(), 64)?;
+    check_len("platform OS", platform.os.len(), 64)?;
+    let engine = d.engine.clone().unwrap_or_default();
+    check_len("engine version", engine.engine_version.len(), 256)?;
+    let tls = d.tls_info.clone().unwrap_or_default();
+    check_len("TLS trust root", tls.trust_root.len(), 256 * 1024)?;
+    check_len(
+        "TLS issuer subject",
+        tls.cert_issuer_subject.len(),
+        16 * 1024,
+    )?;
+    check_len(
+        "TLS issuer public key",
+        tls.cert_issuer_public_key.len(),
+        16 * 1024,
+    )?;
+    let res = d.resources.unwrap_or_default();
+    Ok(api::NodeDescription {
+        hostname: d.hostname.clone(),
+        platform: api::Platform {
+            architecture: platform.architecture,
+            os: platform.os,
+        },
+        resources: api::Resources {
+            nano_cpus: res.nano_cpus.max(0),
+            memory_bytes: res.memory_bytes.max(0),
+        },
+        engine: api::EngineDescription {
+            engine_version: engine.engine_version,
+        },
+        tls_info: api::TlsInfo {
+            trust_root: String::from_utf8_lossy(&tls.trust_root).into_owned(),
+            cert_issuer_subject: b64(&tls.cert_issuer_subject),
+            cert_issuer_public_key: b64(&tls.cert_issuer_public_key),
+        },
+    })
+}
+
+fn description_pb(d: &api::NodeDescription) -> pb::NodeDescription {
+    pb::NodeDescription {
+        hostname: d.hostname.clone(),
+        platform: Some(pb::Platform {
+            architecture: d.platform.architecture.clone(),
+            os: d.platform.os.clone(),
+        }),
+        resources: Some(pb::Resources {
+            nano_cpus: d.resources.nano_cpus,
+            memory_bytes: d.resources.memory_bytes,
+        }),
+        engine: Some(pb::EngineDescription {
+            engine_version: d.engine.engine_version.clone(),
+            ..Default::default()
+        }),
+        tls_info: Some(pb::NodeTlsInfo {
+            trust_root: d.tls_info.trust_root.clone().into_bytes(),
+            cert_issuer_subject: super::unb64(&d.tls_info.cert_issuer_subject),
+            cert_issuer_public_key: super::unb64(&d.tls_info.cert_issuer_public_key),
+        }),
+        fips: false,
+    }
+}
+
+fn role_pb(name: &str) -> i32 {
+    match role_from_name(name) {
+        swarmguard_ca::NodeRole::Manager => pb::NodeRole::Manager as i32,
+        swarmguard_ca::NodeRole::Worker => pb::NodeRole::Worker as i32,
+    }
+}
+
+pub fn node_pb(node: &NodeRecord, version: u64, cluster: &ClusterRecord) -> pb::Node {
+    use pb::node_spec::{Availability, Membership};
+    use pb::node_status::State;
+    let availability = match node.spec.availability.as_str() {
+        "pause" => Availability::Pause,
+        "drain" => Availability::Drain,
+        _ => Availability::Active,
+    };
+    let state = match node.status.state.as_str() {
+        "ready" => State::Ready,
+        "down" => State::Down,
+        "disconnected" => State::Disconnected,
+        _ => State::Unknown,
+    };
+    pb::Node {
+        id: node.id.clone(),
+        meta: Some(pb::Meta {
+            version: Some(pb::Version { index: version }),
+            ..Default::default()
+        }),
+        spec: Some(pb::NodeSpec {
+            annotations: Some(pb::Annotations {
+                name: node.spec.name.clone(),
+                labels: node
+                    .spec
+                    .labels
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                indices: vec![],
+            }),
+            desired_role: role_pb(&node.spec.role),
+            membership: Membership::Accepted as i32,
+            availability: availability as i32,
+        }),
+        description: Some(description_pb(&node.description)),
+        status: Some(pb::NodeStatus {
+            state: state as i32,
+            message: node.status.message.clone(),
+            addr: node.status.addr.clone(),
+        }),
+        certificate: Some(certificate_pb(node)),
+        role: role_pb(&node.role),
+        vxlanudp_port: cluster.data_path_port,
+    }
+}
+
+fn session_message(
+    s: &Shared,
+    session_id: &str,
+    node_id: &str,
+) -> Result<pb::SessionMessage, Status> {
+    let (cluster, _) = s.cluster()?;
+    let (node, version) = s
+        .node(node_id)?
+        .ok_or_else(|| Status::not_found("node not registered"))?;
+    Ok(pb::SessionMessage {
+        session_id: session_id.to_string(),
+        node: Some(node_pb(&node, version, &cluster)),
+        managers: vec![pb::WeightedPeer {
+            peer: Some(pb::Peer {
+                node_id: s.manager_id.clone(),
+                addr: s.advertise_addr.clone(),
+            }),
+            weight: 10,
+        }],
+        network_bootstrap_keys: vec![],
+        root_ca: cluster.root_ca_pem.into_bytes(),
+    })
+}
+
+/// What a node acts on from a SessionMessage; another message goes out when it changes.
+fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>) {
+    let n = m.node.clone().unwrap_or_default();
+    let spec = n.spec.unwrap_or_default();
+    let cert_state = n
+        .certificate
+        .and_then(|c| c.status)
+        .map(|s| s.state)
+        .unwrap_or_default();
+    (
+        spec.desired_role,
+        n.role,
+        spec.availability,
+        cert_state,
+        m.root_ca.clone(),
+    )
+}
+
+pub struct DispatcherService(pub Arc<Shared>);
+pub struct LogBrokerService(pub Arc<Shared>);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    type SessionStream = ReceiverStream<Result<pb::SessionMessage, Status>>;
+    type AssignmentsStream = ReceiverStream<Result<pb::AssignmentsMessage, Status>>;
+
+    async fn session(
+        &self,
+        req: Request<pb::SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let s = self.0.clone();
+        let (cluster, _) = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let addr = peer(&req)
+            .map(|p| p.addr.ip().to_string())
+            .unwrap_or_default();
+        let desc = match &req.get_ref().description {
+            Some(d) => Some(description(d)?),
+            None => None,
+        };
+        if s.node(&me.node_id)?.is_none() {
+            return Err(Status::not_found("node not registered"));
+        }
+        s.dispatcher.admit(&me.node_id)?;
+        let mut events = s.store.subscribe();
+        let (session_id, mut end) = s
+            .dispatcher
+            .register(&me.node_id, heartbeat_period(&cluster));
+        let updated = s
+            .update_node(&me.node_id, |n| {
+                if let Some(d) = &desc {
+                    n.description = d.clone();
+                }
+                n.status = api::NodeStatus {
+                    state: "ready".into(),
+                    message: String::new(),
+                    addr: addr.clone(),
+                };
+                true
+            })
+            .await?;
+        if updated.is_none() {
+            s.dispatcher.end(&me.node_id);
+            return Err(Status::not_found("node not registered"));
+        }
+        tracing::info!(node_id = %me.node_id, "session registered: node is ready");
+        let first = session_message(&s, &session_id, &me.node_id)?;
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.send(Ok(first.clone())).await;
+        let node_id = me.node_id;
+        tokio::spawn(async move {
+            let key = node_key(&node_id);
+            let mut last = watched(&first);
+            loop {
+                tokio::select! {
+                    _ = crate::grpc::until_true(&mut end) => return,
+                    _ = tx.closed() => return,
+                    ev = events.recv() => {
+                        let relevant = match ev {
+                            Ok(a) => a.keys.iter().any(|k| *k == key || k == CLUSTER_KEY),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(_) => return,
+                        };
+                        if !relevant {
+                            continue;
+                        }
+                        match session_message(&s, &session_id, &node_id) {
+                            Ok(m) => {
+                                let w = watched(&m);
+                                if w != last {
+                                    last = w;
+                                    if tx.send(Ok(m)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                s.dispatcher.end(&node_id);
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let s = &self.0;
+        let (cluster, _) = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let (period, _) = s
+            .dispatcher
+            .check(&me.node_id, &req.get_ref().session_id, true)?;
+        let p = jittered(period);
+        Ok(Response::new(pb::HeartbeatResponse {
+            period: Some(prost_types::Duration {
+                seconds: p.as_secs() as i64,
+                nanos: p.subsec_nanos() as i32,
+            }),
+        }))
+    }
+
+    async fn update_task_status(
+        &self,
+        req: Request<pb::UpdateTaskStatusRequest>,
+    ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
+        let s = &self.0;
+        let (cluster, _) = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let r = req.get_ref();
+        s.dispatcher.check(&me.node_id, &r.session_id, false)?;
+        if r.updates.len() > MAX_TASK_UPDATES {
+            return Err(Status::invalid_argument(format!(
+                "{} task updates in one call; at most {MAX_TASK_UPDATES} are accepted",
+                r.updates.len()
+            )));
+        }
+        for u in &r.updates {
+            let state = u.status.as_ref().map(|st| st.state).unwrap_or_default();
+            if pb::TaskState::try_from(state).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "task {}: unknown task state {state}",
+                    u.task_id.chars().take(64).collect::<String>()
+                )));
+            }
+            // No task is ever assigned yet (the scheduler lands with services), so there is
+            // no task record to move; an update for an unknown task is ignored, as SwarmKit does.
+            tracing::debug!(node_id = %me.node_id, "status update for an unknown task ignored");
+        }
+        Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+
+    async fn assignments(
+        &self,
+        req: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let s = &self.0;
+        let (cluster, _) = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let (_, mut end) = s
+            .dispatcher
+            .check(&me.node_id, &req.get_ref().session_id, false)?;
+        let (tx, rx) = mpsc::channel(4);
+        // The set starts COMPLETE; later INCREMENTAL messages carry applies_to = the previous
+        // results_in. Nothing is assigned yet, so the complete set is empty.
+        let _ = tx
+            .send(Ok(pb::AssignmentsMessage {
+                r#type: pb::assignments_message::Type::Complete as i32,
+                applies_to: String::new(),
+                results_in: "1".into(),
+                changes: vec![],
+            }))
+            .await;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::grpc::until_true(&mut end) => {}
+                _ = tx.closed() => {}
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::log_broker_server::LogBroker for LogBrokerService {
+    type ListenSubscriptionsStream = BoxStream<pb::SubscriptionMessage>;
+
+    async fn listen_subscriptions(
+        &self,
+        req: Request<pb::ListenSubscriptionsRequest>,
+    ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
+        let (cluster, _) = self.0.cluster()?;
+        authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        // No log subscriptions exist yet: keep the stream open and send nothing.
+        Ok(Response::new(Box::pin(tokio_stream::pending())))
+    }
+}

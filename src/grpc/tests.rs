@@ -1,0 +1,695 @@
+//! The cluster port in process: a real store, control layer and TLS listener on a loopback
+//! port, driven by `crate::agent` (the same client code as `swarmguard agent`) and raw stubs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swarmguard_ca::NodeRole;
+use tokio::sync::watch;
+use tonic::Code;
+
+use super::pb;
+use crate::agent::{self, tls as ctls, AgentState, Credentials, RunOptions};
+use crate::control::local::ManagerConfig;
+use crate::control::records::NODE_PREFIX;
+use crate::control::{Control, Rotate};
+use crate::engine::types as api;
+use crate::store::Store;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    control: Arc<Control>,
+    store: Store,
+    running: Option<super::Running>,
+    addr: SocketAddr,
+}
+
+impl Env {
+    async fn new() -> Env {
+        Env::with_heartbeat(Duration::from_secs(5)).await
+    }
+
+    async fn with_heartbeat(period: Duration) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = Store::open(dir.path()).await.unwrap();
+        let config = ManagerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            advertise_addr: Some("127.0.0.1".into()),
+        };
+        let control = Arc::new(Control::open(store.clone(), config).unwrap());
+        let mut spec = api::Spec::default();
+        spec.dispatcher.heartbeat_period = period.as_nanos() as i64;
+        control
+            .init(&api::InitRequest {
+                advertise_addr: "127.0.0.1".into(),
+                spec,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let running = super::start(control.clone()).await.unwrap();
+        let addr = running.addr;
+        Env {
+            _dir: dir,
+            control,
+            store,
+            running: Some(running),
+            addr,
+        }
+    }
+
+    fn worker_token(&self) -> String {
+        self.control
+            .cluster()
+            .unwrap()
+            .record
+            .join_tokens
+            .worker
+            .clone()
+    }
+    fn manager_token(&self) -> String {
+        self.control
+            .cluster()
+            .unwrap()
+            .record
+            .join_tokens
+            .manager
+            .clone()
+    }
+    fn root(&self) -> Vec<u8> {
+        self.control
+            .cluster()
+            .unwrap()
+            .record
+            .root_ca_pem
+            .into_bytes()
+    }
+    fn node_count(&self) -> usize {
+        self.store.list(NODE_PREFIX).len()
+    }
+    fn node_state(&self, id: &str) -> String {
+        self.control.node(id).unwrap().record.status.state
+    }
+
+    async fn rotate_worker_token(&self) {
+        let c = self.control.cluster().unwrap();
+        self.control
+            .update_swarm(
+                c.version,
+                &c.record.spec,
+                Rotate {
+                    worker_token: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn node_ca(
+        &self,
+        creds: Option<&Credentials>,
+    ) -> pb::node_ca_client::NodeCaClient<tonic::transport::Channel> {
+        let (cfg, name) = match creds {
+            Some(c) => (
+                ctls::verified(&self.root(), Some((&c.cert_pem, &c.key_pem))).unwrap(),
+                "swarm-manager",
+            ),
+            None => (ctls::verified(&self.root(), None).unwrap(), "swarm-ca"),
+        };
+        pb::node_ca_client::NodeCaClient::new(ctls::channel(self.addr, cfg, name).await.unwrap())
+    }
+
+    async fn dispatcher(
+        &self,
+        creds: Option<&Credentials>,
+    ) -> pb::dispatcher_client::DispatcherClient<tonic::transport::Channel> {
+        let cfg = ctls::verified(
+            &self.root(),
+            creds.map(|c| (&c.cert_pem[..], &c.key_pem[..])),
+        )
+        .unwrap();
+        pb::dispatcher_client::DispatcherClient::new(
+            ctls::channel(self.addr, cfg, "swarm-manager")
+                .await
+                .unwrap(),
+        )
+    }
+
+    async fn ca(&self, creds: &Credentials) -> pb::ca_client::CaClient<tonic::transport::Channel> {
+        let cfg = ctls::verified(&self.root(), Some((&creds.cert_pem, &creds.key_pem))).unwrap();
+        pb::ca_client::CaClient::new(ctls::channel(self.addr, cfg, "swarm-ca").await.unwrap())
+    }
+
+    fn spawn_agent(&self, creds: Credentials, opts: RunOptions) -> Agent {
+        let (state_tx, state) = watch::channel(AgentState::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(agent::run(creds, self.addr, None, opts, state_tx, stop_rx));
+        Agent { state, stop, task }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.stop.send(true);
+            for t in &r.tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
+struct Agent {
+    state: watch::Receiver<AgentState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), agent::AgentError>>,
+}
+
+impl Agent {
+    async fn wait(&mut self, what: &str, f: impl Fn(&AgentState) -> bool) {
+        tokio::time::timeout(Duration::from_secs(20), self.state.wait_for(|s| f(s)))
+            .await
+            .unwrap_or_else(|_| panic!("agent: {what} did not happen within 20 s"))
+            .unwrap();
+    }
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} not reached within {limit:?}");
+}
+
+fn status_of<T: std::fmt::Debug>(r: Result<T, agent::AgentError>) -> tonic::Status {
+    match r {
+        Err(agent::AgentError::Rpc(s)) => s,
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+/// A valid CSR for raw calls.
+fn csr() -> Vec<u8> {
+    swarmguard_ca::generate_node_key_and_csr().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_join_with_the_worker_token_and_are_ready() {
+    let env = Env::new().await;
+    let cluster_id = env.control.cluster().unwrap().record.id;
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+        assert_eq!(creds.role, NodeRole::Worker);
+        assert_eq!(creds.cluster_id, cluster_id);
+        let id = creds.node_id.clone();
+        let mut a = env.spawn_agent(creds, RunOptions::default());
+        a.wait("first session", |s| s.sessions == 1).await;
+        agents.push((id, a));
+    }
+    for (id, _) in &agents {
+        let n = env.control.node(id).unwrap().record;
+        assert_eq!(n.status.state, "ready");
+        assert_eq!(n.certificate.state, "issued");
+        assert!(n
+            .description
+            .engine
+            .engine_version
+            .starts_with("swarmguard-agent-"));
+        assert!(!n.description.tls_info.trust_root.is_empty());
+    }
+    for (_, a) in agents {
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_token_gives_a_manager_certificate_and_unlock_key_access() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.manager_token()).await.unwrap();
+    assert_eq!(creds.role, NodeRole::Manager);
+    let r = env
+        .ca(&creds)
+        .await
+        .get_unlock_key(pb::GetUnlockKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.unlock_key.is_empty(), "autolock is off");
+    assert!(r.version.unwrap().index > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_certificate_calling_get_unlock_key_is_permission_denied() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let err = env
+        .ca(&creds)
+        .await
+        .get_unlock_key(pb::GetUnlockKeyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "Permission denied: unauthorized peer role: rpc error: code = PermissionDenied desc = Permission denied: remote certificate not part of OUs: [swarm-manager]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_worker_token_is_refused_and_the_new_one_works() {
+    let env = Env::new().await;
+    let old = env.worker_token();
+    env.rotate_worker_token().await;
+    let before = env.node_count();
+    let err = status_of(agent::join(env.addr, &old).await);
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "A valid join token is necessary to join this cluster"
+    );
+    assert_eq!(
+        env.node_count(),
+        before,
+        "a refused join leaves no node behind"
+    );
+    agent::join(env.addr, &env.worker_token()).await.unwrap();
+    assert_eq!(env.node_count(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_fails_the_handshake() {
+    let env = Env::new().await;
+    let foreign = swarmguard_ca::RootCa::create().unwrap();
+    let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
+    let cluster_id = env.control.cluster().unwrap().record.id;
+    let cert = foreign
+        .issue_node_certificate(
+            &csr,
+            &swarmguard_ca::new_id(),
+            NodeRole::Manager,
+            &cluster_id,
+            Duration::from_secs(7200),
+        )
+        .unwrap();
+    let cfg = ctls::verified(&env.root(), Some((&cert.cert_pem, &key))).unwrap();
+    // The server refuses the certificate during the handshake; a TLS 1.3 client learns it from
+    // the alert at its first read.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("swarm-manager").unwrap();
+    let refused = match tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+    {
+        Err(e) => e.to_string(),
+        Ok(mut tls) => {
+            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            match tls.read(&mut buf).await {
+                Err(e) => e.to_string(),
+                Ok(n) => panic!("the server accepted a foreign certificate (read {n} bytes)"),
+            }
+        }
+    };
+    assert!(refused.contains("alert"), "{refused}");
+    // And no gRPC call gets through on such a connection.
+    let call = async {
+        let ch = ctls::channel(env.addr, cfg, "swarm-manager").await?;
+        pb::ca_client::CaClient::new(ch)
+            .get_unlock_key(pb::GetUnlockKeyRequest {})
+            .await
+            .map_err(agent::AgentError::from)
+    }
+    .await;
+    assert!(call.is_err(), "a foreign certificate was accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_without_certificate_cannot_open_a_session() {
+    let env = Env::new().await;
+    let err = env
+        .dispatcher(None)
+        .await
+        .session(pb::SessionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "Permission denied: no client certificates in request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_renew_before_expiry_and_stay_ready() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let id = creds.node_id.clone();
+    let first_cert = creds.cert_pem.clone();
+    let mut a = env.spawn_agent(
+        creds,
+        RunOptions {
+            renew_after: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    a.wait("two renewals", |s| s.renewals >= 2).await;
+    let n = env.control.node(&id).unwrap().record;
+    assert_ne!(n.certificate.cert_pem.as_bytes(), &first_cert[..]);
+    assert_eq!(n.role, "worker", "a renewal keeps the role");
+    a.wait("a session after renewal", |s| s.sessions >= 2).await;
+    assert_eq!(env.node_state(&id), "ready");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_then_demote_changes_the_certificate_ou() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let id = creds.node_id.clone();
+    let mut a = env.spawn_agent(creds, RunOptions::default());
+    a.wait("session", |s| s.sessions == 1).await;
+    let set_role = |role: &'static str| {
+        let env = &env;
+        let id = id.clone();
+        async move {
+            // The agent's session writes the record too; retry on a version conflict.
+            for _ in 0..20 {
+                let v = env.control.node(&id).unwrap();
+                let mut spec = v.record.spec.clone();
+                spec.role = role.into();
+                if env.control.update_node(&id, v.version, &spec).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("could not set role {role}");
+        }
+    };
+    set_role("manager").await;
+    a.wait("promotion", |s| s.role == Some(NodeRole::Manager))
+        .await;
+    assert_eq!(env.control.node(&id).unwrap().record.role, "manager");
+    set_role("worker").await;
+    a.wait("demotion", |s| s.role == Some(NodeRole::Worker))
+        .await;
+    assert_eq!(env.control.node(&id).unwrap().record.role, "worker");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_agent_goes_down_and_a_removed_node_is_refused() {
+    let env = Env::with_heartbeat(Duration::from_secs(1)).await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let id = creds.node_id.clone();
+    let mut a = env.spawn_agent(creds.clone(), RunOptions::default());
+    a.wait("session", |s| s.sessions == 1).await;
+    let session_id = a.state.borrow().session_id.clone();
+    assert_eq!(env.node_state(&id), "ready");
+    a.stop().await;
+    // Down after 3 missed periods (1 s each, plus the 0.5 s jitter a node may be told).
+    poll("node down", Duration::from_secs(5), || {
+        env.node_state(&id) == "down"
+    })
+    .await;
+
+    env.control.remove_node(&id, false).await.unwrap();
+    let err = env
+        .dispatcher(Some(&creds))
+        .await
+        .heartbeat(pb::HeartbeatRequest { session_id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        format!("Permission denied: node {id} was removed from swarm")
+    );
+    // Renewal with the removed certificate joins nothing either.
+    let before = env.node_count();
+    let err = env
+        .node_ca(Some(&creds))
+        .await
+        .issue_node_certificate(pb::IssueNodeCertificateRequest {
+            csr: csr(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(env.node_count(), before);
+}
+
+/// The issue's bad-input table: each a clear gRPC error, and the store unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_clear_errors_and_change_nothing() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let mut nca = env.node_ca(None).await;
+    let token = env.worker_token();
+    let issue = |csr: Vec<u8>, token: String| pb::IssueNodeCertificateRequest {
+        csr,
+        token,
+        ..Default::default()
+    };
+    let before = env.store.list("");
+
+    // Garbage CSR.
+    let e = nca
+        .issue_node_certificate(issue(b"not a csr".to_vec(), token.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("no PEM block"), "{}", e.message());
+    // Wrong key type.
+    let ed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/certs/csr-ed25519.pem"
+    ))
+    .unwrap();
+    let e = nca
+        .issue_node_certificate(issue(ed, token.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("Ed25519"), "{}", e.message());
+    // A message over 4 MiB.
+    let e = nca
+        .issue_node_certificate(issue(vec![b'A'; (4 << 20) + 1], token.clone()))
+        .await
+        .unwrap_err();
+    // tonic's code for an oversized message (grpc-go says ResourceExhausted); the text is clear.
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(
+        e.message().contains("message length too large"),
+        "{}",
+        e.message()
+    );
+    // Empty token.
+    let e = nca
+        .issue_node_certificate(issue(csr(), String::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, super::ca::BAD_TOKEN)
+    );
+    // A token with another cluster's digest (same secret).
+    let other_root = swarmguard_ca::RootCa::create().unwrap();
+    let other = swarmguard_ca::JoinToken::generate(other_root.cert_pem()).to_string();
+    let forged = format!(
+        "{}{}",
+        &other[..other.len() - 25],
+        &token[token.len() - 25..]
+    );
+    let e = nca
+        .issue_node_certificate(issue(csr(), forged))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, super::ca::BAD_TOKEN)
+    );
+    // Status for an unknown node ID.
+    let e = nca
+        .node_certificate_status(pb::NodeCertificateStatusRequest {
+            node_id: swarmguard_ca::new_id(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // OU=swarm-manager with the wrong O (signed by our own root).
+    let (key, mcsr) = swarmguard_ca::generate_node_key_and_csr();
+    let wrong_o = env
+        .control
+        .root_ca()
+        .unwrap()
+        .issue_node_certificate(
+            &mcsr,
+            &swarmguard_ca::new_id(),
+            NodeRole::Manager,
+            &swarmguard_ca::new_id(),
+            Duration::from_secs(7200),
+        )
+        .unwrap();
+    let intruder = Credentials {
+        cert_pem: wrong_o.cert_pem.clone(),
+        key_pem: key,
+        ..creds.clone()
+    };
+    let e = env
+        .ca(&intruder)
+        .await
+        .get_unlock_key(pb::GetUnlockKeyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message()
+            .starts_with("Permission denied: remote certificate not part of organization"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(env.store.list(""), before, "no bad input changed the store");
+
+    // A wrong session ID.
+    let mut d = env.dispatcher(Some(&creds)).await;
+    let mut s = d
+        .session(pb::SessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    assert!(!first.session_id.is_empty());
+    assert_eq!(first.root_ca, env.root());
+    assert_eq!(first.managers.len(), 1);
+    let e = d
+        .heartbeat(pb::HeartbeatRequest {
+            session_id: "wrong".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "session invalid")
+    );
+    let e = d
+        .assignments(pb::AssignmentsRequest {
+            session_id: "wrong".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // The real one works and the period is 5 s ± 0.5 s.
+    let p = d
+        .heartbeat(pb::HeartbeatRequest {
+            session_id: first.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .period
+        .unwrap();
+    let p = Duration::new(p.seconds as u64, p.nanos as u32);
+    assert!(
+        (Duration::from_millis(4500)..=Duration::from_millis(5500)).contains(&p),
+        "{p:?}"
+    );
+    // Assignments open with COMPLETE.
+    let mut asg = d
+        .assignments(pb::AssignmentsRequest {
+            session_id: first.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = asg.message().await.unwrap().unwrap();
+    assert_eq!(m.r#type, pb::assignments_message::Type::Complete as i32);
+    assert_eq!(m.results_in, "1");
+    // A fourth registration within 8 s (one was made above).
+    for _ in 0..2 {
+        d.session(pb::SessionRequest::default()).await.unwrap();
+    }
+    let e = d.session(pb::SessionRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(
+        e.message(),
+        format!(
+            "node {} exceeded rate limit count of registrations",
+            creds.node_id
+        )
+    );
+}
+
+async fn presented_server_cert(addr: SocketAddr, root: &[u8]) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(ctls::verified(root, None).unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("swarm-ca").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_is_swapped_without_a_restart() {
+    let mut env = Env::new().await;
+    let before = presented_server_cert(env.addr, &env.root()).await;
+    let ca = env.control.root_ca().unwrap();
+    let node_id = env.control.local_node_id().unwrap();
+    let cluster_id = env.control.cluster().unwrap().record.id;
+    let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
+    let issued = ca
+        .issue_node_certificate(
+            &csr,
+            &node_id,
+            NodeRole::Manager,
+            &cluster_id,
+            Duration::from_secs(7200),
+        )
+        .unwrap();
+    let certs = env._dir.path().join("certificates");
+    swarmguard_secrets::atomic::write_atomic(
+        &certs.join("swarm-node.key"),
+        &key,
+        0o600,
+        swarmguard_secrets::atomic::Placement::Replace,
+    )
+    .unwrap();
+    swarmguard_secrets::atomic::write_atomic(
+        &certs.join("swarm-node.crt"),
+        &issued.cert_pem,
+        0o644,
+        swarmguard_secrets::atomic::Placement::Replace,
+    )
+    .unwrap();
+    let running = env.running.as_mut().unwrap();
+    assert!(running.reload_tls().unwrap());
+    assert!(
+        !running.reload_tls().unwrap(),
+        "nothing changed the second time"
+    );
+    let after = presented_server_cert(env.addr, &env.root()).await;
+    assert_ne!(before, after);
+    let (_, expected) = x509_parser::pem::parse_x509_pem(&issued.cert_pem).unwrap();
+    assert_eq!(after, expected.contents);
+    // The same listener keeps serving joins with the new certificate.
+    agent::join(env.addr, &env.worker_token()).await.unwrap();
+}

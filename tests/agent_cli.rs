@@ -1,0 +1,115 @@
+//! `swarmguard agent` as processes: one manager and three agents, all Ready in `docker node ls`;
+//! after `docker swarm join-token --rotate worker` the old token is refused with SwarmKit's text
+//! and the new one works. Agents are stopped by the PID this test started.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::manager::Manager;
+
+struct Agent {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn join(m: &Manager, token: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+            .args(["agent", "join", "--data-dir"])
+            .arg(dir.path())
+            .arg(&m.cluster_addr)
+            .env("SWARMGUARD_JOIN_TOKEN", token)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start swarmguard agent");
+        Agent { child, dir }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn join_once(m: &Manager, token: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+        .args(["agent", "join", "--no-run", "--data-dir"])
+        .arg(dir.path())
+        .arg(&m.cluster_addr)
+        .env("SWARMGUARD_JOIN_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run swarmguard agent join")
+}
+
+#[test]
+fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(dir.path());
+    m.docker_ok(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        &m.cluster_addr,
+        "--advertise-addr",
+        "127.0.0.1",
+    ]);
+    let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let token = token.trim().to_string();
+    let agents: Vec<Agent> = (0..3).map(|_| Agent::join(&m, &token)).collect();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = m.docker_ok(&[
+            "node",
+            "ls",
+            "--format",
+            "{{.Status}} {{.ManagerStatus}} {{.EngineVersion}}",
+        ]);
+        let ready_agents = ls
+            .lines()
+            .filter(|l| l.starts_with("Ready") && l.contains("swarmguard-agent-"))
+            .count();
+        if ready_agents == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "3 agents not Ready within 20 s:\n{ls}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for a in &agents {
+        let key = a.dir.path().join("certificates/swarm-node.key");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+
+    m.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let out = join_once(&m, &token);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("A valid join token is necessary to join this cluster"),
+        "{stderr}"
+    );
+    let new = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let out = join_once(&m, new.trim());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("joined a swarm as a worker"));
+    drop(agents);
+}
