@@ -240,7 +240,14 @@ pub fn unix_request(
     // A server may answer (413) before reading the whole body; that is not a client error.
     let _ = s.write_all(body);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    // A server that answers before reading the whole body (413) closes a socket with unread
+    // data, which the client may see as a reset after the response arrived: keep what came.
+    match s.read_to_end(&mut raw) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     parse_response(&raw, method == "HEAD")
 }
 
