@@ -744,3 +744,29 @@ async fn expired_client_certificate_fails_the_handshake_and_changes_nothing() {
     assert!(refused.contains("alert"), "{refused}");
     assert_eq!(env.store.list(""), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_nodes_that_do_not_come_back_go_down() {
+    let mut env = Env::with_heartbeat(Duration::from_secs(1)).await;
+    let gone = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let back = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let mut a = env.spawn_agent(gone.clone(), RunOptions::default());
+    a.wait("session", |s| s.sessions == 1).await;
+    a.stop().await;
+    let mut b = env.spawn_agent(back.clone(), RunOptions::default());
+    b.wait("session", |s| s.sessions == 1).await;
+    assert_eq!(env.node_state(&gone.node_id), "ready");
+    // Restart the cluster port on the same address (the manager restarting); the store still
+    // says Ready for both nodes.
+    env.running.take().unwrap().stop().await;
+    env.running = Some(super::start(env.control.clone()).await.unwrap());
+    assert_eq!(env.running.as_ref().unwrap().addr, env.addr);
+    poll("the absent node down", Duration::from_secs(6), || {
+        env.node_state(&gone.node_id) == "down"
+    })
+    .await;
+    // The node that reconnects stays Ready.
+    b.wait("a new session", |s| s.sessions >= 2).await;
+    assert_eq!(env.node_state(&back.node_id), "ready");
+    b.stop().await;
+}
