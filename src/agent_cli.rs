@@ -71,6 +71,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         } => {
             let manager = resolve(&addr)?;
             std::fs::create_dir_all(&data_dir)?;
+            // It will hold the node's private key.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private (0700)", data_dir.display()))?;
             let token = zeroize::Zeroizing::new(token);
             let creds = agent::join(manager, &token).await?;
             agent::save(&data_dir, &creds, manager)?;

@@ -89,8 +89,14 @@ fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
         std::thread::sleep(Duration::from_millis(50));
     }
     for a in &agents {
-        let key = a.dir.path().join("certificates/swarm-node.key");
         use std::os::unix::fs::PermissionsExt;
+        let dir_mode = std::fs::metadata(a.dir.path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let key = a.dir.path().join("certificates/swarm-node.key");
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", key.display());
     }

@@ -198,7 +198,20 @@ pub fn validate(
 /// The whole join: root download with digest check, then a certificate for a new node.
 pub async fn join(addr: SocketAddr, token: &str) -> Result<Credentials, AgentError> {
     let parsed = JoinToken::parse(token)?;
-    let root = download_root(addr, &parsed).await?;
+    // Like SwarmKit, retry the root download a few times: the manager may be starting.
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    let root = loop {
+        match download_root(addr, &parsed).await {
+            Err(AgentError::Connect(e)) if attempt < 5 => {
+                tracing::warn!(error = %e, attempt, "manager not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => break other?,
+        }
+    };
     request_certificate(addr, &root, Some(token), None).await
 }
 

@@ -88,6 +88,21 @@ impl Sessions {
         (id, end_rx)
     }
 
+    /// After a (re)start, nodes the store still shows Ready get one heartbeat window to register
+    /// again; otherwise [`expire_loop`] marks them Down. The placeholder session ID is random and
+    /// never sent anywhere, so no call can match it.
+    pub fn expect(&self, node_id: &str, period: Duration) {
+        let (end, _) = watch::channel(false);
+        lock(&self.live)
+            .entry(node_id.to_string())
+            .or_insert_with(|| Session {
+                id: swarmguard_ca::new_id(),
+                period,
+                deadline: Instant::now() + period * MISSED_PERIODS,
+                end,
+            });
+    }
+
     /// Checks `session_id` against the node's live session; `extend` renews its deadline.
     fn check(
         &self,

@@ -219,6 +219,17 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
         advertise_addr: local.advertise_addr.to_string(),
         dispatcher: dispatcher::Sessions::default(),
     });
+    // Nodes the store shows Ready must re-register within a heartbeat window, or go Down.
+    if let Ok((cluster, _)) = shared.cluster() {
+        let period = dispatcher::heartbeat_period(&cluster);
+        for (_, v) in shared.store.list(crate::control::records::NODE_PREFIX) {
+            if let Ok(n) = serde_json::from_slice::<NodeRecord>(&v.value) {
+                if n.id != shared.manager_id && n.status.state == "ready" {
+                    shared.dispatcher.expect(&n.id, period);
+                }
+            }
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(256);
     let mut tasks = vec![tokio::spawn(tls::accept_loop(listener, tls.clone(), tx))];

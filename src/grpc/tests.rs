@@ -693,3 +693,92 @@ async fn server_certificate_is_swapped_without_a_restart() {
     // The same listener keeps serving joins with the new certificate.
     agent::join(env.addr, &env.worker_token()).await.unwrap();
 }
+
+/// TLS handshake plus a first read with `cfg`; the server's refusal as text, or a panic when
+/// the connection is accepted.
+async fn handshake_refusal(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("swarm-manager").unwrap();
+    match tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+    {
+        Err(e) => e.to_string(),
+        Ok(mut tls) => {
+            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            match tls.read(&mut buf).await {
+                Err(e) => e.to_string(),
+                Ok(n) => panic!("the server accepted the certificate (read {n} bytes)"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_client_certificate_fails_the_handshake_and_changes_nothing() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    // Our own root signs a worker certificate for this very node that expired in 2020.
+    let ca = env.control.root_ca().unwrap();
+    let root_key = rcgen::KeyPair::try_from(ca.key_pkcs8_der().as_slice()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(std::str::from_utf8(ca.cert_pem()).unwrap(), root_key)
+            .unwrap();
+    let node_key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["swarm-worker".into(), creds.node_id.clone()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, creds.cluster_id.clone());
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "swarm-worker");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, creds.node_id.clone());
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&node_key, &issuer).unwrap();
+    let cfg = ctls::verified(
+        &env.root(),
+        Some((cert.pem().as_bytes(), node_key.serialize_pem().as_bytes())),
+    )
+    .unwrap();
+    let before = env.store.list("");
+    let refused = handshake_refusal(env.addr, cfg).await;
+    assert!(refused.contains("alert"), "{refused}");
+    assert_eq!(env.store.list(""), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_nodes_that_do_not_come_back_go_down() {
+    let mut env = Env::with_heartbeat(Duration::from_secs(1)).await;
+    let gone = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let back = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let mut a = env.spawn_agent(gone.clone(), RunOptions::default());
+    a.wait("session", |s| s.sessions == 1).await;
+    a.stop().await;
+    let mut b = env.spawn_agent(back.clone(), RunOptions::default());
+    b.wait("session", |s| s.sessions == 1).await;
+    assert_eq!(env.node_state(&gone.node_id), "ready");
+    // Restart the cluster port on the same address (the manager restarting); the store still
+    // says Ready for both nodes.
+    env.running.take().unwrap().stop().await;
+    env.running = Some(super::start(env.control.clone()).await.unwrap());
+    assert_eq!(env.running.as_ref().unwrap().addr, env.addr);
+    poll("the absent node down", Duration::from_secs(6), || {
+        env.node_state(&gone.node_id) == "down"
+    })
+    .await;
+    // The node that reconnects stays Ready.
+    b.wait("a new session", |s| s.sessions >= 2).await;
+    assert_eq!(env.node_state(&back.node_id), "ready");
+    b.stop().await;
+}

@@ -25,6 +25,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a peer may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond that new connections are closed at once, so a flood
+/// of half-open handshakes cannot grow memory without bound.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -158,6 +161,7 @@ pub async fn accept_loop(
     config: Arc<ArcSwap<ServerConfig>>,
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -170,11 +174,17 @@ pub async fn accept_loop(
         if tx.is_closed() {
             return;
         }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, "too many TLS handshakes in progress; connection closed");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(config.load_full());
         let tx = tx.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(permit);
+            match accepted {
                 Ok(Ok(stream)) => {
                     let certs = stream
                         .get_ref()

@@ -243,7 +243,14 @@ pub fn unix_request(
     } else {
         s.write_all(body)?;
     }
-    s.read_to_end(&mut raw)?;
+    // A server that answers before reading the whole body (413) closes a socket with unread
+    // data, which the client may see as a reset after the response arrived: keep what came.
+    match s.read_to_end(&mut raw) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !raw.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     parse_response(&raw, method == "HEAD")
 }
 
