@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, MANAGER_ONLY, WORKER_OR_MANAGER};
 use super::pb;
 use super::{b64, put, unb64, Shared};
-use crate::control::records::{node_key, CertificateRecord, NodeRecord};
+use crate::control::records::{node_key, CertificateRecord, ClusterRecord, NodeRecord};
 use crate::control::{now_rfc3339, unix_seconds};
 use crate::engine::types as api;
 use crate::store::{Check, Txn, TxnOutcome};
@@ -98,6 +98,7 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
         // A valid node certificate makes this a renewal: the role stays the node's current one.
         if let Ok(id) = authorize(&req, WORKER_OR_MANAGER, &cluster) {
             let csr = b64(&r.csr);
+            let signer = Signer::new(s, &cluster)?;
             let updated = s
                 .update_node(&id.node_id, |n| {
                     // The role reconciles to the desired one at renewal (promote/demote).
@@ -105,14 +106,15 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
                     n.certificate.state = "renew".into();
                     n.certificate.csr_b64 = csr.clone();
                     n.certificate.err.clear();
+                    // The internal CA signs in the same write: one store write per renewal.
+                    signer.sign_record(n);
                     true
                 })
                 .await?;
             if updated.is_none() {
                 return Err(Status::not_found("node not registered"));
             }
-            tracing::info!(node_id = %id.node_id, "certificate renewal requested");
-            spawn_sign(s.clone(), id.node_id.clone());
+            tracing::info!(node_id = %id.node_id, "certificate renewed");
             return Ok(Response::new(pb::IssueNodeCertificateResponse {
                 node_id: id.node_id,
                 node_membership: pb::node_spec::Membership::Accepted as i32,
@@ -129,9 +131,10 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
         };
 
         let now = now_rfc3339();
+        let signer = Signer::new(s, &cluster)?;
         for _ in 0..3 {
             let node_id = swarmguard_ca::new_id();
-            let record = NodeRecord {
+            let mut record = NodeRecord {
                 id: node_id.clone(),
                 created_at: now.clone(),
                 updated_at: now.clone(),
@@ -157,14 +160,16 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
                     err: String::new(),
                 },
             };
+            // The internal CA signs before the node is stored: PENDING and ISSUED in one write,
+            // so a join costs one store write.
+            signer.sign_record(&mut record);
             let key = node_key(&node_id);
             let txn = Txn {
                 checks: vec![Check::Absent { key: key.clone() }],
                 ops: vec![put(&key, &record)?],
             };
             if let TxnOutcome::Committed { .. } = s.apply(txn).await? {
-                tracing::info!(node_id = %node_id, role = role_name(role), "node joined with a token; certificate pending");
-                spawn_sign(s.clone(), node_id.clone());
+                tracing::info!(node_id = %node_id, role = role_name(role), state = %record.certificate.state, "node joined with a token");
                 return Ok(Response::new(pb::IssueNodeCertificateResponse {
                     node_id,
                     node_membership: pb::node_spec::Membership::Accepted as i32,
@@ -256,34 +261,42 @@ fn status_response(node: &NodeRecord) -> pb::NodeCertificateStatusResponse {
     }
 }
 
-fn spawn_sign(s: Arc<Shared>, node_id: String) {
-    tokio::spawn(async move {
-        if let Err(e) = sign(&s, &node_id).await {
-            tracing::warn!(node_id = %node_id, error = %e.message(), "signing failed");
-        }
-    });
+/// The internal CA with the cluster's identity and expiry, for signing node records.
+struct Signer {
+    ca: Arc<swarmguard_ca::RootCa>,
+    cluster_id: String,
+    expiry: Duration,
 }
 
-/// Signs the pending or renewing certificate of `node_id` with the node's current role and
-/// records the result (ISSUED, or FAILED with the reason).
-pub async fn sign(s: &Shared, node_id: &str) -> Result<(), Status> {
-    let (cluster, _) = s.cluster()?;
-    let ca = s
-        .control
-        .root_ca()
-        .ok_or_else(|| Status::aborted("CA signer is stopped"))?;
-    let expiry = match cluster.spec.ca_config.node_cert_expiry {
-        n if n > 0 => Duration::from_nanos(n as u64),
-        _ => DEFAULT_NODE_CERT_EXPIRY,
-    };
-    let cluster_id = cluster.id.clone();
-    s.update_node(node_id, |n| {
+impl Signer {
+    fn new(s: &Shared, cluster: &ClusterRecord) -> Result<Signer, Status> {
+        let ca = s
+            .control
+            .root_ca()
+            .ok_or_else(|| Status::aborted("CA signer is stopped"))?;
+        let expiry = match cluster.spec.ca_config.node_cert_expiry {
+            n if n > 0 => Duration::from_nanos(n as u64),
+            _ => DEFAULT_NODE_CERT_EXPIRY,
+        };
+        Ok(Signer {
+            ca,
+            cluster_id: cluster.id.clone(),
+            expiry,
+        })
+    }
+
+    /// Signs the pending or renewing certificate of `n` with the node's current role: ISSUED,
+    /// or FAILED with the reason.
+    fn sign_record(&self, n: &mut NodeRecord) {
         if !matches!(n.certificate.state.as_str(), "pending" | "renew") {
-            return false;
+            return;
         }
         let csr = unb64(&n.certificate.csr_b64);
         let role = role_from_name(&n.role);
-        match ca.issue_node_certificate(&csr, &n.id, role, &cluster_id, expiry) {
+        match self
+            .ca
+            .issue_node_certificate(&csr, &n.id, role, &self.cluster_id, self.expiry)
+        {
             Ok(issued) => {
                 n.certificate.state = "issued".into();
                 n.certificate.cert_pem = String::from_utf8_lossy(&issued.cert_pem).into_owned();
@@ -295,8 +308,5 @@ pub async fn sign(s: &Shared, node_id: &str) -> Result<(), Status> {
                 n.certificate.err = e.to_string();
             }
         }
-        true
-    })
-    .await?;
-    Ok(())
+    }
 }
