@@ -28,7 +28,8 @@ pub struct ManagerArgs {
     #[arg(long = "engine-api", value_name = "ENDPOINT")]
     pub engine_api: Vec<String>,
 
-    /// Address of the cluster gRPC port (SwarmKit's --listen-addr).
+    /// Address of the cluster gRPC port (SwarmKit's --listen-addr). Used unless
+    /// `docker swarm init --listen-addr` names another one.
     #[arg(long, default_value = "0.0.0.0:2377")]
     pub listen_addr: SocketAddr,
 

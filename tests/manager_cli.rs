@@ -83,7 +83,8 @@ fn docker_cli_swarm_lifecycle() {
     let words: Vec<&str> = join_line.split_whitespace().collect();
     assert_eq!(words.len(), 6, "{join_line}");
     assert_token_shape(words[4]);
-    assert_eq!(words[5], "127.0.0.1:2377");
+    // No --listen-addr on `swarm init`: the manager's own --listen-addr is the cluster port.
+    assert_eq!(words[5], m.cluster_addr);
 
     let s = swarm(&m);
     let worker = s["JoinTokens"]["Worker"].as_str().unwrap().to_string();

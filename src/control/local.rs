@@ -28,6 +28,9 @@ pub struct ManagerConfig {
     pub advertise_addr: Option<String>,
 }
 
+/// What `docker swarm init` sends as ListenAddr when the user gives none.
+const CLI_DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:2377";
+
 impl ManagerConfig {
     /// Resolves `swarm init`'s ListenAddr and AdvertiseAddr against the daemon flags.
     pub fn resolve_addrs(
@@ -35,7 +38,9 @@ impl ManagerConfig {
         listen: &str,
         advertise: &str,
     ) -> Result<(SocketAddr, SocketAddr), ControlError> {
-        let listen_addr = if listen.is_empty() {
+        // The docker CLI sends its own default when the user gave no --listen-addr, so that value
+        // means "not chosen" and the daemon's --listen-addr (same default unless set) applies.
+        let listen_addr = if listen.is_empty() || listen == CLI_DEFAULT_LISTEN_ADDR {
             self.listen_addr
         } else {
             parse_addr(listen, self.listen_addr.port()).ok_or_else(|| {
@@ -216,4 +221,51 @@ pub fn memory_bytes() -> i64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, advertise: Option<&str>) -> ManagerConfig {
+        ManagerConfig {
+            data_dir: PathBuf::from("/nonexistent"),
+            listen_addr: listen.parse().unwrap(),
+            advertise_addr: advertise.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_cli_default_listen_addr_defers_to_the_daemon_flag() {
+        let c = config("127.0.0.1:2400", None);
+        let (l, a) = c.resolve_addrs("0.0.0.0:2377", "").unwrap();
+        assert_eq!(l.to_string(), "127.0.0.1:2400");
+        assert_eq!(a.to_string(), "127.0.0.1:2400");
+        let (l, _) = c.resolve_addrs("127.0.0.5:2500", "127.0.0.5").unwrap();
+        assert_eq!(l.to_string(), "127.0.0.5:2500", "an explicit choice wins");
+    }
+
+    #[test]
+    fn advertise_addr_gets_the_listen_port_and_must_be_specific() {
+        let c = config("0.0.0.0:2377", None);
+        let (_, a) = c.resolve_addrs("0.0.0.0:2377", "192.0.2.7").unwrap();
+        assert_eq!(a.to_string(), "192.0.2.7:2377");
+        let err = c.resolve_addrs("0.0.0.0:2377", "").unwrap_err();
+        assert!(err
+            .message
+            .contains("could not choose an IP address to advertise"));
+        let err = c.resolve_addrs("0.0.0.0:2377", "0.0.0.0").unwrap_err();
+        assert!(err.message.contains("non-zero IP address"));
+        let err = c.resolve_addrs("0.0.0.0:2377", "eth0").unwrap_err();
+        assert!(err.message.contains("interface names are not supported"));
+        let err = c.resolve_addrs("nonsense", "192.0.2.7").unwrap_err();
+        assert!(err.message.contains("invalid ListenAddr"));
+        let c = config("0.0.0.0:2377", Some("192.0.2.9:2400"));
+        let (_, a) = c.resolve_addrs("0.0.0.0:2377", "").unwrap();
+        assert_eq!(
+            a.to_string(),
+            "192.0.2.9:2400",
+            "the daemon's --advertise-addr applies"
+        );
+    }
 }
