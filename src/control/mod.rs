@@ -34,6 +34,9 @@ pub struct Control {
     /// Loaded once at start or init; the key is never re-read per request.
     ca: RwLock<Option<Arc<RootCa>>>,
     local: RwLock<Option<LocalIdentity>>,
+    /// Init and leave write this manager's identity files before or after their store write; one
+    /// at a time, so a losing concurrent init cannot overwrite the winner's certificate on disk.
+    membership: tokio::sync::Mutex<()>,
 }
 
 /// `GET /swarm` and `/info` need the record and its store version together.
@@ -63,6 +66,7 @@ impl Control {
             config,
             ca: RwLock::new(None),
             local: RwLock::new(None),
+            membership: tokio::sync::Mutex::new(()),
         };
         if control.store.get(CLUSTER_KEY).is_some() {
             let ca = control.load_root_ca()?;
@@ -122,6 +126,7 @@ impl Control {
     /// `POST /swarm/init`: creates the root CA, the cluster, its tokens and this manager's node
     /// with a manager certificate from the new CA; returns the node ID.
     pub async fn init(&self, req: &api::InitRequest) -> Result<String, ControlError> {
+        let _one_at_a_time = self.membership.lock().await;
         if self.store.get(CLUSTER_KEY).is_some() {
             return Err(ControlError::plain(
                 503,
@@ -321,6 +326,7 @@ impl Control {
 
     /// `POST /swarm/leave`: a manager leaving erases the cluster, so it needs `force`.
     pub async fn leave(&self, force: bool) -> Result<(), ControlError> {
+        let _one_at_a_time = self.membership.lock().await;
         if self.store.get(CLUSTER_KEY).is_none() {
             return Err(ControlError::not_in_swarm());
         }
@@ -655,6 +661,37 @@ mod tests {
 
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
         needle.len() <= hay.len() && hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Two inits at once: exactly one wins, and the identity on disk is the winner's, so the
+    /// manager still loads after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inits_leave_one_consistent_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let control = Arc::new(Control::open(store.clone(), config(dir.path())).unwrap());
+        let req = api::InitRequest {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        };
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, r) = (control.clone(), req.clone());
+                tokio::spawn(async move { c.init(&r).await })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(id) => won.push(id),
+                Err(e) => assert!(e.message.contains("already part of a swarm"), "{e}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "exactly one init wins");
+        drop(control);
+        let reopened = Control::open(store.clone(), config(dir.path())).unwrap();
+        assert_eq!(reopened.local_node_id(), Some(won[0].clone()));
+        store.shutdown().await.unwrap();
     }
 
     /// The root CA key and the store's data key never sit in clear in the data dir, in any
