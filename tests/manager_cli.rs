@@ -728,3 +728,30 @@ fn bad_inputs_change_nothing() {
         before["JoinTokens"]["Worker"].as_str().unwrap()
     );
 }
+
+/// `swarm init` answers once the cluster port serves; a port it cannot bind is a clear error,
+/// and the operator can leave and init again elsewhere.
+#[test]
+fn init_reports_a_cluster_port_it_cannot_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(dir.path());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = m.docker(&[
+        "swarm",
+        "init",
+        "--listen-addr",
+        &addr,
+        "--advertise-addr",
+        "127.0.0.1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster port cannot serve"), "{err}");
+    assert!(err.contains("docker swarm leave --force"), "{err}");
+    m.docker_ok(&["swarm", "leave", "--force"]);
+    let out = init(&m);
+    assert!(out.contains(&m.cluster_addr), "{out}");
+    // The port serves as soon as init has answered.
+    std::net::TcpStream::connect(&m.cluster_addr).expect("cluster port accepts at once");
+}

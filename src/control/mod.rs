@@ -37,6 +37,18 @@ pub struct Control {
     /// Init and leave write this manager's identity files before or after their store write; one
     /// at a time, so a losing concurrent init cannot overwrite the winner's certificate on disk.
     membership: tokio::sync::Mutex<()>,
+    /// What the cluster gRPC port is doing, reported by its supervisor; `swarm init` waits on it.
+    cluster_port: tokio::sync::watch::Sender<ClusterPort>,
+    /// Wakes the supervisor at once when membership changes.
+    membership_changed: tokio::sync::Notify,
+}
+
+/// State of the cluster gRPC port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterPort {
+    Stopped,
+    Serving(std::net::SocketAddr),
+    Failed(String),
 }
 
 /// `GET /swarm` and `/info` need the record and its store version together.
@@ -67,6 +79,8 @@ impl Control {
             ca: RwLock::new(None),
             local: RwLock::new(None),
             membership: tokio::sync::Mutex::new(()),
+            cluster_port: tokio::sync::watch::channel(ClusterPort::Stopped).0,
+            membership_changed: tokio::sync::Notify::new(),
         };
         if control.store.get(CLUSTER_KEY).is_some() {
             let ca = control.load_root_ca()?;
@@ -115,6 +129,24 @@ impl Control {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The cluster port's supervisor reports here.
+    pub fn set_cluster_port(&self, state: ClusterPort) {
+        self.cluster_port.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+
+    pub fn watch_cluster_port(&self) -> tokio::sync::watch::Receiver<ClusterPort> {
+        self.cluster_port.subscribe()
+    }
+
+    /// Resolves when this manager joined or left a swarm since the last call.
+    pub async fn membership_changed(&self) {
+        self.membership_changed.notified().await
     }
 
     pub fn root_ca(&self) -> Option<Arc<RootCa>> {
@@ -258,6 +290,9 @@ impl Control {
         }
         *self.ca.write().expect("ca lock") = Some(Arc::new(ca));
         *self.local.write().expect("local lock") = Some(local);
+        // Whatever the port did before belongs to an earlier membership.
+        self.set_cluster_port(ClusterPort::Stopped);
+        self.membership_changed.notify_one();
         tracing::info!(cluster_id = %cluster_id, node_id = %node_id, "swarm initialized");
         Ok(node_id)
     }
@@ -354,6 +389,7 @@ impl Control {
         .await?;
         *self.ca.write().expect("ca lock") = None;
         *self.local.write().expect("local lock") = None;
+        self.membership_changed.notify_one();
         LocalIdentity::remove(&self.config.data_dir)
             .map_err(|e| ControlError::internal("cannot remove this manager's certificate", e))?;
         tracing::info!("left the swarm; cluster state erased");

@@ -17,7 +17,7 @@ use super::API_VERSION;
 use crate::control::filters::Filters;
 use crate::control::local::{self, tls_info};
 use crate::control::records::{ClusterRecord, NodeRecord};
-use crate::control::{ClusterView, Control, ControlError, NodeView, Rotate};
+use crate::control::{ClusterPort, ClusterView, Control, ControlError, NodeView, Rotate};
 
 type Ctl = State<Arc<Control>>;
 type Q = Query<HashMap<String, String>>;
@@ -175,7 +175,29 @@ pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ControlE
 
 pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, ControlError> {
     let req: api::InitRequest = json_body(body)?;
-    Ok(Json(ctl.init(&req).await?))
+    let mut port = ctl.watch_cluster_port();
+    let node_id = ctl.init(&req).await?;
+    // Answer once workers can reach the cluster port (as dockerd does), or say why they cannot.
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        port.wait_for(|s| *s != ClusterPort::Stopped),
+    )
+    .await;
+    match waited.as_ref().map(|r| r.as_deref().cloned()) {
+        Ok(Ok(ClusterPort::Failed(why))) => Err(ControlError::plain(
+            500,
+            format!(
+                "the swarm was initialized (node {node_id}) but its cluster port cannot serve: {why}; run `docker swarm leave --force` and init again with another --listen-addr"
+            ),
+        )),
+        Ok(Ok(_)) => Ok(Json(node_id)),
+        _ => Err(ControlError::plain(
+            500,
+            format!(
+                "the swarm was initialized (node {node_id}) but its cluster port did not start within 10 s; see the manager log"
+            ),
+        )),
+    }
 }
 
 pub async fn swarm_update(

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use crate::control::records::{node_key, ClusterRecord, NodeRecord, CLUSTER_KEY};
-use crate::control::Control;
+use crate::control::{ClusterPort, Control};
 use crate::store::{Check, Op, Store, Txn, TxnOutcome};
 
 /// SwarmKit's `GRPCMaxMsgSize`: the largest message a peer may send us.
@@ -294,8 +294,18 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
         let in_swarm = control.local_identity().is_some();
         match (&running, in_swarm) {
             (None, true) => match start(control.clone()).await {
-                Ok(r) => running = Some(r),
-                Err(e) => tracing::error!(error = %e, "cannot start the cluster port"),
+                Ok(r) => {
+                    if let Some(local) = control.local_identity() {
+                        control.set_cluster_port(ClusterPort::Serving(local.listen_addr));
+                    }
+                    running = Some(r);
+                }
+                // Left again before the port came up: nothing to report.
+                Err(StartError::NotInSwarm) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the cluster port");
+                    control.set_cluster_port(ClusterPort::Failed(e.to_string()));
+                }
             },
             (Some(_), true) => {
                 if let Some(r) = running.as_mut() {
@@ -307,14 +317,16 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
             (Some(_), false) => {
                 if let Some(r) = running.take() {
                     r.stop().await;
+                    control.set_cluster_port(ClusterPort::Stopped);
                     tracing::info!("cluster port stopped: left the swarm");
                 }
             }
-            _ => {}
+            (None, false) => control.set_cluster_port(ClusterPort::Stopped),
         }
         tokio::select! {
             _ = crate::grpc::until_true(&mut stop) => break,
             _ = events.recv() => {}
+            _ = control.membership_changed() => {}
             _ = tick.tick() => {}
         }
     }
