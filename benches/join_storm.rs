@@ -70,14 +70,7 @@ fn main() {
     // swarmguard, release or debug as cargo built it.
     let dir = tempfile::tempdir().expect("tempdir");
     let m = Manager::start(dir.path());
-    m.docker_ok(&[
-        "swarm",
-        "init",
-        "--listen-addr",
-        &m.cluster_addr,
-        "--advertise-addr",
-        "127.0.0.1",
-    ]);
+    m.init_swarm(&[]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     for clients in [4, 32] {
         let r = storm(None, &m.cluster_addr, token.trim(), clients, joins);

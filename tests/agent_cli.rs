@@ -55,14 +55,7 @@ fn join_once(m: &Manager, token: &str) -> std::process::Output {
 fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let m = Manager::start(dir.path());
-    m.docker_ok(&[
-        "swarm",
-        "init",
-        "--listen-addr",
-        &m.cluster_addr,
-        "--advertise-addr",
-        "127.0.0.1",
-    ]);
+    m.init_swarm(&[]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let token = token.trim().to_string();
     let agents: Vec<Agent> = (0..3).map(|_| Agent::join(&m, &token)).collect();

@@ -44,16 +44,7 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
     let ns = d.netns.clone().expect("own netns");
     let mdir = tempfile::tempdir().unwrap();
     let m = Manager::start_in(mdir.path(), Some(&ns));
-    m.docker_ok(&[
-        "swarm",
-        "init",
-        "--listen-addr",
-        &m.cluster_addr,
-        "--advertise-addr",
-        "127.0.0.1",
-        "--dispatcher-heartbeat",
-        "1s",
-    ]);
+    m.init_swarm(&["--dispatcher-heartbeat", "1s"]);
     let cluster_id = m
         .docker_ok(&["info", "--format", "{{.Swarm.Cluster.ID}}"])
         .trim()

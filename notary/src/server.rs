@@ -570,9 +570,12 @@ fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
 
 /// Atomically write the bound address to `path` (for --ready-file).
 pub fn write_ready_file(path: &std::path::Path, local: SocketAddr) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, local.to_string())?;
-    std::fs::rename(&tmp, path)
+    swarmguard_secrets::atomic::write_atomic(
+        path,
+        local.to_string().as_bytes(),
+        0o644,
+        swarmguard_secrets::atomic::Placement::Replace,
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

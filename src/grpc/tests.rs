@@ -311,23 +311,7 @@ async fn certificate_from_another_ca_fails_the_handshake() {
     let cfg = ctls::verified(&env.root(), Some((&cert.cert_pem, &key))).unwrap();
     // The server refuses the certificate during the handshake; a TLS 1.3 client learns it from
     // the alert at its first read.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(env.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("swarm-manager").unwrap();
-    let refused = match tokio_rustls::TlsConnector::from(cfg.clone())
-        .connect(name, tcp)
-        .await
-    {
-        Err(e) => e.to_string(),
-        Ok(mut tls) => {
-            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-            let mut buf = [0u8; 64];
-            match tls.read(&mut buf).await {
-                Err(e) => e.to_string(),
-                Ok(n) => panic!("the server accepted a foreign certificate (read {n} bytes)"),
-            }
-        }
-    };
+    let refused = handshake_refusal(env.addr, cfg.clone()).await;
     assert!(refused.contains("alert"), "{refused}");
     // And no gRPC call gets through on such a connection.
     let call = async {

@@ -125,6 +125,21 @@ impl Manager {
         panic!("manager did not answer /_ping within 20 s");
     }
 
+    /// `docker swarm init` on this manager's cluster address, advertising 127.0.0.1; `extra`
+    /// flags are appended. Returns the CLI's output.
+    pub fn init_swarm(&self, extra: &[&str]) -> String {
+        let mut args = vec![
+            "swarm",
+            "init",
+            "--listen-addr",
+            &self.cluster_addr,
+            "--advertise-addr",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(extra);
+        self.docker_ok(&args)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
