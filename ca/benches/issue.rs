@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use swarmguard_ca::{
-    generate_node_key_and_csr, new_id, NodeRole, RootCa, DEFAULT_NODE_CERT_EXPIRY,
+    check_csr, generate_node_key_and_csr, new_id, NodeRole, RootCa, DEFAULT_NODE_CERT_EXPIRY,
 };
 
 fn main() {
@@ -25,7 +25,7 @@ fn main() {
     // Warm up caches and lazy initialisation.
     for (csr, node) in inputs.iter().take(50) {
         root.issue_node_certificate(
-            csr,
+            &check_csr(csr).expect("csr"),
             node,
             NodeRole::Worker,
             &cluster,
@@ -45,7 +45,13 @@ fn main() {
         };
         let t = Instant::now();
         let issued = root
-            .issue_node_certificate(csr, node, role, &cluster, DEFAULT_NODE_CERT_EXPIRY)
+            .issue_node_certificate(
+                &check_csr(csr).expect("csr"),
+                node,
+                role,
+                &cluster,
+                DEFAULT_NODE_CERT_EXPIRY,
+            )
             .expect("issue");
         lat.push(t.elapsed());
         bytes += std::hint::black_box(issued.cert_pem.len());

@@ -25,26 +25,30 @@ use crate::pem::{self, Single};
 /// megabytes.
 pub const MAX_CSR_PEM_LEN: usize = 16 * 1024;
 
-/// The key taken from an accepted CSR.
-pub(crate) struct CsrKey {
+/// A CSR from the network that passed every check (size, PEM framing, key type, signature).
+///
+/// Only [`check_csr`] makes one, and issuance takes only this type, so a CSR is verified
+/// exactly once however many layers it passes through (the signature check is the costly part
+/// of a join after the TLS handshake).
+pub struct CheckedCsr {
     /// Ready for rcgen to embed in a certificate.
     pub(crate) spki: rcgen::SubjectPublicKeyInfo,
     /// Subject key identifier: SHA-1 of the public key bits, as cfssl computes it.
     pub(crate) ski: Vec<u8>,
 }
 
-/// Checks a CSR from the network the way issuance will (size, PEM framing, key type, signature)
-/// without signing anything, so a server can refuse bad input before it records a request.
-pub fn check_csr(csr_pem: &[u8]) -> Result<(), CsrError> {
-    accept_csr(csr_pem).map(|_| ())
+impl std::fmt::Debug for CheckedCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedCsr").finish_non_exhaustive()
+    }
 }
 
-/// Checks a PEM CSR and returns its public key, or says precisely why not.
+/// Checks a PEM CSR and keeps its public key, or says precisely why not.
 ///
 /// Order matters: the key type is checked before the signature, so a weak or
 /// unsupported key gets an error that names the key rather than a confusing
 /// "bad signature" from a verifier that does not support it.
-pub(crate) fn accept_csr(csr_pem: &[u8]) -> Result<CsrKey, CsrError> {
+pub fn check_csr(csr_pem: &[u8]) -> Result<CheckedCsr, CsrError> {
     if csr_pem.len() > MAX_CSR_PEM_LEN {
         return Err(CsrError::TooLarge {
             len: csr_pem.len(),
@@ -81,7 +85,7 @@ pub(crate) fn accept_csr(csr_pem: &[u8]) -> Result<CsrKey, CsrError> {
             found: "a non-canonically encoded public key".into(),
         });
     }
-    Ok(CsrKey {
+    Ok(CheckedCsr {
         spki,
         ski: crate::root::key_id(&pki.subject_public_key.data),
     })

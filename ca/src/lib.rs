@@ -21,7 +21,7 @@ mod root;
 mod signer;
 mod token;
 
-pub use csr::{check_csr, MAX_CSR_PEM_LEN};
+pub use csr::{check_csr, CheckedCsr, MAX_CSR_PEM_LEN};
 pub use error::{CaError, CsrError, TokenError};
 pub use id::{is_valid_id, new_id, ID_LEN};
 pub use node::{

@@ -14,6 +14,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
+use crate::csr::CheckedCsr;
 use crate::error::CaError;
 use crate::id::is_valid_id;
 use crate::pem;
@@ -85,17 +86,15 @@ fn is_valid_cluster_id(id: &str) -> bool {
 }
 
 impl RootCa {
-    /// Signs a node certificate for the key in `csr_pem`, which may come
-    /// straight from the network.
+    /// Signs a node certificate for the key of a CSR that [`crate::check_csr`] accepted.
     ///
-    /// Only the CSR's public key is used (after its size, PEM framing, key
-    /// type and self-signature are checked); subject and SANs are set here:
+    /// Only the CSR's public key is used; subject and SANs are set here:
     /// `O=<cluster_id>, OU=<role>, CN=<node_id>`, DNS SANs `[OU, node_id]`
     /// plus `swarm-ca` for managers. Validity runs from one hour before now
     /// (rounded to the minute) to now + `expiry`, as in SwarmKit.
     pub fn issue_node_certificate(
         &self,
-        csr_pem: &[u8],
+        key: &CheckedCsr,
         node_id: &str,
         role: NodeRole,
         cluster_id: &str,
@@ -116,8 +115,6 @@ impl RootCa {
             .checked_add(expiry)
             .filter(|na| *na <= self.not_after)
             .ok_or(CaError::ExpiryBeyondRoot)?;
-
-        let key = crate::csr::accept_csr(csr_pem)?;
 
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, printable(cluster_id)?);
@@ -146,7 +143,7 @@ impl RootCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        params.key_identifier_method = KeyIdMethod::PreSpecified(key.ski);
+        params.key_identifier_method = KeyIdMethod::PreSpecified(key.ski.clone());
 
         let cert = params.signed_by(&key.spki, &self.issuer).map_err(signing)?;
         Ok(IssuedCertificate {

@@ -5,7 +5,7 @@ mod common;
 use base64::Engine as _;
 use common::*;
 use swarmguard_ca::{
-    generate_node_key_and_csr, new_id, CaError, CsrError, NodeRole, RootCa,
+    check_csr, generate_node_key_and_csr, new_id, CaError, CsrError, NodeRole, RootCa,
     DEFAULT_NODE_CERT_EXPIRY, MAX_CSR_PEM_LEN,
 };
 
@@ -22,7 +22,7 @@ fn pem(label: &str, der: &[u8]) -> Vec<u8> {
 
 fn submit(root: &RootCa, csr: &[u8]) -> Result<(), CaError> {
     root.issue_node_certificate(
-        csr,
+        &check_csr(csr)?,
         &new_id(),
         NodeRole::Worker,
         &new_id(),

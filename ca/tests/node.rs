@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use swarmguard_ca::{
-    generate_node_key_and_csr, new_id, verify_node_certificate, CaError, IssuedCertificate,
-    NodeRole, RootCa, DEFAULT_NODE_CERT_EXPIRY,
+    check_csr, generate_node_key_and_csr, new_id, verify_node_certificate, CaError,
+    IssuedCertificate, NodeRole, RootCa, DEFAULT_NODE_CERT_EXPIRY,
 };
 use x509_parser::der_parser::asn1_rs::Tag;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -22,7 +22,13 @@ fn issue(root: &RootCa, csr: &[u8], role: NodeRole) -> (IssuedCertificate, Strin
     let node = new_id();
     let cluster = new_id();
     let issued = root
-        .issue_node_certificate(csr, &node, role, &cluster, DEFAULT_NODE_CERT_EXPIRY)
+        .issue_node_certificate(
+            &check_csr(csr).unwrap(),
+            &node,
+            role,
+            &cluster,
+            DEFAULT_NODE_CERT_EXPIRY,
+        )
         .unwrap();
     (issued, node, cluster)
 }
@@ -33,7 +39,7 @@ fn check_profile(root: &RootCa, csr_pem: &[u8], role: NodeRole, expiry: Duration
     let cluster = new_id();
     let t0 = SystemTime::now();
     let issued = root
-        .issue_node_certificate(csr_pem, &node, role, &cluster, expiry)
+        .issue_node_certificate(&check_csr(csr_pem).unwrap(), &node, role, &cluster, expiry)
         .unwrap();
     let t1 = SystemTime::now();
 
@@ -253,6 +259,7 @@ fn serials_are_unique() {
 fn argument_validation() {
     let root = RootCa::create().unwrap();
     let (_k, csr) = generate_node_key_and_csr();
+    let csr = check_csr(&csr).unwrap();
     let id = new_id();
     let exp = DEFAULT_NODE_CERT_EXPIRY;
     let w = NodeRole::Worker;

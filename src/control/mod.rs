@@ -192,7 +192,14 @@ impl Control {
         let expiry = Duration::from_nanos(spec.ca_config.node_cert_expiry as u64);
         let (node_key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
         let issued = ca
-            .issue_node_certificate(&csr, &node_id, NodeRole::Manager, &cluster_id, expiry)
+            .issue_node_certificate(
+                &swarmguard_ca::check_csr(&csr)
+                    .map_err(|e| ControlError::internal("this manager's own CSR", e))?,
+                &node_id,
+                NodeRole::Manager,
+                &cluster_id,
+                expiry,
+            )
             .map_err(|e| ControlError::internal("cannot issue this manager's certificate", e))?;
 
         let root_pem = String::from_utf8(ca.cert_pem().to_vec())

@@ -31,7 +31,7 @@ impl pb::ca_server::Ca for CaService {
         let (cluster, _) = self.0.cluster()?;
         // The exact bytes the join tokens' digest covers.
         Ok(Response::new(pb::GetRootCaCertificateResponse {
-            certificate: cluster.root_ca_pem.into_bytes(),
+            certificate: cluster.root_ca_pem.as_bytes().to_vec(),
         }))
     }
 
@@ -89,7 +89,9 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
                 "no CSR in the request: send a PEM CERTIFICATE REQUEST",
             ));
         }
-        swarmguard_ca::check_csr(&r.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Verified once here; the signer below takes the checked CSR.
+        let checked = swarmguard_ca::check_csr(&r.csr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let availability = availability_name(r.availability)?;
         let peer_addr = super::auth::peer(&req)
             .map(|p| p.addr.ip().to_string())
@@ -107,7 +109,7 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
                     n.certificate.csr_b64 = csr.clone();
                     n.certificate.err.clear();
                     // The internal CA signs in the same write: one store write per renewal.
-                    signer.sign_record(n);
+                    signer.sign_record(n, &checked);
                     true
                 })
                 .await?;
@@ -162,7 +164,7 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
             };
             // The internal CA signs before the node is stored: PENDING and ISSUED in one write,
             // so a join costs one store write.
-            signer.sign_record(&mut record);
+            signer.sign_record(&mut record, &checked);
             let key = node_key(&node_id);
             let txn = Txn {
                 checks: vec![Check::Absent { key: key.clone() }],
@@ -285,17 +287,16 @@ impl Signer {
         })
     }
 
-    /// Signs the pending or renewing certificate of `n` with the node's current role: ISSUED,
-    /// or FAILED with the reason.
-    fn sign_record(&self, n: &mut NodeRecord) {
+    /// Signs the pending or renewing certificate of `n` (whose CSR is `csr`) with the node's
+    /// current role: ISSUED, or FAILED with the reason.
+    fn sign_record(&self, n: &mut NodeRecord, csr: &swarmguard_ca::CheckedCsr) {
         if !matches!(n.certificate.state.as_str(), "pending" | "renew") {
             return;
         }
-        let csr = unb64(&n.certificate.csr_b64);
         let role = role_from_name(&n.role);
         match self
             .ca
-            .issue_node_certificate(&csr, &n.id, role, &self.cluster_id, self.expiry)
+            .issue_node_certificate(csr, &n.id, role, &self.cluster_id, self.expiry)
         {
             Ok(issued) => {
                 n.certificate.state = "issued".into();

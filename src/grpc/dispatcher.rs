@@ -335,7 +335,7 @@ fn session_message(
             weight: 10,
         }],
         network_bootstrap_keys: vec![],
-        root_ca: cluster.root_ca_pem.into_bytes(),
+        root_ca: cluster.root_ca_pem.as_bytes().to_vec(),
     })
 }
 

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
 use crate::control::records::{node_key, ClusterRecord, NodeRecord, CLUSTER_KEY};
@@ -39,16 +39,32 @@ pub struct Shared {
     pub manager_id: String,
     pub advertise_addr: String,
     pub dispatcher: dispatcher::Sessions,
+    /// The last decoded cluster record, with its store version.
+    cluster_cache: std::sync::Mutex<Option<(u64, Arc<ClusterRecord>)>>,
 }
 
 impl Shared {
-    pub fn cluster(&self) -> Result<(ClusterRecord, u64), Status> {
+    /// The cluster record and its version. Decoded once per version: every join and session
+    /// reads it, and it changes rarely (token rotation, spec updates).
+    pub fn cluster(&self) -> Result<(Arc<ClusterRecord>, u64), Status> {
         let v = self
             .store
             .get(CLUSTER_KEY)
             .ok_or_else(|| Status::failed_precondition("this manager is not part of a swarm"))?;
-        let record = serde_json::from_slice(&v.value)
-            .map_err(|_| Status::internal("the cluster record cannot be decoded"))?;
+        let mut cache = self
+            .cluster_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((version, record)) = cache.as_ref() {
+            if *version == v.version {
+                return Ok((record.clone(), v.version));
+            }
+        }
+        let record: Arc<ClusterRecord> = Arc::new(
+            serde_json::from_slice(&v.value)
+                .map_err(|_| Status::internal("the cluster record cannot be decoded"))?,
+        );
+        *cache = Some((v.version, record.clone()));
         Ok((record, v.version))
     }
 
@@ -161,7 +177,12 @@ pub enum StartError {
 
 /// The TLS material now: cluster root from the store, this manager's certificate and key from
 /// its data dir. Returns the config and a fingerprint of what went into it.
-fn current_tls(control: &Control) -> Result<(Arc<rustls::ServerConfig>, [u8; 32]), StartError> {
+/// The cluster port's TLS material as it is now: its fingerprint (root PEM and server
+/// certificate) and, unless it matches `unchanged`, the server config built from it.
+fn current_tls(
+    control: &Control,
+    unchanged: Option<&[u8; 32]>,
+) -> Result<([u8; 32], Option<Arc<rustls::ServerConfig>>), StartError> {
     let cluster: ClusterRecord = control
         .store()
         .get(CLUSTER_KEY)
@@ -169,26 +190,30 @@ fn current_tls(control: &Control) -> Result<(Arc<rustls::ServerConfig>, [u8; 32]
         .ok_or(StartError::NotInSwarm)?;
     let certs = control.config().data_dir.join("certificates");
     let cert = std::fs::read(certs.join("swarm-node.crt")).map_err(StartError::Identity)?;
-    let key = zeroize::Zeroizing::new(
-        std::fs::read(certs.join("swarm-node.key")).map_err(StartError::Identity)?,
-    );
-    let config = tls::server_config(cluster.root_ca_pem.as_bytes(), &cert, &key)?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(cluster.root_ca_pem.as_bytes());
     ctx.update(&cert);
     let mut fp = [0u8; 32];
     fp.copy_from_slice(ctx.finish().as_ref());
-    Ok((config, fp))
+    if unchanged == Some(&fp) {
+        // Building a config parses the key and the roots: skip it when nothing changed.
+        return Ok((fp, None));
+    }
+    let key = zeroize::Zeroizing::new(
+        std::fs::read(certs.join("swarm-node.key")).map_err(StartError::Identity)?,
+    );
+    let config = tls::server_config(cluster.root_ca_pem.as_bytes(), &cert, &key)?;
+    Ok((fp, Some(config)))
 }
 
 impl Running {
     /// Swaps in a new server certificate or trusted root, if either changed: new connections
     /// use it at once, established ones keep theirs; nothing restarts.
     pub fn reload_tls(&mut self) -> Result<bool, StartError> {
-        let (config, fp) = current_tls(&self.shared.control)?;
-        if fp == self.tls_fingerprint {
+        let (fp, config) = current_tls(&self.shared.control, Some(&self.tls_fingerprint))?;
+        let Some(config) = config else {
             return Ok(false);
-        }
+        };
         self.tls.store(config);
         self.tls_fingerprint = fp;
         tracing::info!("cluster port TLS material reloaded");
@@ -200,7 +225,8 @@ impl Running {
 pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
     let local = control.local_identity().ok_or(StartError::NotInSwarm)?;
     let store = control.store().clone();
-    let (config, tls_fingerprint) = current_tls(&control)?;
+    let (tls_fingerprint, config) = current_tls(&control, None)?;
+    let config = config.ok_or(StartError::NotInSwarm)?;
     let tls = Arc::new(ArcSwap::new(config));
     let listener = TcpListener::bind(local.listen_addr)
         .await
@@ -218,6 +244,7 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
         manager_id: local.node_id.clone(),
         advertise_addr: local.advertise_addr.to_string(),
         dispatcher: dispatcher::Sessions::default(),
+        cluster_cache: Default::default(),
     });
     // Nodes the store shows Ready must re-register within a heartbeat window, or go Down.
     if let Ok((cluster, _)) = shared.cluster() {
@@ -285,6 +312,30 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
     })
 }
 
+/// Waits for a store change that can touch the cluster port's TLS material: the cluster record
+/// (root, tokens) or this manager's own node record. Joins write other nodes' records many
+/// times a second; they must not wake the supervisor.
+async fn identity_changed(
+    events: &mut broadcast::Receiver<crate::store::Applied>,
+    control: &Control,
+) {
+    loop {
+        match events.recv().await {
+            Ok(a) => {
+                let own = control.local_identity().map(|l| node_key(&l.node_id));
+                if a.keys
+                    .iter()
+                    .any(|k| k == CLUSTER_KEY || Some(k) == own.as_ref())
+                {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 /// Keeps the cluster port running exactly while this manager is part of a swarm.
 pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.store().subscribe();
@@ -325,7 +376,7 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = crate::grpc::until_true(&mut stop) => break,
-            _ = events.recv() => {}
+            _ = identity_changed(&mut events, &control) => {}
             _ = control.membership_changed() => {}
             _ = tick.tick() => {}
         }

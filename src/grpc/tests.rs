@@ -301,7 +301,7 @@ async fn certificate_from_another_ca_fails_the_handshake() {
     let cluster_id = env.control.cluster().unwrap().record.id;
     let cert = foreign
         .issue_node_certificate(
-            &csr,
+            &swarmguard_ca::check_csr(&csr).unwrap(),
             &swarmguard_ca::new_id(),
             NodeRole::Manager,
             &cluster_id,
@@ -526,7 +526,7 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() {
         .root_ca()
         .unwrap()
         .issue_node_certificate(
-            &mcsr,
+            &swarmguard_ca::check_csr(&mcsr).unwrap(),
             &swarmguard_ca::new_id(),
             NodeRole::Manager,
             &swarmguard_ca::new_id(),
@@ -642,7 +642,7 @@ async fn server_certificate_is_swapped_without_a_restart() {
     let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
     let issued = ca
         .issue_node_certificate(
-            &csr,
+            &swarmguard_ca::check_csr(&csr).unwrap(),
             &node_id,
             NodeRole::Manager,
             &cluster_id,

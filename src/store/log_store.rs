@@ -7,9 +7,15 @@
 //!
 //! Every write transaction commits with `Durability::Immediate` (fsync) before openraft is told the
 //! entries are flushed, so a committed entry is always on disk.
+//!
+//! Appends are group-committed: `append` keeps the entries in memory (readable at once, as
+//! openraft requires) and hands them to one writer thread, which writes everything queued since
+//! its last commit in one transaction and one fsync, then reports each append flushed. Under many
+//! concurrent joins this turns one fsync per write into one per batch.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +34,10 @@ use super::{lock_read, lock_write, spawn_io, CloseGuard};
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AAD_NODE_ID: &str = "meta/node_id";
+/// Entries kept in memory after an append (see [`Inner::tail`]).
+const TAIL_ENTRIES: usize = 1024;
+/// Most appends the writer puts in one transaction.
+const MAX_GROUP: usize = 256;
 
 type LogEntry = Entry<TypeConfig>;
 
@@ -42,12 +52,32 @@ pub(crate) struct Inner {
     dek: Arc<DataKey>,
     path: PathBuf,
     cache: Mutex<Cache>,
+    /// The newest entries as appended, contiguous up to the last log entry: the state machine
+    /// reads each entry back right after it commits, and decrypting and parsing it again from
+    /// the file would cost as much as writing it.
+    tail: Mutex<Tail>,
+    /// Queue of the writer thread (see [`writer_loop`]).
+    writer: std::sync::mpsc::Sender<Job>,
     /// Compact the redb file after this many log entries were purged since the last compaction.
     compact_after_purged: u64,
     compactions: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
     /// Must stay the last field (see [`CloseGuard`]).
     _guard: CloseGuard,
+}
+
+#[derive(Default)]
+struct Tail {
+    entries: BTreeMap<u64, LogEntry>,
+    /// Every entry up to this index is in the file: only those may leave the tail.
+    persisted: u64,
+}
+
+/// Work for the writer thread, done in queue order.
+enum Job {
+    Append(Vec<LogEntry>, LogFlushed<TypeConfig>),
+    /// Answered once everything queued before it is on disk.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Default)]
@@ -129,21 +159,27 @@ impl LogStore {
             reason: "missing".into(),
         })?;
         let (guard, closed) = CloseGuard::new();
-        Ok((
-            LogStore {
-                inner: Arc::new(Inner {
-                    db: RwLock::new(db),
-                    dek,
-                    path: path.to_path_buf(),
-                    cache: Mutex::new(cache),
-                    compact_after_purged,
-                    compactions: Arc::new(AtomicU64::new(0)),
-                    closed,
-                    _guard: guard,
-                }),
-            },
-            node_id,
-        ))
+        let (writer, queue) = std::sync::mpsc::channel();
+        let inner = Arc::new(Inner {
+            db: RwLock::new(db),
+            dek,
+            path: path.to_path_buf(),
+            cache: Mutex::new(cache),
+            tail: Mutex::new(Tail::default()),
+            writer,
+            compact_after_purged,
+            compactions: Arc::new(AtomicU64::new(0)),
+            closed,
+            _guard: guard,
+        });
+        // The thread holds only a weak reference: it ends when the store is dropped (the queue's
+        // sender lives in `Inner`), so the file still closes when openraft lets go of it.
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(weak, queue))
+            .map_err(|e| StoreError::db(what(), e))?;
+        Ok((LogStore { inner }, node_id))
     }
 
     /// Counts compactions of the log database since open.
@@ -190,6 +226,26 @@ impl Inner {
     }
 
     fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<LogEntry>, StoreError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        {
+            let tail = self.tail();
+            // The tail holds every entry from its first key to the end of the log.
+            if tail.entries.first_key_value().is_some_and(|(&lo, _)| start >= lo) {
+                return Ok(tail.entries.range(range).map(|(_, e)| e.clone()).collect());
+            }
+        }
+        self.read_file_range(range)
+    }
+
+    /// Entries in `range` as the file holds them, each decrypted and checked.
+    fn read_file_range<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         let db = lock_read(&self.db);
         let tx = db
             .begin_read()
@@ -214,6 +270,69 @@ impl Inner {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// Keeps `entries` in the tail, where readers find them at once. They stay there until
+    /// the writer has them on disk.
+    fn keep_in_tail(&self, entries: &[LogEntry]) {
+        let Some(last) = entries.last().map(|e| *e.get_log_id()) else {
+            return;
+        };
+        let mut tail = self.tail();
+        // Appends follow the last entry (openraft truncates before it overwrites).
+        for e in entries {
+            tail.entries.insert(e.log_id.index, e.clone());
+        }
+        drop(tail);
+        self.cache().last_log = Some(last);
+    }
+
+    /// Seals and writes `entries` in one fsync'd transaction; then they may leave the tail.
+    /// Blocking: the writer thread (and tests) call it.
+    fn write_entries(&self, entries: &[&LogEntry]) -> Result<(), StoreError> {
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
+            return Ok(());
+        };
+        let mut sealed_entries = Vec::with_capacity(entries.len());
+        for e in entries {
+            let index = e.log_id.index;
+            sealed_entries.push((index, sealed::seal_json(&self.dek, &aad_log(index), e)?));
+        }
+        self.write(|tx| {
+            let mut log = tx
+                .open_table(LOG)
+                .map_err(|e| StoreError::db(self.what(), e))?;
+            for (index, rec) in &sealed_entries {
+                log.insert(*index, rec.as_slice())
+                    .map_err(|e| StoreError::db(self.what(), e))?;
+            }
+            Ok(())
+        })?;
+        let mut tail = self.tail();
+        tail.persisted = tail.persisted.max(last);
+        while tail.entries.len() > TAIL_ENTRIES {
+            match tail.entries.first_key_value() {
+                Some((&first, _)) if first <= tail.persisted => {
+                    tail.entries.pop_first();
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every append queued so far is on disk.
+    async fn barrier(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Raft("the raft log writer stopped".into());
+        self.writer
+            .send(Job::Barrier(tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -249,6 +368,49 @@ fn read_err(e: StoreError) -> StorageError<u64> {
 }
 fn write_err(e: StoreError) -> StorageError<u64> {
     StorageIOError::write_logs(&e).into()
+}
+
+/// The writer thread: takes every job queued so far (up to [`MAX_GROUP`]), writes all their
+/// entries in one transaction, then reports each append flushed, in order.
+fn writer_loop(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = match inner.upgrade() {
+            Some(inner) => {
+                let entries: Vec<&LogEntry> = jobs
+                    .iter()
+                    .flat_map(|j| match j {
+                        Job::Append(e, _) => e.iter().collect(),
+                        Job::Barrier(_) => Vec::new(),
+                    })
+                    .collect();
+                inner.write_entries(&entries)
+            }
+            None => Err(StoreError::Raft("the raft log was closed".into())),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "appending raft log entries failed");
+        }
+        for job in jobs {
+            match job {
+                Job::Append(_, callback) => callback.log_io_completed(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string())),
+                ),
+                Job::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -309,46 +471,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<LogEntry> = entries.into_iter().collect();
-        let Some(last) = entries.last().map(|e| *e.get_log_id()) else {
+        if entries.is_empty() {
             callback.log_io_completed(Ok(()));
             return Ok(());
-        };
-        let inner = self.inner.clone();
-        let res = spawn_io(move || {
-            let mut sealed_entries = Vec::with_capacity(entries.len());
-            for e in &entries {
-                let index = e.log_id.index;
-                sealed_entries.push((index, sealed::seal_json(&inner.dek, &aad_log(index), e)?));
-            }
-            inner.write(|tx| {
-                let mut log = tx
-                    .open_table(LOG)
-                    .map_err(|e| StoreError::db(inner.what(), e))?;
-                for (index, rec) in &sealed_entries {
-                    log.insert(*index, rec.as_slice())
-                        .map_err(|e| StoreError::db(inner.what(), e))?;
-                }
-                Ok(())
-            })
-        })
-        .await;
-        match res {
-            Ok(()) => {
-                self.inner.cache().last_log = Some(last);
-                // Only now, after the fsync'd commit, tell openraft the entries are durable: the
-                // leader counts its own log as replicated (and may commit) on this callback.
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "appending raft log entries failed");
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
-            }
         }
+        self.inner.keep_in_tail(&entries);
+        // The writer calls back only after the fsync'd commit: the leader counts its own log as
+        // replicated (and may commit) on that callback.
+        self.inner
+            .writer
+            .send(Job::Append(entries, callback))
+            .map_err(|_| write_err(StoreError::Raft("the raft log writer stopped".into())))
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        // Queued appends first, so the deletion below sees (and removes) them in the file.
+        self.inner.barrier().await.map_err(write_err)?;
         let inner = self.inner.clone();
         let since = log_id.index;
         let prev = if since == 0 {
@@ -372,12 +510,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(write_err)?;
+        {
+            let mut tail = self.inner.tail();
+            tail.entries.split_off(&since);
+            tail.persisted = tail.persisted.min(since.saturating_sub(1));
+        }
         let mut c = self.inner.cache();
         c.last_log = prev.or(c.last_purged);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        self.inner.barrier().await.map_err(write_err)?;
         let inner = self.inner.clone();
         let upto = log_id.index;
         let before = self
@@ -402,6 +546,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             })?;
             {
+                let mut tail = inner.tail();
+                tail.entries = tail.entries.split_off(&upto.saturating_add(1));
+            }
+            {
                 let mut c = inner.cache();
                 c.last_purged = Some(log_id);
                 if c.last_log.is_none_or(|l| l.index < log_id.index) {
@@ -416,5 +564,80 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(write_err)?;
         tracing::debug!(upto, "purged raft log");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::{Op, Txn};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> LogEntry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+            payload: EntryPayload::Normal(Txn {
+                checks: vec![],
+                ops: vec![Op::Put {
+                    key: format!("k/{index}"),
+                    value: index.to_le_bytes().to_vec(),
+                }],
+            }),
+        }
+    }
+
+    /// What `append` does, with the write done here instead of on the writer thread.
+    fn append(log: &LogStore, entries: Vec<LogEntry>) {
+        log.inner.keep_in_tail(&entries);
+        log.inner
+            .write_entries(&entries.iter().collect::<Vec<_>>())
+            .unwrap();
+    }
+
+    fn json(entries: &[LogEntry]) -> String {
+        serde_json::to_string(entries).unwrap()
+    }
+
+    /// Reads served from the in-memory tail equal what the file holds, across eviction,
+    /// truncation and purge; reads older than the tail go to the file.
+    #[tokio::test]
+    async fn tail_reads_match_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dek = Arc::new(DataKey::generate().unwrap());
+        let (mut log, _) = LogStore::open(&dir.path().join("log.redb"), dek, u64::MAX).unwrap();
+        let total = TAIL_ENTRIES as u64 + 500;
+        for batch in (1..=total).collect::<Vec<_>>().chunks(37) {
+            append(&log, batch.iter().map(|&i| entry(i)).collect());
+        }
+        let lo = log.inner.tail().entries.first_key_value().map(|(k, _)| *k).unwrap();
+        assert_eq!(lo, total - TAIL_ENTRIES as u64 + 1, "tail keeps the newest entries");
+        let check = |log: &LogStore, from: u64, to: u64| {
+            let served = log.inner.read_range(from..to).unwrap();
+            let file = log.inner.read_file_range(from..to).unwrap();
+            assert_eq!(json(&served), json(&file), "range {from}..{to}");
+            served.len()
+        };
+        assert_eq!(check(&log, lo, total + 1), TAIL_ENTRIES);
+        assert_eq!(check(&log, lo + 10, lo + 20), 10);
+        // Starts before the tail: read from the file, whole.
+        assert_eq!(check(&log, 1, total + 1), total as usize);
+
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 7), total - 100))
+            .await
+            .unwrap();
+        assert_eq!(check(&log, lo, total + 1), (total - 100 - lo) as usize);
+        append(&log, vec![entry(total - 100), entry(total - 99)]);
+        assert_eq!(check(&log, total - 101, total + 1), 3);
+
+        log.purge(LogId::new(CommittedLeaderId::new(1, 7), lo + 50))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.inner.tail().entries.first_key_value().map(|(k, _)| *k),
+            Some(lo + 51)
+        );
+        assert_eq!(check(&log, lo + 51, total + 1), (total - 99 - lo - 50) as usize);
+        // Purged entries are gone from both.
+        assert_eq!(check(&log, lo, lo + 51), 0);
     }
 }
