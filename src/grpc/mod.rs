@@ -51,10 +51,7 @@ impl Shared {
             .store
             .get(CLUSTER_KEY)
             .ok_or_else(|| Status::failed_precondition("this manager is not part of a swarm"))?;
-        let mut cache = self
-            .cluster_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cluster_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((version, record)) = cache.as_ref() {
             if *version == v.version {
                 return Ok((record.clone(), v.version));

@@ -234,7 +234,11 @@ impl Inner {
         {
             let tail = self.tail();
             // The tail holds every entry from its first key to the end of the log.
-            if tail.entries.first_key_value().is_some_and(|(&lo, _)| start >= lo) {
+            if tail
+                .entries
+                .first_key_value()
+                .is_some_and(|(&lo, _)| start >= lo)
+            {
                 return Ok(tail.entries.range(range).map(|(_, e)| e.clone()).collect());
             }
         }
@@ -325,9 +329,7 @@ impl Inner {
     async fn barrier(&self) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = || StoreError::Raft("the raft log writer stopped".into());
-        self.writer
-            .send(Job::Barrier(tx))
-            .map_err(|_| stopped())?;
+        self.writer.send(Job::Barrier(tx)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
 
@@ -609,8 +611,18 @@ mod tests {
         for batch in (1..=total).collect::<Vec<_>>().chunks(37) {
             append(&log, batch.iter().map(|&i| entry(i)).collect());
         }
-        let lo = log.inner.tail().entries.first_key_value().map(|(k, _)| *k).unwrap();
-        assert_eq!(lo, total - TAIL_ENTRIES as u64 + 1, "tail keeps the newest entries");
+        let lo = log
+            .inner
+            .tail()
+            .entries
+            .first_key_value()
+            .map(|(k, _)| *k)
+            .unwrap();
+        assert_eq!(
+            lo,
+            total - TAIL_ENTRIES as u64 + 1,
+            "tail keeps the newest entries"
+        );
         let check = |log: &LogStore, from: u64, to: u64| {
             let served = log.inner.read_range(from..to).unwrap();
             let file = log.inner.read_file_range(from..to).unwrap();
@@ -636,7 +648,10 @@ mod tests {
             log.inner.tail().entries.first_key_value().map(|(k, _)| *k),
             Some(lo + 51)
         );
-        assert_eq!(check(&log, lo + 51, total + 1), (total - 99 - lo - 50) as usize);
+        assert_eq!(
+            check(&log, lo + 51, total + 1),
+            (total - 99 - lo - 50) as usize
+        );
         // Purged entries are gone from both.
         assert_eq!(check(&log, lo, lo + 51), 0);
     }

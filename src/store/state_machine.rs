@@ -7,12 +7,14 @@
 //! - `snapshot`: snapshot id → `meta_len (u32 LE) ‖ meta JSON ‖ data`, sealed with AAD
 //!   `snapshot/<id>`; at most one row.
 //!
-//! Each `apply` batch is one redb write transaction holding the data and the new last-applied id,
-//! so the state machine on disk is always a prefix of the log. Durability comes from the log: a
-//! batch commits without fsync (`Durability::None`), and every [`DURABLE_EVERY_BATCHES`] batches,
-//! [`DURABLE_EVERY`] of time, and every snapshot commit with fsync. After a crash redb is back at
-//! the last fsync'd commit and openraft re-applies the rest from the log, which is never purged
-//! past a snapshot (and a snapshot commit is fsync'd). This halves the fsyncs per write.
+//! An `apply` batch changes the in-memory state at once and leaves its sealed records in
+//! [`Pending`]; every [`DURABLE_EVERY_BATCHES`] batches, [`DURABLE_EVERY`] of time, every snapshot
+//! and at close, everything pending is written with the new last-applied id in one fsync'd redb
+//! transaction, so the state machine on disk is always a prefix of the log. Durability comes from
+//! the log: after a crash the file is at its last commit and openraft re-applies the rest from the
+//! log, which is never purged past a snapshot (and a snapshot commit includes everything pending).
+//! One transaction per many batches instead of one per batch: a redb commit costs far more CPU
+//! than sealing the records.
 //!
 //! Snapshot data handed to openraft (and, later, sent to other managers over mTLS) is plaintext;
 //! each manager seals it at rest with its own DEK.
@@ -21,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
@@ -75,18 +77,61 @@ impl std::ops::Deref for SmDb {
     }
 }
 
+/// Applied changes not yet in the state file, in apply order (later writes replace earlier ones).
+#[derive(Default)]
+struct Pending {
+    /// Key → sealed record, or `None` for a deletion.
+    kv: BTreeMap<String, Option<Vec<u8>>>,
+    /// The sealed last-applied id that goes with them.
+    applied: Option<Vec<u8>>,
+}
+
+/// Writes everything pending, plus `also` (e.g. a snapshot), in one fsync'd transaction.
+/// The lock is held until the commit, so transactions reach the file in apply order.
+fn flush_pending(
+    db: &Database,
+    path: &Path,
+    pending: &Mutex<Pending>,
+    also: impl FnOnce(&redb::WriteTransaction, &mut Pending) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+    let tx = write_tx(db, path)?;
+    also(&tx, &mut p)?;
+    {
+        let mut kv = tx
+            .open_table(KV)
+            .map_err(|e| StoreError::db(what(path), e))?;
+        for (key, rec) in std::mem::take(&mut p.kv) {
+            match rec {
+                Some(rec) => kv.insert(key.as_str(), rec.as_slice()).map(|_| ()),
+                None => kv.remove(key.as_str()).map(|_| ()),
+            }
+            .map_err(|e| StoreError::db(what(path), e))?;
+        }
+        if let Some(rec) = p.applied.take() {
+            let mut m = tx
+                .open_table(META)
+                .map_err(|e| StoreError::db(what(path), e))?;
+            m.insert("applied", rec.as_slice())
+                .map_err(|e| StoreError::db(what(path), e))?;
+        }
+    }
+    tx.commit().map_err(|e| StoreError::db(what(path), e))
+}
+
 pub(crate) struct StateMachine {
     db: Arc<SmDb>,
+    pending: Arc<Mutex<Pending>>,
     path: PathBuf,
     dek: Arc<DataKey>,
     shared: Arc<Shared>,
     meta: AppliedMeta,
-    /// Batches committed without fsync since the last fsync'd commit, and when that was.
+    /// Batches applied since the last commit to the file, and when that was.
     lazy_batches: u32,
     last_durable: Instant,
 }
 
-/// Bounds on how much applied state may wait for an fsync (it is in the log meanwhile).
+/// Bounds on how much applied state may wait for the file (it is in the log meanwhile).
 const DURABLE_EVERY_BATCHES: u32 = 64;
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -167,6 +212,7 @@ impl StateMachine {
                 closed,
                 _guard: guard,
             }),
+            pending: Default::default(),
             path: path.to_path_buf(),
             dek,
             shared,
@@ -179,6 +225,21 @@ impl StateMachine {
     /// Becomes true once the database file is closed.
     pub(crate) fn closed_flag(&self) -> Arc<AtomicBool> {
         self.db.closed.clone()
+    }
+}
+
+impl Drop for StateMachine {
+    /// A clean stop writes what is pending, so the next start re-applies less of the log.
+    fn drop(&mut self) {
+        let empty = {
+            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.kv.is_empty() && p.applied.is_none()
+        };
+        if !empty {
+            if let Err(e) = flush_pending(&self.db, &self.path, &self.pending, |_, _| Ok(())) {
+                tracing::warn!(error = %e, "state machine not written at close; the log still has it");
+            }
+        }
     }
 }
 
@@ -276,23 +337,19 @@ struct BatchResult {
     notices: Vec<Applied>,
 }
 
-fn apply_batch(
-    db: &Database,
-    path: &Path,
+/// Applies a batch against the in-memory state: checks, new values and their sealed records
+/// (added to `writes`), responses and notices. Nothing is written to the file here.
+fn prepare_batch(
     dek: &DataKey,
     shared: &Shared,
     mut meta: AppliedMeta,
     entries: Vec<Entry<TypeConfig>>,
-    durability: Durability,
+    writes: &mut Pending,
 ) -> Result<BatchResult, StoreError> {
-    let tx = write_tx_with(db, path, durability)?;
     let mut responses = Vec::with_capacity(entries.len());
     let mut overlay: BTreeMap<String, Option<Versioned>> = BTreeMap::new();
     let mut notices = Vec::new();
     {
-        let mut kv = tx
-            .open_table(KV)
-            .map_err(|e| StoreError::db(what(path), e))?;
         let map = lock_read(&shared.map);
         let current =
             |overlay: &BTreeMap<String, Option<Versioned>>, key: &str| -> Option<Versioned> {
@@ -341,8 +398,7 @@ fn apply_batch(
                                     &aad,
                                     &sealed::encode_value(index, created, &value),
                                 )?;
-                                kv.insert(key.as_str(), rec.as_slice())
-                                    .map_err(|e| StoreError::db(what(path), e))?;
+                                writes.kv.insert(key.clone(), Some(rec));
                                 keys.insert(key.clone());
                                 overlay.insert(
                                     key,
@@ -354,8 +410,7 @@ fn apply_batch(
                                 );
                             }
                             Op::Delete { key } => {
-                                kv.remove(key.as_str())
-                                    .map_err(|e| StoreError::db(what(path), e))?;
+                                writes.kv.insert(key.clone(), None);
                                 keys.insert(key.clone());
                                 overlay.insert(key, None);
                             }
@@ -371,14 +426,8 @@ fn apply_batch(
                 }
             }
         }
-        let rec = sealed::seal_json(dek, AAD_APPLIED, &meta)?;
-        let mut m = tx
-            .open_table(META)
-            .map_err(|e| StoreError::db(what(path), e))?;
-        m.insert("applied", rec.as_slice())
-            .map_err(|e| StoreError::db(what(path), e))?;
     }
-    tx.commit().map_err(|e| StoreError::db(what(path), e))?;
+    writes.applied = Some(sealed::seal_json(dek, AAD_APPLIED, &meta)?);
     Ok(BatchResult {
         responses,
         meta,
@@ -411,25 +460,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let durable = self.lazy_batches + 1 >= DURABLE_EVERY_BATCHES
             || self.last_durable.elapsed() >= DURABLE_EVERY;
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        let (db, path, dek, shared, meta) = (
-            self.db.clone(),
-            self.path.clone(),
-            self.dek.clone(),
-            self.shared.clone(),
+        // Prepared aside and merged only on success: a failed batch leaves nothing pending.
+        let mut writes = Pending::default();
+        let res = prepare_batch(
+            &self.dek,
+            &self.shared,
             self.meta.clone(),
-        );
-        let res =
-            spawn_io(move || apply_batch(&db, &path, &dek, &shared, meta, entries, durability))
+            entries,
+            &mut writes,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "applying to the state machine failed");
+            sm_err(e)
+        })?;
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.kv.extend(writes.kv);
+            p.applied = writes.applied;
+        }
+        if durable {
+            let (db, path, pending) = (self.db.clone(), self.path.clone(), self.pending.clone());
+            spawn_io(move || flush_pending(&db, &path, &pending, |_, _| Ok(())))
                 .await
                 .map_err(|e| {
-                    tracing::error!(error = %e, "applying to the state machine failed");
+                    tracing::error!(error = %e, "writing the state machine failed");
                     sm_err(e)
                 })?;
+        }
         self.meta = res.meta;
         if durable {
             self.lazy_batches = 0;
@@ -465,6 +522,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .collect();
         SnapshotBuilder {
             db: self.db.clone(),
+            pending: self.pending.clone(),
             path: self.path.clone(),
             dek: self.dek.clone(),
             meta: self.meta.clone(),
@@ -510,41 +568,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta.clone(),
             new_meta.clone(),
         );
+        let pending = self.pending.clone();
         let map = spawn_io(move || {
-            let tx = write_tx(&db, &path)?;
             let mut map = BTreeMap::new();
-            {
-                let mut kv = tx
-                    .open_table(KV)
-                    .map_err(|e| StoreError::db(what(&path), e))?;
-                kv.retain(|_, _| false)
-                    .map_err(|e| StoreError::db(what(&path), e))?;
-                for e in parsed.entries {
-                    let rec = sealed::seal(
-                        &dek,
-                        &aad_sm(&e.key),
-                        &sealed::encode_value(e.version, e.created, &e.value),
-                    )?;
-                    kv.insert(e.key.as_str(), rec.as_slice())
-                        .map_err(|er| StoreError::db(what(&path), er))?;
-                    map.insert(
-                        e.key,
-                        Versioned {
-                            version: e.version,
-                            created: e.created,
-                            value: e.value,
-                        },
-                    );
+            // The snapshot replaces the whole state: what was pending is dropped, in the same
+            // locked transaction.
+            flush_pending(&db, &path, &pending, |tx, p| {
+                *p = Pending::default();
+                {
+                    let mut kv = tx
+                        .open_table(KV)
+                        .map_err(|e| StoreError::db(what(&path), e))?;
+                    kv.retain(|_, _| false)
+                        .map_err(|e| StoreError::db(what(&path), e))?;
+                    for e in parsed.entries {
+                        let rec = sealed::seal(
+                            &dek,
+                            &aad_sm(&e.key),
+                            &sealed::encode_value(e.version, e.created, &e.value),
+                        )?;
+                        kv.insert(e.key.as_str(), rec.as_slice())
+                            .map_err(|er| StoreError::db(what(&path), er))?;
+                        map.insert(
+                            e.key,
+                            Versioned {
+                                version: e.version,
+                                created: e.created,
+                                value: e.value,
+                            },
+                        );
+                    }
+                    let rec = sealed::seal_json(&dek, AAD_APPLIED, &nm)?;
+                    let mut mt = tx
+                        .open_table(META)
+                        .map_err(|e| StoreError::db(what(&path), e))?;
+                    mt.insert("applied", rec.as_slice())
+                        .map_err(|e| StoreError::db(what(&path), e))?;
                 }
-                let rec = sealed::seal_json(&dek, AAD_APPLIED, &nm)?;
-                let mut mt = tx
-                    .open_table(META)
-                    .map_err(|e| StoreError::db(what(&path), e))?;
-                mt.insert("applied", rec.as_slice())
-                    .map_err(|e| StoreError::db(what(&path), e))?;
-            }
-            store_snapshot(&tx, &path, &dek, &m2, &data)?;
-            tx.commit().map_err(|e| StoreError::db(what(&path), e))?;
+                store_snapshot(tx, &path, &dek, &m2, &data)
+            })?;
             Ok(map)
         })
         .await
@@ -600,6 +662,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Builds a snapshot from a copy of the state taken when the builder was created.
 pub(crate) struct SnapshotBuilder {
     db: Arc<SmDb>,
+    pending: Arc<Mutex<Pending>>,
     path: PathBuf,
     dek: Arc<DataKey>,
     meta: AppliedMeta,
@@ -636,16 +699,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.meta.membership.clone(),
             snapshot_id,
         };
-        let (db, path, dek, m2) = (
+        let (db, path, dek, m2, pending) = (
             self.db.clone(),
             self.path.clone(),
             self.dek.clone(),
             meta.clone(),
+            self.pending.clone(),
         );
         let data = spawn_io(move || {
-            let tx = write_tx(&db, &path)?;
-            store_snapshot(&tx, &path, &dek, &m2, &data)?;
-            tx.commit().map_err(|e| StoreError::db(what(&path), e))?;
+            // Everything applied so far goes to the file with the snapshot: the log may be
+            // purged up to the snapshot once this returns.
+            flush_pending(&db, &path, &pending, |tx, _| {
+                store_snapshot(tx, &path, &dek, &m2, &data)
+            })?;
             Ok(data)
         })
         .await
