@@ -131,6 +131,16 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         })
     });
 
+    // ... with a certificate that renews itself.
+    servers.push({
+        let control = control.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            crate::grpc::keep_own_certificate_fresh(control, stop).await;
+            Ok(())
+        })
+    });
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -327,14 +327,14 @@ pub struct AgentState {
     pub cert_not_after: Option<SystemTime>,
 }
 
-/// A random point between 50 % and 80 % of the certificate's lifetime, from NotBefore.
-pub fn renewal_delay(c: &Credentials) -> Duration {
-    let life = c
-        .not_after
-        .duration_since(c.not_before)
+/// Time until a random point between 50 % and 80 % of a certificate's lifetime, from
+/// NotBefore (SwarmKit's rule; the randomness spreads a cluster's renewals out).
+pub fn renewal_delay(not_before: SystemTime, not_after: SystemTime) -> Duration {
+    let life = not_after
+        .duration_since(not_before)
         .unwrap_or(Duration::ZERO);
     let frac = rand::random_range(0.5..0.8);
-    let at = c.not_before + life.mul_f64(frac);
+    let at = not_before + life.mul_f64(frac);
     at.duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
 }
@@ -356,8 +356,10 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let mut backoff = Duration::from_millis(100);
-    let mut renew_at =
-        tokio::time::Instant::now() + opts.renew_after.unwrap_or_else(|| renewal_delay(&creds));
+    let mut renew_at = tokio::time::Instant::now()
+        + opts
+            .renew_after
+            .unwrap_or_else(|| renewal_delay(creds.not_before, creds.not_after));
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -381,7 +383,9 @@ pub async fn run(
                             s.cert_not_after = Some(creds.not_after);
                         });
                         renew_at = tokio::time::Instant::now()
-                            + opts.renew_after.unwrap_or_else(|| renewal_delay(&creds));
+                            + opts.renew_after.unwrap_or_else(|| {
+                                renewal_delay(creds.not_before, creds.not_after)
+                            });
                         backoff = Duration::from_millis(100);
                         continue;
                     }

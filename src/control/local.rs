@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -87,6 +88,9 @@ pub struct LocalIdentity {
 
 const CERT_DIR: &str = "certificates";
 const STATE_FILE: &str = "node.json";
+/// A renewed certificate and key on their way into place (see [`LocalIdentity::recover`]).
+const NEXT_CERT: &str = "swarm-node.crt.next";
+const NEXT_KEY: &str = "swarm-node.key.next";
 
 impl LocalIdentity {
     pub fn write(
@@ -133,9 +137,67 @@ impl LocalIdentity {
         Ok(identity)
     }
 
+    /// Replaces this node's key and certificate (a renewal) so that a crash at any point leaves
+    /// a matching pair: both are written to `.next` files first, then moved into place by
+    /// [`LocalIdentity::recover`], which also finishes a move a crash interrupted.
+    pub fn replace_certificate(data_dir: &Path, cert_pem: &[u8], key_pem: &[u8]) -> io::Result<()> {
+        let dir = data_dir.join(CERT_DIR);
+        write_atomic(&dir.join(NEXT_CERT), cert_pem, 0o644, Placement::Replace)?;
+        write_atomic(&dir.join(NEXT_KEY), key_pem, 0o600, Placement::Replace)?;
+        Self::recover(data_dir)
+    }
+
+    /// Finishes or drops a replacement left by a crash. The certificate is written to `.next`
+    /// before the key, and the key moves first, so: a waiting key moves only when its certificate
+    /// waits too; a waiting certificate moves only when the key in place is its key.
+    pub fn recover(data_dir: &Path) -> io::Result<()> {
+        let dir = data_dir.join(CERT_DIR);
+        let (next_cert, next_key) = (dir.join(NEXT_CERT), dir.join(NEXT_KEY));
+        let (cert, key) = (dir.join("swarm-node.crt"), dir.join("swarm-node.key"));
+        if next_key.exists() {
+            if next_cert.exists() {
+                let k = zeroize::Zeroizing::new(fs::read(&next_key)?);
+                write_atomic(&key, &k, 0o600, Placement::Replace)?;
+            }
+            fs::remove_file(&next_key)?;
+        }
+        if next_cert.exists() {
+            let c = fs::read(&next_cert)?;
+            let k = zeroize::Zeroizing::new(fs::read(&key)?);
+            if crate::grpc::tls::key_matches_certificate(&c, &k) {
+                write_atomic(&cert, &c, 0o644, Placement::Replace)?;
+            } else {
+                tracing::warn!("dropped a certificate renewal that a crash interrupted before its key was saved");
+            }
+            fs::remove_file(&next_cert)?;
+        }
+        Ok(())
+    }
+
+    /// NotBefore and NotAfter of this node's certificate.
+    pub fn certificate_validity(data_dir: &Path) -> io::Result<(SystemTime, SystemTime)> {
+        let pem = fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))?;
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("swarm-node.crt: {what}"),
+            )
+        };
+        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).map_err(|_| bad("not PEM"))?;
+        let cert = p.parse_x509().map_err(|_| bad("not a certificate"))?;
+        let at = |t: x509_parser::time::ASN1Time| {
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
+        };
+        Ok((
+            at(cert.validity().not_before),
+            at(cert.validity().not_after),
+        ))
+    }
+
     /// Reads the identity back and checks the certificate still chains to the cluster root and
     /// names the same node: a swapped file is an error, not a new identity.
     pub fn load(data_dir: &Path, ca: &RootCa) -> io::Result<LocalIdentity> {
+        Self::recover(data_dir)?;
         let state = fs::read(data_dir.join(STATE_FILE))?;
         let identity: LocalIdentity = serde_json::from_slice(&state).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}"))
@@ -226,6 +288,82 @@ pub fn memory_bytes() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate and its key, from `ca`.
+    fn pair(ca: &RootCa, node_id: &str) -> (Vec<u8>, Vec<u8>) {
+        let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
+        let issued = ca
+            .issue_node_certificate(
+                &swarmguard_ca::check_csr(&csr).unwrap(),
+                node_id,
+                swarmguard_ca::NodeRole::Manager,
+                &swarmguard_ca::new_id(),
+                swarmguard_ca::DEFAULT_NODE_CERT_EXPIRY,
+            )
+            .unwrap();
+        (issued.cert_pem, key.to_vec())
+    }
+
+    fn files(dir: &Path) -> (Vec<u8>, Vec<u8>, bool) {
+        let c = dir.join(CERT_DIR);
+        (
+            fs::read(c.join("swarm-node.crt")).unwrap(),
+            fs::read(c.join("swarm-node.key")).unwrap(),
+            c.join(NEXT_CERT).exists() || c.join(NEXT_KEY).exists(),
+        )
+    }
+
+    /// Every point where a crash can stop a renewal leaves, after `recover`, a matching pair:
+    /// the new one when its key was saved, the old one otherwise.
+    #[test]
+    fn an_interrupted_renewal_leaves_a_matching_pair() {
+        let ca = RootCa::create().unwrap();
+        let node = swarmguard_ca::new_id();
+        let (old_cert, old_key) = pair(&ca, &node);
+        let (new_cert, new_key) = pair(&ca, &node);
+        let addr: SocketAddr = "127.0.0.1:2377".parse().unwrap();
+        let write = |dir: &Path, cert: &[u8], key: &[u8]| {
+            LocalIdentity::write(dir, ca.cert_pem(), cert, key, &node, addr, addr).unwrap();
+        };
+        let put = |dir: &Path, name: &str, bytes: &[u8]| {
+            fs::write(dir.join(CERT_DIR).join(name), bytes).unwrap();
+        };
+
+        // 1. Crash after the certificate was staged, before the key: keep the old pair.
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &old_cert, &old_key);
+        put(d.path(), NEXT_CERT, &new_cert);
+        LocalIdentity::recover(d.path()).unwrap();
+        assert_eq!(files(d.path()), (old_cert.clone(), old_key.clone(), false));
+
+        // 2. Both staged: the new pair moves in.
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &old_cert, &old_key);
+        put(d.path(), NEXT_CERT, &new_cert);
+        put(d.path(), NEXT_KEY, &new_key);
+        LocalIdentity::recover(d.path()).unwrap();
+        assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
+
+        // 3. The key already moved, the certificate not yet: it follows its key.
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &old_cert, &new_key);
+        put(d.path(), NEXT_CERT, &new_cert);
+        LocalIdentity::recover(d.path()).unwrap();
+        assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
+
+        // 4. The whole replacement, and load() accepts the result.
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &old_cert, &old_key);
+        LocalIdentity::replace_certificate(d.path(), &new_cert, &new_key).unwrap();
+        assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
+        assert_eq!(LocalIdentity::load(d.path(), &ca).unwrap().node_id, node);
+        assert!(crate::grpc::tls::key_matches_certificate(
+            &new_cert, &new_key
+        ));
+        assert!(!crate::grpc::tls::key_matches_certificate(
+            &new_cert, &old_key
+        ));
+    }
 
     fn config(listen: &str, advertise: Option<&str>) -> ManagerConfig {
         ManagerConfig {

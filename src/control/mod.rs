@@ -571,6 +571,58 @@ impl Control {
         }
     }
 
+    /// Renews this manager's own certificate with a fresh key (same node, role and cluster):
+    /// files first (see [`LocalIdentity::replace_certificate`]), then the node record, whose
+    /// change makes the cluster port load the new pair. Returns the new NotAfter.
+    pub async fn renew_own_certificate(&self) -> Result<SystemTime, ControlError> {
+        let _one_at_a_time = self.membership.lock().await;
+        let not_in_swarm = || ControlError::plain(503, "this manager is not part of a swarm");
+        let local = self.local_identity().ok_or_else(not_in_swarm)?;
+        let ca = self.root_ca().ok_or_else(not_in_swarm)?;
+        let cluster = self.cluster()?.record;
+        let expiry = match cluster.spec.ca_config.node_cert_expiry {
+            n if n > 0 => Duration::from_nanos(n as u64),
+            _ => swarmguard_ca::DEFAULT_NODE_CERT_EXPIRY,
+        };
+        let (key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
+        let issued = ca
+            .issue_node_certificate(
+                &swarmguard_ca::check_csr(&csr)
+                    .map_err(|e| ControlError::internal("this manager's own CSR", e))?,
+                &local.node_id,
+                NodeRole::Manager,
+                &cluster.id,
+                expiry,
+            )
+            .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
+        LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
+            .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
+        let key = node_key(&local.node_id);
+        for _ in 0..5 {
+            let Some(current) = self.store.get(&key) else {
+                break;
+            };
+            let mut record: NodeRecord = serde_json::from_slice(&current.value)
+                .map_err(|e| ControlError::internal("cannot decode this manager's node", e))?;
+            record.certificate.state = "issued".into();
+            record.certificate.cert_pem = String::from_utf8_lossy(&issued.cert_pem).into_owned();
+            record.certificate.not_after = unix_seconds(issued.not_after);
+            record.certificate.err.clear();
+            let txn = Txn {
+                checks: vec![Check::Version {
+                    key: key.clone(),
+                    version: current.version,
+                }],
+                ops: vec![put_json(&key, &record)?],
+            };
+            if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
+                break;
+            }
+        }
+        tracing::info!(node_id = %local.node_id, not_after = %unix_seconds(issued.not_after), "renewed this manager's certificate");
+        Ok(issued.not_after)
+    }
+
     async fn apply(&self, txn: Txn) -> Result<TxnOutcome, ControlError> {
         self.store
             .apply(txn)

@@ -333,6 +333,53 @@ async fn identity_changed(
     }
 }
 
+/// Renews this manager's own certificate at a random 50–80 % of its lifetime, as agents and
+/// SwarmKit nodes do; the new pair reaches the cluster port without a restart. The certificate
+/// is looked at every minute, so a new swarm (or a renewal by other means) gets its own renewal
+/// point; a failed renewal is retried a minute later, the old certificate serving meanwhile.
+pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    const LOOK_EVERY: Duration = Duration::from_secs(60);
+    // The certificate's NotAfter and the renewal point drawn for it.
+    let mut plan: Option<(std::time::SystemTime, tokio::time::Instant)> = None;
+    loop {
+        let validity = match control.local_identity() {
+            Some(_) => crate::control::local::LocalIdentity::certificate_validity(
+                &control.config().data_dir,
+            )
+            .ok(),
+            None => None,
+        };
+        let now = tokio::time::Instant::now();
+        let due = match validity {
+            Some((not_before, not_after)) => {
+                let at = match plan {
+                    Some((na, at)) if na == not_after => at,
+                    _ => now + crate::agent::renewal_delay(not_before, not_after),
+                };
+                plan = Some((not_after, at));
+                at
+            }
+            None => {
+                plan = None;
+                now + LOOK_EVERY
+            }
+        };
+        if plan.is_some() && due <= now {
+            match control.renew_own_certificate().await {
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing this manager's certificate failed; retrying in a minute");
+                    plan = plan.map(|(na, _)| (na, now + LOOK_EVERY));
+                }
+            }
+        }
+        tokio::select! {
+            _ = crate::grpc::until_true(&mut stop) => return,
+            _ = tokio::time::sleep_until(due.min(now + LOOK_EVERY).max(now + Duration::from_millis(10))) => {}
+        }
+    }
+}
+
 /// Keeps the cluster port running exactly while this manager is part of a swarm.
 pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.store().subscribe();

@@ -678,6 +678,42 @@ async fn server_certificate_is_swapped_without_a_restart() {
     agent::join(env.addr, &env.worker_token()).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_renews_its_own_certificate_without_a_restart() {
+    let mut env = Env::new().await;
+    let root = env.root();
+    let before = presented_server_cert(env.addr, &root).await;
+    let node_id = env.control.local_node_id().unwrap();
+    let not_after = env.control.renew_own_certificate().await.unwrap();
+
+    let certs = env._dir.path().join("certificates");
+    let cert = std::fs::read(certs.join("swarm-node.crt")).unwrap();
+    let key = std::fs::read(certs.join("swarm-node.key")).unwrap();
+    assert!(super::tls::key_matches_certificate(&cert, &key));
+    assert!(
+        !certs.join("swarm-node.crt.next").exists() && !certs.join("swarm-node.key.next").exists()
+    );
+    let ca = env.control.root_ca().unwrap();
+    let id = swarmguard_ca::verify_node_certificate(&ca, &cert).unwrap();
+    assert_eq!(id.node_id, node_id);
+    assert_eq!(id.role, NodeRole::Manager);
+    // The node record shows the new certificate.
+    let record = env.control.node(&node_id).unwrap().record;
+    assert_eq!(record.certificate.cert_pem.as_bytes(), cert.as_slice());
+    assert_eq!(
+        record.certificate.not_after,
+        crate::control::unix_seconds(not_after)
+    );
+
+    // The listener serves the new certificate to new connections, and still takes joins.
+    assert!(env.running.as_mut().unwrap().reload_tls().unwrap());
+    let after = presented_server_cert(env.addr, &root).await;
+    assert_ne!(before, after);
+    let (_, expected) = x509_parser::pem::parse_x509_pem(&cert).unwrap();
+    assert_eq!(after, expected.contents);
+    agent::join(env.addr, &env.worker_token()).await.unwrap();
+}
+
 /// TLS handshake plus a first read with `cfg`; the server's refusal as text, or a panic when
 /// the connection is accepted.
 async fn handshake_refusal(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> String {

@@ -103,6 +103,18 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Whether `key_pem` is the private key of the first certificate in `cert_pem`.
+pub fn key_matches_certificate(cert_pem: &[u8], key_pem: &[u8]) -> bool {
+    let (Ok(certs), Ok(key)) = (
+        certs_from_pem(cert_pem, "the node certificate"),
+        key_from_pem(key_pem),
+    ) else {
+        return false;
+    };
+    // from_der refuses a key whose public half differs from the certificate's.
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider()).is_ok()
+}
+
 /// What a handler learns about the connection: the peer address and, when the client offered
 /// one, its certificate chain (already verified against the cluster root by rustls).
 #[derive(Clone, Debug)]
