@@ -114,6 +114,20 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
     leaf.verify_signature(Some(root.public_key()))
         .expect("the worker certificate is signed by our root");
 
+    // Promoting a stock dockerd is refused with the reason and the alternative; nothing changes.
+    let out = m.docker(&["node", "promote", &worker_id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "promote of a dockerd node succeeded");
+    assert!(
+        err.contains("cannot become a swarmguard manager") && err.contains("swarmguard manager"),
+        "{err}"
+    );
+    assert_eq!(
+        m.docker_ok(&["node", "inspect", "--format", "{{.Spec.Role}}", &worker_id])
+            .trim(),
+        "worker"
+    );
+
     // Stop it: Down within 3 heartbeat periods (1 s each; a node may be told up to 1.5 s).
     d.stop_daemon();
     let took = poll("worker Down", Duration::from_millis(3 * 1500 + 500), || {

@@ -486,6 +486,24 @@ impl Control {
             key: node_key(&current.record.id),
             version,
         }];
+        if current.record.spec.role == "worker"
+            && role == "manager"
+            && !is_swarmguard_agent(&current.record)
+        {
+            // A promoted dockerd would start SwarmKit's manager and try to join our Raft, which
+            // swarmguard does not speak: refuse now rather than leave a node that never comes up.
+            return Err(ControlError::rpc(
+                Code::FailedPrecondition,
+                format!(
+                    "node {} runs dockerd ({}), which cannot become a swarmguard manager: swarmguard managers do not speak SwarmKit's Raft protocol. Add managers by starting `swarmguard manager` on that host instead",
+                    current.record.id,
+                    match current.record.description.engine.engine_version.as_str() {
+                        "" => "engine version unknown",
+                        v => v,
+                    }
+                ),
+            ));
+        }
         if current.record.spec.role == "manager" && role == "worker" {
             // Demoting the last manager would leave nobody to run the cluster.
             let managers: Vec<NodeView> = self
@@ -674,6 +692,14 @@ pub fn node_name(n: &NodeRecord) -> &str {
     } else {
         &n.spec.name
     }
+}
+
+/// Nodes that run `swarmguard agent` (or are swarmguard managers) say so in their engine version.
+fn is_swarmguard_agent(node: &NodeRecord) -> bool {
+    node.description
+        .engine
+        .engine_version
+        .starts_with("swarmguard")
 }
 
 fn out_of_sequence() -> ControlError {
