@@ -1,64 +1,65 @@
-//! Raft log and vote, in `<data_dir>/store/raft-log.redb`.
+//! Raft log and vote: entries in `<data_dir>/store/raft-log.wal` (see [`super::wal`]); vote,
+//! purge point and node ID in `<data_dir>/store/raft-log.redb`.
 //!
-//! Tables:
-//! - `log`: `u64` index → entry (JSON of `openraft::Entry`), sealed with AAD `log/<index>`.
-//! - `meta`: `"vote"` (AAD `meta/vote`), `"last_purged"` (AAD `meta/last_purged`) and `"node_id"`
-//!   (AAD `meta/node_id`), all sealed.
-//!
-//! Every write transaction commits with `Durability::Immediate` (fsync) before openraft is told the
-//! entries are flushed, so a committed entry is always on disk.
+//! - Entries: JSON of `openraft::Entry`, sealed with AAD `log/<index>`.
+//! - `meta` table: `"vote"` (AAD `meta/vote`), `"last_purged"` (AAD `meta/last_purged`) and
+//!   `"node_id"` (AAD `meta/node_id`), all sealed, written with `Durability::Immediate`.
 //!
 //! Appends are group-committed: `append` keeps the entries in memory (readable at once, as
 //! openraft requires) and hands them to one writer thread, which writes everything queued since
-//! its last commit in one transaction and one fsync, then reports each append flushed. Under many
-//! concurrent joins this turns one fsync per write into one per batch.
+//! its last write as one append to the file and one fdatasync, and only then reports each append
+//! flushed (the leader counts its own log as replicated on that report, so a committed entry is
+//! always on disk).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use ring::rand::{SecureRandom, SystemRandom};
 use swarmguard_secrets::DataKey;
 
 use super::error::StoreError;
 use super::sealed::{self, aad_log, AAD_PURGED, AAD_VOTE};
 use super::types::TypeConfig;
-use super::{lock_read, lock_write, spawn_io, CloseGuard};
+use super::wal::Wal;
+use super::{spawn_io, CloseGuard};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Where entries lived before the append-only file; moved into it at open.
+const OLD_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AAD_NODE_ID: &str = "meta/node_id";
 /// Entries kept in memory after an append (see [`Inner::tail`]).
 const TAIL_ENTRIES: usize = 1024;
-/// Most appends the writer puts in one transaction.
+/// Most appends the writer puts in one write.
 const MAX_GROUP: usize = 256;
 
 type LogEntry = Entry<TypeConfig>;
 
-/// The Raft log store. Cheap to clone; clones share the database (the log reader is a clone).
+/// The Raft log store. Cheap to clone; clones share the files (the log reader is a clone).
 #[derive(Clone)]
 pub(crate) struct LogStore {
     inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    db: RwLock<Database>,
+    db: Database,
+    wal: Mutex<Wal>,
     dek: Arc<DataKey>,
     path: PathBuf,
     cache: Mutex<Cache>,
-    /// The newest entries as appended, contiguous up to the last log entry: the state machine
-    /// reads each entry back right after it commits, and decrypting and parsing it again from
-    /// the file would cost as much as writing it.
+    /// The newest entries as appended, contiguous up to the last log entry: readers find an
+    /// entry here before it is on disk, and the state machine reads each entry back right after
+    /// it commits, which would otherwise cost a decryption and a parse.
     tail: Mutex<Tail>,
     /// Queue of the writer thread (see [`writer_loop`]).
     writer: std::sync::mpsc::Sender<Job>,
-    /// Compact the redb file after this many log entries were purged since the last compaction.
+    /// Rewrite the log file after this many entries were purged since the last rewrite.
     compact_after_purged: u64,
     compactions: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
@@ -88,8 +89,21 @@ struct Cache {
     purged_since_compact: u64,
 }
 
+/// Decrypts and parses the entry sealed at `index`, and checks it says so.
+fn open_entry(dek: &DataKey, index: u64, sealed_rec: &[u8]) -> Result<LogEntry, StoreError> {
+    let aad = aad_log(index);
+    let entry: LogEntry = sealed::open_json(dek, &aad, sealed_rec)?;
+    if entry.log_id.index != index {
+        return Err(StoreError::Corrupt {
+            record: aad,
+            reason: format!("entry claims index {}", entry.log_id.index),
+        });
+    }
+    Ok(entry)
+}
+
 impl LogStore {
-    /// Opens or creates the log database and verifies every record in it.
+    /// Opens or creates the log files and verifies every record in them.
     /// Returns the store and this node's Raft ID (generated on first start).
     pub(crate) fn open(
         path: &Path,
@@ -98,14 +112,15 @@ impl LogStore {
     ) -> Result<(LogStore, u64), StoreError> {
         let what = || format!("{}", path.display());
         let db = Database::create(path).map_err(|e| StoreError::db(what(), e))?;
+        let (mut wal, found) = Wal::open(&wal_path(path))?;
         let mut node_id = None;
         let mut cache = Cache::default();
+        let mut old_entries = Vec::new();
         {
             let mut tx = db.begin_write().map_err(|e| StoreError::db(what(), e))?;
             tx.set_durability(Durability::Immediate)
                 .map_err(|e| StoreError::db(what(), e))?;
             {
-                let log = tx.open_table(LOG).map_err(|e| StoreError::db(what(), e))?;
                 let mut meta = tx.open_table(META).map_err(|e| StoreError::db(what(), e))?;
                 if let Some(v) = meta.get("vote").map_err(|e| StoreError::db(what(), e))? {
                     cache.vote = Some(sealed::open_json(&dek, AAD_VOTE, v.value())?);
@@ -119,31 +134,6 @@ impl LogStore {
                 if let Some(v) = meta.get("node_id").map_err(|e| StoreError::db(what(), e))? {
                     node_id = Some(sealed::open_json::<u64>(&dek, AAD_NODE_ID, v.value())?);
                 }
-                // Verify every entry: it decrypts, parses, sits at its own index and the log has no hole.
-                let mut expected = cache.last_purged.map(|l| l.index + 1);
-                cache.last_log = cache.last_purged;
-                for row in log.iter().map_err(|e| StoreError::db(what(), e))? {
-                    let (k, v) = row.map_err(|e| StoreError::db(what(), e))?;
-                    let index = k.value();
-                    let aad = aad_log(index);
-                    let entry: LogEntry = sealed::open_json(&dek, &aad, v.value())?;
-                    if entry.log_id.index != index {
-                        return Err(StoreError::Corrupt {
-                            record: aad,
-                            reason: format!("entry claims index {}", entry.log_id.index),
-                        });
-                    }
-                    if let Some(exp) = expected {
-                        if index != exp {
-                            return Err(StoreError::Corrupt {
-                                record: aad,
-                                reason: format!("log has a hole: expected index {exp}"),
-                            });
-                        }
-                    }
-                    expected = Some(index + 1);
-                    cache.last_log = Some(entry.log_id);
-                }
                 if node_id.is_none() {
                     let id = new_node_id()?;
                     let rec = sealed::seal_json(&dek, AAD_NODE_ID, &id)?;
@@ -151,8 +141,62 @@ impl LogStore {
                         .map_err(|e| StoreError::db(what(), e))?;
                     node_id = Some(id);
                 }
+                let mut old = tx
+                    .open_table(OLD_LOG)
+                    .map_err(|e| StoreError::db(what(), e))?;
+                for row in old.iter().map_err(|e| StoreError::db(what(), e))? {
+                    let (k, v) = row.map_err(|e| StoreError::db(what(), e))?;
+                    old_entries.push((k.value(), v.value().to_vec()));
+                }
+                if !old_entries.is_empty() {
+                    // Into the file first (durably), then out of the table in this commit: a
+                    // crash in between finds them in both and skips those already moved.
+                    let in_file = found.last().map(|f| f.index);
+                    let moving: Vec<_> = old_entries
+                        .iter()
+                        .filter(|(i, _)| in_file.is_none_or(|last| *i > last))
+                        .cloned()
+                        .collect();
+                    wal.append(&moving)?;
+                    old.retain(|_, _| false)
+                        .map_err(|e| StoreError::db(what(), e))?;
+                    tracing::info!(
+                        entries = moving.len(),
+                        "moved the raft log into its append-only file"
+                    );
+                }
             }
             tx.commit().map_err(|e| StoreError::db(what(), e))?;
+        }
+        // Verify every live entry: it decrypts, parses, sits at its own index, and the log
+        // continues from the purge point without a hole.
+        let purged = cache.last_purged.map(|l| l.index);
+        let mut expected = purged.map(|p| p + 1);
+        cache.last_log = cache.last_purged;
+        let records = found
+            .into_iter()
+            .map(|f| (f.index, f.sealed))
+            .chain(old_entries)
+            .filter(|(i, _)| purged.is_none_or(|p| *i > p));
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, sealed_rec) in records {
+            if !seen.insert(index) {
+                continue; // moved from the old table by an earlier, interrupted open
+            }
+            let entry = open_entry(&dek, index, &sealed_rec)?;
+            if let Some(exp) = expected {
+                if index != exp {
+                    return Err(StoreError::Corrupt {
+                        record: aad_log(index),
+                        reason: format!("log has a hole or is out of order: expected index {exp}"),
+                    });
+                }
+            }
+            expected = Some(index + 1);
+            cache.last_log = Some(entry.log_id);
+        }
+        if let Some(p) = purged {
+            wal.forget_upto(p);
         }
         let node_id = node_id.ok_or_else(|| StoreError::Corrupt {
             record: AAD_NODE_ID.into(),
@@ -160,12 +204,17 @@ impl LogStore {
         })?;
         let (guard, closed) = CloseGuard::new();
         let (writer, queue) = std::sync::mpsc::channel();
+        let persisted = cache.last_log.map(|l| l.index).unwrap_or(0);
         let inner = Arc::new(Inner {
-            db: RwLock::new(db),
+            db,
+            wal: Mutex::new(wal),
             dek,
             path: path.to_path_buf(),
             cache: Mutex::new(cache),
-            tail: Mutex::new(Tail::default()),
+            tail: Mutex::new(Tail {
+                entries: BTreeMap::new(),
+                persisted,
+            }),
             writer,
             compact_after_purged,
             compactions: Arc::new(AtomicU64::new(0)),
@@ -173,24 +222,32 @@ impl LogStore {
             _guard: guard,
         });
         // The thread holds only a weak reference: it ends when the store is dropped (the queue's
-        // sender lives in `Inner`), so the file still closes when openraft lets go of it.
+        // sender lives in `Inner`), so the files still close when openraft lets go of them.
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(weak, queue))
-            .map_err(|e| StoreError::db(what(), e))?;
+            .map_err(|e| StoreError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
         Ok((LogStore { inner }, node_id))
     }
 
-    /// Counts compactions of the log database since open.
+    /// Counts rewrites of the log file since open.
     pub(crate) fn compaction_counter(&self) -> Arc<AtomicU64> {
         self.inner.compactions.clone()
     }
 
-    /// Becomes true once the database file is closed.
+    /// Becomes true once the files are closed.
     pub(crate) fn closed_flag(&self) -> Arc<AtomicBool> {
         self.inner.closed.clone()
     }
+}
+
+/// The entries' file, next to the meta database.
+pub(crate) fn wal_path(meta_path: &Path) -> PathBuf {
+    meta_path.with_extension("wal")
 }
 
 fn new_node_id() -> Result<u64, StoreError> {
@@ -214,8 +271,8 @@ impl Inner {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let db = lock_read(&self.db);
-        let mut tx = db
+        let mut tx = self
+            .db
             .begin_write()
             .map_err(|e| StoreError::db(self.what(), e))?;
         tx.set_durability(Durability::Immediate)
@@ -250,30 +307,11 @@ impl Inner {
         &self,
         range: RB,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let db = lock_read(&self.db);
-        let tx = db
-            .begin_read()
-            .map_err(|e| StoreError::db(self.what(), e))?;
-        let log = tx
-            .open_table(LOG)
-            .map_err(|e| StoreError::db(self.what(), e))?;
-        let mut out = Vec::new();
-        for row in log
-            .range(range)
-            .map_err(|e| StoreError::db(self.what(), e))?
-        {
-            let (k, v) = row.map_err(|e| StoreError::db(self.what(), e))?;
-            let aad = aad_log(k.value());
-            let entry: LogEntry = sealed::open_json(&self.dek, &aad, v.value())?;
-            if entry.log_id.index != k.value() {
-                return Err(StoreError::Corrupt {
-                    record: aad,
-                    reason: format!("entry claims index {}", entry.log_id.index),
-                });
-            }
-            out.push(entry);
-        }
-        Ok(out)
+        let records = self.wal().read(range)?;
+        records
+            .iter()
+            .map(|(index, sealed_rec)| open_entry(&self.dek, *index, sealed_rec))
+            .collect()
     }
 
     /// Keeps `entries` in the tail, where readers find them at once. They stay there until
@@ -291,7 +329,7 @@ impl Inner {
         self.cache().last_log = Some(last);
     }
 
-    /// Seals and writes `entries` in one fsync'd transaction; then they may leave the tail.
+    /// Seals and appends `entries` with one fdatasync; then they may leave the tail.
     /// Blocking: the writer thread (and tests) call it.
     fn write_entries(&self, entries: &[&LogEntry]) -> Result<(), StoreError> {
         let Some(last) = entries.last().map(|e| e.log_id.index) else {
@@ -302,16 +340,7 @@ impl Inner {
             let index = e.log_id.index;
             sealed_entries.push((index, sealed::seal_json(&self.dek, &aad_log(index), e)?));
         }
-        self.write(|tx| {
-            let mut log = tx
-                .open_table(LOG)
-                .map_err(|e| StoreError::db(self.what(), e))?;
-            for (index, rec) in &sealed_entries {
-                log.insert(*index, rec.as_slice())
-                    .map_err(|e| StoreError::db(self.what(), e))?;
-            }
-            Ok(())
-        })?;
+        self.wal().append(&sealed_entries)?;
         let mut tail = self.tail();
         tail.persisted = tail.persisted.max(last);
         while tail.entries.len() > TAIL_ENTRIES {
@@ -341,6 +370,11 @@ impl Inner {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rewrites the log file once enough entries were purged from it.
     fn maybe_compact(&self) {
         let due = {
             let c = self.cache();
@@ -349,17 +383,16 @@ impl Inner {
         if !due {
             return;
         }
-        let mut db = lock_write(&self.db);
-        match db.compact() {
-            Ok(_) => {
-                tracing::debug!(path = %self.path.display(), "compacted raft log database");
+        match self.wal().compact() {
+            Ok(()) => {
+                tracing::debug!(path = %self.path.display(), "rewrote the raft log file without purged entries");
                 self.cache().purged_since_compact = 0;
                 self.compactions.fetch_add(1, Ordering::Relaxed);
             }
-            // Compaction is an optimisation; a failure (e.g. a live read transaction) is retried
-            // after the next purge.
+            // An optimisation: the old file is intact (the rewrite goes to a temporary file),
+            // and it is tried again after the next purge.
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "raft log compaction skipped")
+                tracing::warn!(path = %self.path.display(), error = %e, "raft log rewrite skipped")
             }
         }
     }
@@ -500,18 +533,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .pop()
                 .map(|e| e.log_id)
         };
-        spawn_io(move || {
-            inner.write(|tx| {
-                let mut log = tx
-                    .open_table(LOG)
-                    .map_err(|e| StoreError::db(inner.what(), e))?;
-                log.retain_in(since.., |_, _| false)
-                    .map_err(|e| StoreError::db(inner.what(), e))?;
-                Ok(())
-            })
-        })
-        .await
-        .map_err(write_err)?;
+        spawn_io(move || inner.wal().truncate_from(since))
+            .await
+            .map_err(write_err)?;
         {
             let mut tail = self.inner.tail();
             tail.entries.split_off(&since);
@@ -534,12 +558,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unwrap_or(0);
         spawn_io(move || {
             let rec = sealed::seal_json(&inner.dek, AAD_PURGED, &Some(log_id))?;
+            // The purge point is recorded first: entries at or below it are dead from then on,
+            // whether or not the file still holds them.
             inner.write(|tx| {
-                let mut log = tx
-                    .open_table(LOG)
-                    .map_err(|e| StoreError::db(inner.what(), e))?;
-                log.retain_in(..=upto, |_, _| false)
-                    .map_err(|e| StoreError::db(inner.what(), e))?;
                 let mut meta = tx
                     .open_table(META)
                     .map_err(|e| StoreError::db(inner.what(), e))?;
@@ -547,6 +568,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| StoreError::db(inner.what(), e))?;
                 Ok(())
             })?;
+            inner.wal().forget_upto(upto);
             {
                 let mut tail = inner.tail();
                 tail.entries = tail.entries.split_off(&upto.saturating_add(1));

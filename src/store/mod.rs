@@ -13,7 +13,8 @@
 //!
 //! ```text
 //! <data_dir>/keys/dek              DEK key file (swarmguard_secrets::keyfile)
-//! <data_dir>/store/raft-log.redb   raft log, vote, purge point, node id   (see log_store.rs)
+//! <data_dir>/store/raft-log.wal    raft log entries, append-only        (see wal.rs)
+//! <data_dir>/store/raft-log.redb   vote, purge point, node id           (see log_store.rs)
 //! <data_dir>/store/state.redb      applied key/values, applied id, snapshot (see state_machine.rs)
 //! ```
 //!
@@ -31,6 +32,7 @@ mod network;
 mod sealed;
 mod state_machine;
 mod types;
+mod wal;
 
 #[cfg(test)]
 mod tests;
@@ -150,7 +152,8 @@ impl Store {
             spawn_io(move || {
                 let log_path = store_dir.join("raft-log.redb");
                 let sm_path = store_dir.join("state.redb");
-                let has_data = [&log_path, &sm_path]
+                let wal_path = log_store::wal_path(&log_path);
+                let has_data = [&log_path, &sm_path, &wal_path]
                     .iter()
                     .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
                 if has_data && std::fs::symlink_metadata(&key_path).is_err() {

@@ -374,7 +374,12 @@ async fn nothing_in_clear_on_disk() {
         )
         .await
         .unwrap();
-    for f in ["store/raft-log.redb", "store/state.redb", "keys/dek"] {
+    for f in [
+        "store/raft-log.redb",
+        "store/raft-log.wal",
+        "store/state.redb",
+        "keys/dek",
+    ] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(f))
             .unwrap()
@@ -428,6 +433,20 @@ async fn nothing_in_clear_on_disk() {
 
 const KV: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv");
 const LOG: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("log");
+
+/// `(index, body offset, body length)` of every record in a raft log file (see wal.rs).
+fn wal_records(path: &Path) -> Vec<(u64, usize, usize)> {
+    let raw = std::fs::read(path).unwrap();
+    let mut at = 8;
+    let mut out = vec![];
+    while at + 20 <= raw.len() {
+        let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
+        let index = u64::from_le_bytes(raw[at + 4..at + 12].try_into().unwrap());
+        out.push((index, at + 20, len));
+        at += 20 + len;
+    }
+    out
+}
 
 fn sealed_kv(dir: &Path, key: &str) -> Vec<u8> {
     use redb::ReadableDatabase;
@@ -508,15 +527,17 @@ async fn swapped_records_are_rejected() {
     committed(&store, txn(vec![put("x", b"2")])).await;
     store.shutdown().await.unwrap();
     {
-        use redb::ReadableTable;
-        let db = redb::Database::open(dir2.path().join("store/raft-log.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(LOG).unwrap();
-            let e = t.get(i).unwrap().unwrap().value().to_vec();
-            t.insert(i + 1, e.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
+        // Same-length bodies: copy entry i's sealed body, with its (unkeyed) body check, over
+        // entry i+1's; only the AEAD's binding to the index can catch that.
+        let wal = dir2.path().join("store/raft-log.wal");
+        let recs = wal_records(&wal);
+        let (_, from, flen) = *recs.iter().find(|r| r.0 == i).unwrap();
+        let (_, to, tlen) = *recs.iter().find(|r| r.0 == i + 1).unwrap();
+        assert_eq!(flen, tlen);
+        let mut raw = std::fs::read(&wal).unwrap();
+        let body = raw[from - 4..from + flen].to_vec();
+        raw[to - 4..to + tlen].copy_from_slice(&body);
+        std::fs::write(&wal, &raw).unwrap();
     }
     let err = Store::open(dir2.path())
         .await
@@ -588,7 +609,11 @@ async fn oversized_refused_without_state_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_purge_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(dir.path(), small_opts()).await.unwrap();
+    let opts = StoreOptions {
+        compact_log_after_purged: 100,
+        ..small_opts()
+    };
+    let store = Store::open_with(dir.path(), opts).await.unwrap();
     for i in 0..300u32 {
         committed(
             &store,
@@ -619,17 +644,9 @@ async fn snapshot_purge_and_reopen() {
     let state: Vec<(String, Versioned)> = store.list("");
     store.shutdown().await.unwrap();
 
-    // Only the kept tail of the log remains on disk.
+    // Only the kept tail of the log remains on disk (the file is rewritten after purges).
     {
-        use redb::{ReadableDatabase, ReadableTableMetadata};
-        let db = redb::Database::open(dir.path().join("store/raft-log.redb")).unwrap();
-        let n = db
-            .begin_read()
-            .unwrap()
-            .open_table(LOG)
-            .unwrap()
-            .len()
-            .unwrap();
+        let n = wal_records(&dir.path().join("store/raft-log.wal")).len();
         assert!(n < 120, "log has {n} entries after purge");
     }
     let store = Store::open_with(dir.path(), small_opts()).await.unwrap();
@@ -792,7 +809,7 @@ async fn log_file_is_compacted_after_purges() {
         ..Default::default()
     };
     let store = Store::open_with(dir.path(), opts).await.unwrap();
-    let log_file = dir.path().join("store/raft-log.redb");
+    let log_file = dir.path().join("store/raft-log.wal");
     let mut peak = 0;
     for i in 0..400u32 {
         committed(
@@ -837,19 +854,20 @@ async fn random_corruption_never_panics() {
     }
     store.shutdown().await.unwrap();
     let pristine = tempfile::tempdir().unwrap();
-    for f in ["store/raft-log.redb", "store/state.redb"] {
+    const FILES: [&str; 3] = [
+        "store/raft-log.redb",
+        "store/raft-log.wal",
+        "store/state.redb",
+    ];
+    for f in FILES {
         std::fs::create_dir_all(pristine.path().join("store")).unwrap();
         std::fs::copy(dir.path().join(f), pristine.path().join(f)).unwrap();
     }
     let (mut ok, mut errs) = (0, 0);
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for trial in 0..24 {
-        let f = if trial % 2 == 0 {
-            "store/raft-log.redb"
-        } else {
-            "store/state.redb"
-        };
-        for g in ["store/raft-log.redb", "store/state.redb"] {
+    for trial in 0..36 {
+        let f = FILES[trial % 3];
+        for g in FILES {
             std::fs::copy(pristine.path().join(g), dir.path().join(g)).unwrap();
         }
         let path = dir.path().join(f);
@@ -1016,4 +1034,46 @@ async fn network_reports_every_peer_unreachable() {
         msg.contains("no manager-to-manager transport") && msg.contains("10.0.0.7:4242"),
         "{msg}"
     );
+}
+
+/// A data directory from before the append-only log file (entries in raft-log.redb's `log`
+/// table) opens with every entry, moved into the file; a move a crash interrupted is finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_the_old_log_table_are_moved_into_the_file() {
+    for interrupted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        for i in 0..20u32 {
+            committed(&store, txn(vec![put(&format!("m/{i}"), b"v")])).await;
+        }
+        store.shutdown().await.unwrap();
+        // Rebuild the old layout: every record into the table, the file gone (or, for an
+        // interrupted move, still holding the first half).
+        let wal = dir.path().join("store/raft-log.wal");
+        let raw = std::fs::read(&wal).unwrap();
+        let recs = wal_records(&wal);
+        {
+            let db = redb::Database::open(dir.path().join("store/raft-log.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LOG).unwrap();
+                for (index, at, len) in &recs {
+                    t.insert(*index, &raw[*at..*at + *len]).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        if interrupted {
+            let (_, at, len) = recs[recs.len() / 2];
+            std::fs::write(&wal, &raw[..at + len]).unwrap();
+        } else {
+            std::fs::remove_file(&wal).unwrap();
+        }
+        // The state file alone must not hide a lost log: make it re-apply everything.
+        std::fs::remove_file(dir.path().join("store/state.redb")).unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.list("m/").len(), 20, "interrupted={interrupted}");
+        store.shutdown().await.unwrap();
+        assert_eq!(wal_records(&wal).len(), recs.len());
+    }
 }
