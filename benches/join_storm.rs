@@ -48,6 +48,9 @@ fn storm(
     serde_json::from_slice(&out.stdout).expect("storm result JSON")
 }
 
+/// Joins in the "5,000 joins" run.
+const BIG: usize = 5000;
+
 fn row(target: &str, r: &serde_json::Value) -> String {
     format!(
         "| {target} | {} | {} | {:.0} | {:.1} | {:.1} |",
@@ -127,6 +130,8 @@ fn main() {
         rows.push(row("swarmguard", &r));
         rates.push(r["certs_per_second"].as_f64().unwrap());
     }
+    // The "5,000 joins" target, on the same manager (it now holds the nodes above too).
+    let big = storm(None, &m.cluster_addr, token.trim(), 32, BIG);
     drop(m);
 
     // A real dockerd (SwarmKit) manager in its own network namespace.
@@ -147,6 +152,7 @@ fn main() {
         rows.push(row("dockerd (SwarmKit)", &r));
         rates.push(r["certs_per_second"].as_f64().unwrap());
     }
+    let big_swarmkit = storm(Some(&ns), &addr, token.trim(), 32, BIG);
     let version = d.docker_ok(&["version", "--format", "{{.Server.Version}}"]);
     drop(d);
 
@@ -165,6 +171,14 @@ fn main() {
         "swarmguard / dockerd: {:.1}x with 4 clients, {:.1}x with 32 clients",
         rates[0] / rates[2],
         rates[1] / rates[3]
+    );
+    println!();
+    println!(
+        "{BIG} joins with 32 clients: swarmguard {:.2} s ({:.0}/s), dockerd {:.2} s ({:.0}/s)",
+        big["seconds"].as_f64().unwrap(),
+        big["certs_per_second"].as_f64().unwrap(),
+        big_swarmkit["seconds"].as_f64().unwrap(),
+        big_swarmkit["certs_per_second"].as_f64().unwrap()
     );
     println!();
     println!(

@@ -89,16 +89,20 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
                 "no CSR in the request: send a PEM CERTIFICATE REQUEST",
             ));
         }
-        // Verified once here; the signer below takes the checked CSR.
-        let checked = swarmguard_ca::check_csr(&r.csr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let availability = availability_name(r.availability)?;
         let peer_addr = super::auth::peer(&req)
             .map(|p| p.addr.ip().to_string())
             .unwrap_or_default();
+        // Verified once, and only for a caller that proved something (a node certificate or the
+        // whole join token): a signature check costs far more than the token comparison, and an
+        // anonymous peer must not be able to make the manager do it for free.
+        let check = || {
+            swarmguard_ca::check_csr(&r.csr).map_err(|e| Status::invalid_argument(e.to_string()))
+        };
 
         // A valid node certificate makes this a renewal: the role stays the node's current one.
         if let Ok(id) = authorize(&req, WORKER_OR_MANAGER, &cluster) {
+            let checked = check()?;
             let csr = b64(&r.csr);
             let signer = Signer::new(s, &cluster)?;
             let updated = s
@@ -131,6 +135,7 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
             (false, false, true) => NodeRole::Worker,
             _ => return Err(Status::invalid_argument(BAD_TOKEN)),
         };
+        let checked = check()?;
 
         let now = now_rfc3339();
         let signer = Signer::new(s, &cluster)?;

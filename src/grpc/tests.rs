@@ -495,6 +495,16 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() {
         (e.code(), e.message()),
         (Code::InvalidArgument, super::ca::BAD_TOKEN)
     );
+    // An anonymous caller (no certificate, no token) is refused before its CSR is even looked
+    // at: the token comes first, so signature checks cannot be had for free.
+    let e = nca
+        .issue_node_certificate(issue(b"not a csr".to_vec(), "SWMTKN-1-forged".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, super::ca::BAD_TOKEN)
+    );
     // A token with another cluster's digest (same secret).
     let other_root = swarmguard_ca::RootCa::create().unwrap();
     let other = swarmguard_ca::JoinToken::generate(other_root.cert_pem()).to_string();
