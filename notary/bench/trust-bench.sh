@@ -14,6 +14,7 @@
 set -euo pipefail
 
 BIN=${1:-${SWARMGUARD_BIN:-/work/target-notary/release/swarmguard}}
+HERE=$(cd "$(dirname "$0")" && pwd)
 DURATION=${DURATION:-10}
 N=${N:-5}
 for b in "$BIN" notary notary-server notary-signer wrk openssl curl python3; do
@@ -145,7 +146,7 @@ if [ "${SKIP_DOCKER:-0}" != 1 ] && command -v dockerd >/dev/null && command -v d
     # first one again creates it) through a byte-copying proxy that logs how
     # long each exchange waits on the server (timing-proxy.py). Summed per push.
     P_PORT=$(freeport); PLOG="$D/proxy-$label.log"; : > "$PLOG"
-    python3 "$(dirname "$0")/timing-proxy.py" "$P_PORT" "$port" "$PLOG" & PIDS+=($!)
+    python3 "$HERE/timing-proxy.py" "$P_PORT" "$port" "$PLOG" & PIDS+=($!)
     waitport "$P_PORT"
     shares=(); ptimes=()
     for i in $(seq 1 "$N"); do
