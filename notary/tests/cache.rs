@@ -98,7 +98,10 @@ async fn cached_reads_follow_uploads_and_deletes() {
     let t_again = s.current(GUN, "targets").await.unwrap();
     assert_ne!(t_again, t1);
     let signed_by: Value = serde_json::from_slice(&t_again).unwrap();
-    assert_eq!(signed_by["signatures"][0]["keyid"], again.targets.id.as_str());
+    assert_eq!(
+        signed_by["signatures"][0]["keyid"],
+        again.targets.id.as_str()
+    );
     assert_eq!(
         get(&s, "1.targets.json").await,
         (StatusCode::OK, t_again.clone())
