@@ -63,9 +63,14 @@ fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The trust signer serves a handful of small gRPC calls from its trust servers; one thread
+    // does that, and spares the signer the worker threads (stacks, allocator arenas) the other
+    // commands use for their load.
+    let mut builder = match cli.command {
+        Command::TrustSigner(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Manager(args) => manager::run(args).await,

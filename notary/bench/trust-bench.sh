@@ -5,13 +5,16 @@
 #   * GET timestamp.json and targets.<sha256>.json: requests/s and CPU per
 #     request (server + signer, from /proc/<pid>/stat) at 2 and 32 connections (wrk)
 #   * publish latency with the notary CLI (p50 of N publishes)
-#   * trusted `docker push` latency (p50 of N pushes; needs dockerd, registry)
+#   * trusted `docker push` latency (p50 of N pushes; needs dockerd, registry),
+#     end to end and the trust server's share of it (p50 over N more pushes of
+#     the summed time the client waited on the trust server, via timing-proxy.py)
 #   * RSS of every server process after the load
 # Usage: notary/bench/trust-bench.sh [path/to/swarmguard]   (release build recommended)
 # Env: DURATION (wrk seconds, default 10), N (publishes/pushes, default 5), SKIP_DOCKER=1
 set -euo pipefail
 
 BIN=${1:-${SWARMGUARD_BIN:-/work/target-notary/release/swarmguard}}
+HERE=$(cd "$(dirname "$0")" && pwd)
 DURATION=${DURATION:-10}
 N=${N:-5}
 for b in "$BIN" notary notary-server notary-signer wrk openssl curl python3; do
@@ -124,18 +127,36 @@ if [ "${SKIP_DOCKER:-0}" != 1 ] && command -v dockerd >/dev/null && command -v d
   for _ in $(seq 1 300); do docker -H unix://"$D/s" version >/dev/null 2>&1 && break; sleep 0.2; done
   export DOCKER_HOST=unix://$D/s DOCKER_CONFIG=$D/cfg DOCKER_CONTENT_TRUST_ROOT_PASSPHRASE=bench DOCKER_CONTENT_TRUST_REPOSITORY_PASSPHRASE=bench
   mkdir -p "$D/rootfs"
+  push() { # label i trust-port → prints the push's wall time in ms
+    echo "$1 $2 $RANDOM" > "$D/rootfs/f"; tar -C "$D/rootfs" -cf "$D/r.tar" .
+    local img=127.0.0.1:$R_PORT/bench/$1:t$2
+    docker import "$D/r.tar" "$img" >/dev/null
+    local t0; t0=$(now_ms)
+    DOCKER_CONTENT_TRUST=1 DOCKER_CONTENT_TRUST_SERVER=https://127.0.0.1:$3 docker push "$img" >/dev/null
+    echo $(( $(now_ms) - t0 ))
+  }
   for label in notary swarmguard; do
     port=$N_PORT; [ $label = swarmguard ] && port=$S_PORT
+    # End to end, straight to the trust server. The first push creates the
+    # repository (keys, root); it is a sample like the others.
     times=()
-    for i in $(seq 1 "$N"); do
-      echo "$label $i $RANDOM" > "$D/rootfs/f"; tar -C "$D/rootfs" -cf "$D/r.tar" .
-      img=127.0.0.1:$R_PORT/bench/$label:t$i
-      docker import "$D/r.tar" "$img" >/dev/null
-      t0=$(now_ms)
-      DOCKER_CONTENT_TRUST=1 DOCKER_CONTENT_TRUST_SERVER=https://127.0.0.1:$port docker push "$img" >/dev/null
-      times+=($(( $(now_ms) - t0 )))
-    done
+    for i in $(seq 1 "$N"); do times+=($(push "$label" "$i" "$port")); done
     RESULT[$label,push_p50_ms]=$(printf '%s\n' "${times[@]}" | p50)
+    # The trust server's share: the same pushes (to a fresh repository, so the
+    # first one again creates it) through a byte-copying proxy that logs how
+    # long each exchange waits on the server (timing-proxy.py). Summed per push.
+    P_PORT=$(freeport); PLOG="$D/proxy-$label.log"; : > "$PLOG"
+    python3 "$HERE/timing-proxy.py" "$P_PORT" "$port" "$PLOG" & PIDS+=($!)
+    waitport "$P_PORT"
+    shares=(); ptimes=()
+    for i in $(seq 1 "$N"); do
+      : > "$PLOG"
+      ptimes+=($(push "$label-via-proxy" "$i" "$P_PORT"))
+      sleep 0.3   # the proxy logs a connection's last exchange once it sees the close
+      shares+=($(awk '{s+=$3-$1; n++} END{printf "%.1f\n", s/1e6}' "$PLOG"))
+      echo "$label push $i via proxy: ${ptimes[-1]} ms, trust server ${shares[-1]} ms in $(wc -l < "$PLOG") exchanges" >&2
+    done
+    RESULT[$label,push_trust_server_p50_ms]=$(printf '%s\n' "${shares[@]}" | p50)
   done
 fi
 

@@ -3,6 +3,7 @@
 //! upload validation, redb storage and a signer boundary.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cjson;
 pub mod multipart;
 pub mod names;

@@ -2,16 +2,17 @@
 //! gRPC with mutual TLS, and the [`Signer`] client the trust server uses to
 //! talk to it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::names;
-use crate::signer::{HeldKey, LocalSigner, MasterKey, Signer, SignerError};
+use crate::signer::{newest_listed, HeldKey, LocalSigner, MasterKey, Signer, SignerError};
 use crate::tuf::{KeyVal, PublicKey};
 
 /// Generated from proto/signer.proto.
@@ -104,6 +105,10 @@ fn info(k: HeldKey) -> pb::KeyInfo {
     }
 }
 
+/// For key creation only: it commits a redb write (an fsync), which must not stall the
+/// signer's other calls. Listing keys and signing are a short read transaction and one
+/// signature (tens of microseconds); they run inline, which spares a thread handoff per call
+/// and lets the signer run on a single thread.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
@@ -131,8 +136,7 @@ impl TrustSigner for Service {
     ) -> Result<Response<pb::KeyList>, Status> {
         let r = req.into_inner();
         check_names(&r.gun, &r.role)?;
-        let s = self.signer.clone();
-        let keys = blocking(move || s.keys(&r.gun, &r.role).map_err(status)).await?;
+        let keys = self.signer.keys(&r.gun, &r.role).map_err(status)?;
         Ok(Response::new(pb::KeyList {
             keys: keys.into_iter().map(info).collect(),
         }))
@@ -150,12 +154,10 @@ impl TrustSigner for Service {
         if r.message.len() > MAX_SIGN_BYTES {
             return Err(Status::invalid_argument("message too large"));
         }
-        let s = self.signer.clone();
-        let (method, signature) = blocking(move || {
-            s.sign(&r.gun, &r.role, &r.key_id, &r.message)
-                .map_err(status)
-        })
-        .await?;
+        let (method, signature) = self
+            .signer
+            .sign(&r.gun, &r.role, &r.key_id, &r.message)
+            .map_err(status)?;
         Ok(Response::new(pb::SignResponse { method, signature }))
     }
 }
@@ -206,7 +208,15 @@ pub struct RemoteConfig {
 pub struct RemoteSigner {
     client: TrustSignerClient<Channel>,
     handle: tokio::runtime::Handle,
+    /// The key lists last fetched, "gun\nrole" → keys oldest first. A signer only ever adds
+    /// keys, and a key ID is the hash of its public key, so a fetched list stays a true
+    /// prefix of the signer's list: every upload would otherwise cost two extra round trips
+    /// (one per server-signed role) to learn what it already knows.
+    known: Mutex<HashMap<String, Vec<HeldKey>>>,
 }
+
+/// Most (GUN, role) key lists remembered; past it the memory starts over.
+const MAX_KNOWN: usize = 16_384;
 
 impl RemoteSigner {
     /// Build a lazily connecting client; must be called inside a runtime.
@@ -226,7 +236,24 @@ impl RemoteSigner {
         Ok(RemoteSigner {
             client: TrustSignerClient::new(channel),
             handle: tokio::runtime::Handle::current(),
+            known: Mutex::default(),
         })
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<HeldKey>>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, gun: &str, role: &str, keys: &[HeldKey]) {
+        let mut known = self.known();
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        known.insert(format!("{gun}\n{role}"), keys.to_vec());
+    }
+
+    fn forget(&self, gun: &str, role: &str) {
+        self.known().remove(&format!("{gun}\n{role}"));
     }
 }
 
@@ -263,12 +290,14 @@ impl Signer for RemoteSigner {
             gun: gun.into(),
             role: role.into(),
         };
-        held(
+        let key = held(
             self.handle
                 .block_on(c.create_key(req))
                 .map_err(remote_err)?
                 .into_inner(),
-        )
+        );
+        self.forget(gun, role);
+        key
     }
 
     fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError> {
@@ -277,14 +306,33 @@ impl Signer for RemoteSigner {
             gun: gun.into(),
             role: role.into(),
         };
-        self.handle
+        let keys = self
+            .handle
             .block_on(c.list_keys(req))
             .map_err(remote_err)?
             .into_inner()
             .keys
             .into_iter()
             .map(held)
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        self.remember(gun, role, &keys);
+        Ok(keys)
+    }
+
+    fn held_key(
+        &self,
+        gun: &str,
+        role: &str,
+        keyids: &[String],
+    ) -> Result<Option<HeldKey>, SignerError> {
+        // Answer from memory only when it knows every key the root lists for the role: then
+        // the newest listed key it knows is the newest listed key the signer holds.
+        if let Some(keys) = self.known().get(&format!("{gun}\n{role}")) {
+            if keyids.iter().all(|id| keys.iter().any(|k| &k.id == id)) {
+                return Ok(newest_listed(keys.clone(), keyids));
+            }
+        }
+        Ok(newest_listed(self.keys(gun, role)?, keyids))
     }
 
     fn sign(
@@ -301,11 +349,16 @@ impl Signer for RemoteSigner {
             key_id: key_id.into(),
             message: msg.to_vec(),
         };
-        let r = self
-            .handle
-            .block_on(c.sign(req))
-            .map_err(remote_err)?
-            .into_inner();
+        let r = match self.handle.block_on(c.sign(req)) {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                if s.code() == tonic::Code::NotFound {
+                    // The signer lost a key this server remembered: ask it afresh next time.
+                    self.forget(gun, role);
+                }
+                return Err(remote_err(s));
+            }
+        };
         Ok((r.method, r.signature))
     }
 }

@@ -189,7 +189,7 @@ fn text(status: StatusCode, body: impl Into<Body>) -> Response {
         .into_response()
 }
 
-fn metadata(raw: Vec<u8>, immutable: bool) -> Response {
+fn metadata(raw: bytes::Bytes, immutable: bool) -> Response {
     let cache = if immutable {
         "public, max-age=2592000, s-maxage=2592000"
     } else {
@@ -209,6 +209,7 @@ async fn blocking<T: Send + 'static>(
 
 async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     app.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -216,7 +217,7 @@ async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
     if resp.status() == StatusCode::NOT_FOUND {
         app.metrics.not_found.fetch_add(1, Ordering::Relaxed);
     }
-    tracing::debug!(%method, path = %path.chars().take(300).collect::<String>(), status = resp.status().as_u16(), "request");
+    tracing::debug!(%method, path = %path.chars().take(300).collect::<String>(), status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
@@ -319,10 +320,11 @@ async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
     let Some(lookup) = parse_lookup(tail) else {
         return not_found();
     };
-    // Reads are short redb read transactions (no fsync, no signing): run them
-    // inline rather than paying a blocking-pool handoff per request. Only a
-    // timestamp that needs re-signing goes to the blocking pool.
-    let read = |lookup: &Lookup| -> Result<Option<(Vec<u8>, bool)>, StoreError> {
+    // Reads are served from the store's in-memory copy of each role's current version, or
+    // else a short redb read transaction (no fsync, no signing): run them inline rather than
+    // paying a blocking-pool handoff per request. Only a timestamp that needs re-signing goes
+    // to the blocking pool.
+    let read = |lookup: &Lookup| -> Result<Option<(bytes::Bytes, bool)>, StoreError> {
         Ok(match lookup {
             Lookup::Current(role) => app.store.current(&gun, role)?.map(|r| (r, false)),
             Lookup::Checksum(role, hex) => {
@@ -331,28 +333,33 @@ async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
             Lookup::Version(role, v) => app.store.version(&gun, role, *v)?.map(|r| (r, true)),
         })
     };
-    let mut res = read(&lookup);
-    if let (Lookup::Current(role), Ok(Some((raw, _)))) = (&lookup, &res) {
-        if role == "timestamp"
-            && validate::timestamp_needs_refresh(raw, time::OffsetDateTime::now_utc())
-        {
-            let a = app.clone();
-            let g = gun.clone();
-            if let Err(r) = blocking(move || refresh_timestamp(&a, &g)).await {
-                return r;
+    if let Lookup::Current(role) = &lookup {
+        if role == "timestamp" {
+            match app.store.current_entry(&gun, role) {
+                Ok(Some(ts)) => {
+                    let due = *ts
+                        .refresh_at
+                        .get_or_init(|| validate::timestamp_refresh_at(&ts.raw));
+                    if due.is_none_or(|t| time::OffsetDateTime::now_utc() >= t) {
+                        let a = app.clone();
+                        let g = gun.clone();
+                        if let Err(r) = blocking(move || refresh_timestamp(&a, &g)).await {
+                            return r;
+                        }
+                    }
+                }
+                Ok(None) => return not_found(),
+                Err(e) => return internal(e),
             }
-            res = read(&lookup);
         }
     }
-    let res: Result<_, Response> = Ok(res);
-    match res {
-        Ok(Ok(Some((raw, immutable)))) => {
+    match read(&lookup) {
+        Ok(Some((raw, immutable))) => {
             app.metrics.metadata_served.fetch_add(1, Ordering::Relaxed);
             metadata(raw, immutable)
         }
-        Ok(Ok(None)) => not_found(),
-        Ok(Err(e)) => internal(e),
-        Err(r) => r,
+        Ok(None) => not_found(),
+        Err(e) => internal(e),
     }
 }
 

@@ -53,6 +53,17 @@ pub trait Signer: Send + Sync {
     fn create_key(&self, gun: &str, role: &str) -> Result<HeldKey, SignerError>;
     /// All keys held for `gun`/`role`, oldest first.
     fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError>;
+    /// The newest key held for `gun`/`role` whose ID is one of `keyids` (the role's keys in
+    /// the root), if any. A signer that is expensive to ask may answer from what it learnt
+    /// earlier, as long as the answer is the one [`Signer::keys`] would give.
+    fn held_key(
+        &self,
+        gun: &str,
+        role: &str,
+        keyids: &[String],
+    ) -> Result<Option<HeldKey>, SignerError> {
+        Ok(newest_listed(self.keys(gun, role)?, keyids))
+    }
     /// Sign `msg` with key `key_id` of `gun`/`role`; returns (method, signature).
     fn sign(
         &self,
@@ -61,6 +72,11 @@ pub trait Signer: Send + Sync {
         key_id: &str,
         msg: &[u8],
     ) -> Result<(String, Vec<u8>), SignerError>;
+}
+
+/// The newest of `held` (oldest first) whose ID is in `keyids`.
+pub fn newest_listed(held: Vec<HeldKey>, keyids: &[String]) -> Option<HeldKey> {
+    held.into_iter().rev().find(|k| keyids.contains(&k.id))
 }
 
 /// 32-byte AES-256-GCM master key, zeroized on drop; sealing is the project's one AEAD

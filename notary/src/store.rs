@@ -1,13 +1,16 @@
 //! Durable metadata storage in redb. Uploaded files are stored verbatim and
 //! served byte for byte. Every upload is validated and written inside one
-//! write transaction, so validation and storage cannot interleave.
+//! write transaction, so validation and storage cannot interleave. The current version of each
+//! role that has been read is also kept in memory ([`crate::cache`]), dropped after every write.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{Cache, Current};
 use crate::tuf;
 use crate::validate::{RepoState, Write};
 
@@ -50,6 +53,7 @@ pub struct Change {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    cache: Arc<Cache>,
 }
 
 fn prefix(gun: &str) -> (String, String) {
@@ -67,7 +71,10 @@ impl Store {
         tx.open_table(CHECKSUM).map_err(se)?;
         tx.open_table(FEED).map_err(se)?;
         tx.commit().map_err(se)?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            cache: Arc::default(),
+        })
     }
 
     /// The database, shared with the in-process signer.
@@ -76,7 +83,17 @@ impl Store {
     }
 
     /// Current bytes of `role`.
-    pub fn current(&self, gun: &str, role: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn current(&self, gun: &str, role: &str) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.current_entry(gun, role)?.map(|c| c.raw.clone()))
+    }
+
+    /// Current version of `role`, from memory when it has been read since the last write to
+    /// `gun`.
+    pub fn current_entry(&self, gun: &str, role: &str) -> Result<Option<Arc<Current>>, StoreError> {
+        if let Some(c) = self.cache.get(gun, role) {
+            return Ok(Some(c));
+        }
+        let generation = self.cache.generation();
         let tx = self.db.begin_read().map_err(se)?;
         let cur = tx.open_table(CURRENT).map_err(se)?;
         let Some(v) = cur
@@ -86,7 +103,12 @@ impl Store {
         else {
             return Ok(None);
         };
-        self.version_in(&tx, gun, role, v)
+        let Some(raw) = self.version_in(&tx, gun, role, v)? else {
+            return Err(StoreError(format!("missing {role} v{v}")));
+        };
+        let c = Arc::new(Current::new(v, raw.into()));
+        self.cache.insert(generation, gun, role, c.clone());
+        Ok(Some(c))
     }
 
     fn version_in(
@@ -109,18 +131,28 @@ impl Store {
         gun: &str,
         role: &str,
         version: u64,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<Bytes>, StoreError> {
+        if let Some(c) = self.current_entry(gun, role)? {
+            if c.version == version {
+                return Ok(Some(c.raw.clone()));
+            }
+        }
         let tx = self.db.begin_read().map_err(se)?;
-        self.version_in(&tx, gun, role, version)
+        Ok(self.version_in(&tx, gun, role, version)?.map(Bytes::from))
     }
 
-    /// `role` whose sha256 is `hex`.
+    /// `role` whose sha256 (or sha384, sha512) is `hex`.
     pub fn by_checksum(
         &self,
         gun: &str,
         role: &str,
         hex: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<Bytes>, StoreError> {
+        if let Some(c) = self.current_entry(gun, role)? {
+            if c.sha256 == hex {
+                return Ok(Some(c.raw.clone()));
+            }
+        }
         let tx = self.db.begin_read().map_err(se)?;
         let t = tx.open_table(CHECKSUM).map_err(se)?;
         let Some(v) = t
@@ -130,7 +162,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        self.version_in(&tx, gun, role, v)
+        Ok(self.version_in(&tx, gun, role, v)?.map(Bytes::from))
     }
 
     fn load_state(tx: &redb::WriteTransaction, gun: &str) -> Result<RepoState, StoreError> {
@@ -159,12 +191,14 @@ impl Store {
         gun: &str,
         f: impl FnOnce(&RepoState) -> Result<Vec<Write>, E>,
     ) -> Result<Vec<Write>, E> {
+        let started = std::time::Instant::now();
         let tx = self.db.begin_write().map_err(se)?;
         let state = Self::load_state(&tx, gun)?;
         let writes = f(&state)?;
         if writes.is_empty() {
             return Ok(writes);
         }
+        let decided = started.elapsed();
         {
             let mut meta = tx.open_table(META).map_err(se)?;
             let mut cur = tx.open_table(CURRENT).map_err(se)?;
@@ -209,6 +243,13 @@ impl Store {
             }
         }
         tx.commit().map_err(se)?;
+        self.cache.invalidate(gun);
+        tracing::debug!(
+            gun,
+            decide_us = decided.as_micros() as u64,
+            commit_us = (started.elapsed() - decided).as_micros() as u64,
+            "stored update"
+        );
         Ok(writes)
     }
 
@@ -251,6 +292,7 @@ impl Store {
                 .map_err(se)?;
         }
         tx.commit().map_err(se)?;
+        self.cache.invalidate(gun);
         Ok(existed)
     }
 

@@ -423,10 +423,15 @@ fn make_timestamp(
 
 /// Does this timestamp expire within half its lifetime (or is it unreadable)?
 pub fn timestamp_needs_refresh(raw: &[u8], now: OffsetDateTime) -> bool {
-    let Ok(ts) = tuf::parse::<Timestamp>(raw, "Timestamp") else {
-        return true;
-    };
-    tuf::parse_time(&ts.body.expires).map_or(true, |e| e - now <= TIMESTAMP_LIFETIME / 2)
+    timestamp_refresh_at(raw).is_none_or(|t| now >= t)
+}
+
+/// From when on this timestamp expires within half its lifetime and is to be re-signed;
+/// `None` if it cannot be read (re-sign now).
+pub fn timestamp_refresh_at(raw: &[u8]) -> Option<OffsetDateTime> {
+    let ts = tuf::parse::<Timestamp>(raw, "Timestamp").ok()?;
+    let expires = tuf::parse_time(&ts.body.expires).ok()?;
+    Some(expires - TIMESTAMP_LIFETIME / 2)
 }
 
 /// If the current timestamp expires within half its lifetime (or the root
@@ -461,11 +466,7 @@ fn held_key(
     role: &str,
     keyids: &[String],
 ) -> Result<Option<HeldKey>, UpdateError> {
-    Ok(signer
-        .keys(gun, role)?
-        .into_iter()
-        .rev()
-        .find(|k| keyids.contains(&k.id)))
+    Ok(signer.held_key(gun, role, keyids)?)
 }
 
 fn sign_document(
