@@ -59,6 +59,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::TrustSigner(_) = cli.command {
+        exec_small_trust_signer();
+    }
     // One TLS stack with one provider, chosen here rather than by whichever crate asks first.
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -79,4 +82,25 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(args) => agent_cli::run(args).await,
         }
     })
+}
+
+/// `swarmguard trust-signer` becomes `swarmguard-trust-signer` (same options) when that binary
+/// sits next to this one: it links only the signer, so the long-running process holding the
+/// timestamp and snapshot keys is a third of the size. Without it, the signer runs in here.
+fn exec_small_trust_signer() {
+    use std::os::unix::process::CommandExt;
+    let Some(small) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("swarmguard-trust-signer")))
+        .filter(|p| p.is_file())
+    else {
+        return;
+    };
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "trust-signer") {
+        args.remove(i);
+    }
+    let err = std::process::Command::new(&small).args(args).exec();
+    // Only reached when exec failed: say so and serve from this binary instead.
+    tracing::warn!(path = %small.display(), error = %err, "could not start the small trust signer; running it in this process");
 }

@@ -51,6 +51,13 @@ fn notary_cli_through_remote_signer() {
 fn signer_requires_client_certificate_from_its_ca() {
     let dir = support::short_tempdir("sgx");
     let signer = TrustSigner::start(&dir.path().join("signer"));
+    // `swarmguard trust-signer` handed over to the signer-only binary (same process, exec).
+    let exe = std::fs::read_link(format!("/proc/{}/exe", signer.proc.pid())).unwrap();
+    assert!(
+        exe.ends_with("swarmguard-trust-signer"),
+        "the signer runs as {}",
+        exe.display()
+    );
 
     // No client certificate: the TLS handshake is refused.
     let mut c = Command::new(support::require_bin("curl"));
