@@ -316,10 +316,12 @@ async fn identity_changed(
     events: &mut broadcast::Receiver<crate::store::Applied>,
     control: &Control,
 ) {
+    // A join or leave changes this; it also wakes the supervisor through membership_changed,
+    // which calls here again.
+    let own = control.local_identity().map(|l| node_key(&l.node_id));
     loop {
         match events.recv().await {
             Ok(a) => {
-                let own = control.local_identity().map(|l| node_key(&l.node_id));
                 if a.keys
                     .iter()
                     .any(|k| k == CLUSTER_KEY || Some(k) == own.as_ref())
