@@ -74,7 +74,10 @@ impl Wal {
             use std::io::Read;
             (&file).read_to_end(&mut raw).map_err(io(path))?;
         }
-        if raw.is_empty() {
+        // A new file, or one whose creation a crash cut short (a prefix of the magic, or zeros).
+        if raw.len() < MAGIC.len() && (MAGIC.starts_with(&raw) || raw.iter().all(|&b| b == 0)) {
+            file.set_len(0).map_err(io(path))?;
+            raw.clear();
             (&file).write_all(MAGIC).map_err(io(path))?;
             file.sync_all().map_err(io(path))?;
             sync_dir(path)?;
@@ -384,6 +387,13 @@ mod tests {
         std::fs::write(&path, [good.as_slice(), &huge, &[1u8; 64]].concat()).unwrap();
         let err = Wal::open(&path).err().unwrap();
         assert!(err.to_string().contains("over the"), "{err}");
+        // A creation cut short is not damage: the file starts over.
+        for stub in [&b"SGW"[..], &[0u8; 5][..]] {
+            std::fs::write(&path, stub).unwrap();
+            let (_, found) = Wal::open(&path).unwrap();
+            assert!(found.is_empty());
+            assert_eq!(std::fs::read(&path).unwrap(), MAGIC);
+        }
         std::fs::write(&path, b"SQLite format 3\0").unwrap();
         let err = Wal::open(&path).err().unwrap();
         assert!(err.to_string().contains("bad magic"), "{err}");
