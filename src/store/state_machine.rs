@@ -312,19 +312,13 @@ fn store_snapshot(
     Ok(())
 }
 
+/// A write transaction that commits with fsync: every commit to the state file is one of the
+/// batched flushes, a snapshot or an install, never a per-apply write.
 fn write_tx(db: &Database, path: &Path) -> Result<redb::WriteTransaction, StoreError> {
-    write_tx_with(db, path, Durability::Immediate)
-}
-
-fn write_tx_with(
-    db: &Database,
-    path: &Path,
-    durability: Durability,
-) -> Result<redb::WriteTransaction, StoreError> {
     let mut tx = db
         .begin_write()
         .map_err(|e| StoreError::db(what(path), e))?;
-    tx.set_durability(durability)
+    tx.set_durability(Durability::Immediate)
         .map_err(|e| StoreError::db(what(path), e))?;
     Ok(tx)
 }
