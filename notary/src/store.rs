@@ -56,6 +56,33 @@ pub struct Store {
     cache: Arc<Cache>,
 }
 
+/// Appends one changefeed record (the next ID after the last) for `gun`.
+fn append_change(
+    feed: &mut redb::Table<'_, u64, &[u8]>,
+    gun: &str,
+    version: u64,
+    sha256: String,
+    category: &str,
+) -> Result<(), StoreError> {
+    let id = feed
+        .last()
+        .map_err(se)?
+        .map(|(k, _)| k.value())
+        .unwrap_or(0)
+        + 1;
+    let rec = Change {
+        id: id.to_string(),
+        created_at: tuf::format_time(time::OffsetDateTime::now_utc()),
+        gun: gun.to_string(),
+        version,
+        sha256,
+        category: category.into(),
+    };
+    feed.insert(id, serde_json::to_vec(&rec).map_err(se)?.as_slice())
+        .map_err(se)?;
+    Ok(())
+}
+
 fn prefix(gun: &str) -> (String, String) {
     (format!("{gun}\n"), format!("{gun}\u{b}"))
 }
@@ -223,22 +250,7 @@ impl Store {
                         .map_err(se)?;
                 }
                 if w.role == "timestamp" {
-                    let id = feed
-                        .last()
-                        .map_err(se)?
-                        .map(|(k, _)| k.value())
-                        .unwrap_or(0)
-                        + 1;
-                    let rec = Change {
-                        id: id.to_string(),
-                        created_at: tuf::format_time(time::OffsetDateTime::now_utc()),
-                        gun: gun.to_string(),
-                        version: w.version,
-                        sha256: tuf::sha256_hex(&w.raw),
-                        category: "update".into(),
-                    };
-                    feed.insert(id, serde_json::to_vec(&rec).map_err(se)?.as_slice())
-                        .map_err(se)?;
+                    append_change(&mut feed, gun, w.version, tuf::sha256_hex(&w.raw), "update")?;
                 }
             }
         }
@@ -274,22 +286,7 @@ impl Store {
                 .map_err(se)?;
             sums.retain_in(lo.as_str()..hi.as_str(), |_, _| false)
                 .map_err(se)?;
-            let id = feed
-                .last()
-                .map_err(se)?
-                .map(|(k, _)| k.value())
-                .unwrap_or(0)
-                + 1;
-            let rec = Change {
-                id: id.to_string(),
-                created_at: tuf::format_time(time::OffsetDateTime::now_utc()),
-                gun: gun.to_string(),
-                version: 0,
-                sha256: String::new(),
-                category: "deletion".into(),
-            };
-            feed.insert(id, serde_json::to_vec(&rec).map_err(se)?.as_slice())
-                .map_err(se)?;
+            append_change(&mut feed, gun, 0, String::new(), "deletion")?;
         }
         tx.commit().map_err(se)?;
         self.cache.invalidate(gun);
