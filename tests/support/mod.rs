@@ -225,17 +225,10 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// A self-signed P-256 server certificate for 127.0.0.1/localhost (+ extra
-/// DNS names), made with the openssl CLI. Returns (cert, key) paths.
-pub fn make_server_cert(dir: &Path, dns: &[&str]) -> (PathBuf, PathBuf) {
-    let openssl = require_bin("openssl");
-    let cert = dir.join("server.crt");
-    let key = dir.join("server.key");
-    let mut san = String::from("subjectAltName=IP:127.0.0.1,DNS:localhost");
-    for d in dns {
-        san.push_str(&format!(",DNS:{d}"));
-    }
-    let mut cmd = Command::new(openssl);
+/// A self-signed P-256 certificate (30 days) with subject `subj` and `-addext` extensions,
+/// made with the openssl CLI at `cert` / `key`.
+fn self_signed(cert: &Path, key: &Path, subj: &str, exts: &[&str]) {
+    let mut cmd = Command::new(require_bin("openssl"));
     cmd.args([
         "req",
         "-x509",
@@ -246,21 +239,32 @@ pub fn make_server_cert(dir: &Path, dns: &[&str]) -> (PathBuf, PathBuf) {
         "-nodes",
         "-days",
         "30",
-    ])
-    .args([
         "-subj",
-        "/CN=swarmguard-trust-test",
-        "-addext",
-        &san,
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-    ])
-    .arg("-keyout")
-    .arg(&key)
-    .arg("-out")
-    .arg(&cert);
+        subj,
+    ]);
+    for e in exts {
+        cmd.args(["-addext", e]);
+    }
+    cmd.arg("-keyout").arg(key).arg("-out").arg(cert);
     let o = run(cmd, Duration::from_secs(30));
-    assert!(o.status.success(), "openssl failed: {}", text(&o));
+    assert!(o.status.success(), "openssl req -x509 {subj}: {}", text(&o));
+}
+
+/// A self-signed P-256 server certificate for 127.0.0.1/localhost (+ extra
+/// DNS names), made with the openssl CLI. Returns (cert, key) paths.
+pub fn make_server_cert(dir: &Path, dns: &[&str]) -> (PathBuf, PathBuf) {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let mut san = String::from("subjectAltName=IP:127.0.0.1,DNS:localhost");
+    for d in dns {
+        san.push_str(&format!(",DNS:{d}"));
+    }
+    self_signed(
+        &cert,
+        &key,
+        "/CN=swarmguard-trust-test",
+        &[&san, "basicConstraints=critical,CA:TRUE"],
+    );
     (cert, key)
 }
 
@@ -279,31 +283,15 @@ impl TestCa {
         std::fs::create_dir_all(dir).unwrap();
         let cert = dir.join("ca.crt");
         let key = dir.join("ca.key");
-        let mut cmd = Command::new(require_bin("openssl"));
-        cmd.args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-        ])
-        .args(["-subj", &format!("/CN={cn}")])
-        .args([
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert);
-        let o = run(cmd, Duration::from_secs(30));
-        assert!(o.status.success(), "openssl CA: {}", text(&o));
+        self_signed(
+            &cert,
+            &key,
+            &format!("/CN={cn}"),
+            &[
+                "basicConstraints=critical,CA:TRUE",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
         TestCa {
             dir: dir.to_path_buf(),
             cert,
