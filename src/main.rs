@@ -1,20 +1,9 @@
-//! swarmguard: a hardened security plane for Docker Swarm clusters.
-//!
-//! One binary: the manager daemon (Engine API for the docker CLI, cluster CA, Raft store), the
-//! Notary-compatible trust server and its signer, and, as it lands, the worker agent.
+//! The `swarmguard` command line: parses it, sets up logging and the runtime, and starts the
+//! chosen part (manager, trust server, trust signer, agent). Everything else is in the library.
 #![forbid(unsafe_code)]
 
-mod agent;
-mod agent_cli;
-mod control;
-mod engine;
-mod grpc;
-mod manager;
-// `subscribe`, `node_id` and `trigger_snapshot` serve the dispatcher and multi-manager work next.
-#[allow(dead_code)]
-mod store;
-
 use clap::{Parser, Subcommand};
+use swarmguard::{agent, manager};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -46,7 +35,7 @@ enum Command {
     TrustSigner(swarmguard_notary::remote::SignerArgs),
     /// Be a swarm node without dockerd: join with a token, then keep a session, heartbeats and a
     /// rotating mTLS identity (`agent join --token … ADDR`, `agent run`).
-    Agent(agent_cli::AgentArgs),
+    Agent(agent::cli::AgentArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             Command::Manager(args) => manager::run(args).await,
             Command::TrustServer(args) => Ok(swarmguard_notary::server::serve(args).await?),
             Command::TrustSigner(args) => Ok(swarmguard_notary::remote::serve_signer(args).await?),
-            Command::Agent(args) => agent_cli::run(args).await,
+            Command::Agent(args) => agent::cli::run(args).await,
         }
     })
 }

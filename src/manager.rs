@@ -82,7 +82,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         advertise_addr: args.advertise_addr.clone(),
     };
     let control =
-        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.message))?);
+        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
     match control.local_node_id() {
         Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
         None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),
@@ -136,7 +136,17 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         let control = control.clone();
         let stop = stop_rx.clone();
         tokio::spawn(async move {
-            crate::grpc::keep_own_certificate_fresh(control, stop).await;
+            crate::control::renewal::keep_own_certificate_fresh(control, stop).await;
+            Ok(())
+        })
+    });
+
+    // ... and certificates a signer could not sign at once get signed in the background.
+    servers.push({
+        let control = control.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            crate::control::signer::reconcile(control, stop).await;
             Ok(())
         })
     });

@@ -29,7 +29,8 @@ pub const MAX_CSR_PEM_LEN: usize = 16 * 1024;
 ///
 /// Only [`check_csr`] makes one, and issuance takes only this type, so a CSR is verified
 /// exactly once however many layers it passes through (the signature check is the costly part
-/// of a join after the TLS handshake).
+/// of a join after the TLS handshake). Cloning copies the checked key, not the check.
+#[derive(Clone)]
 pub struct CheckedCsr {
     /// Ready for rcgen to embed in a certificate.
     pub(crate) spki: rcgen::SubjectPublicKeyInfo,

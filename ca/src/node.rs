@@ -76,6 +76,8 @@ pub struct NodeIdentity {
     pub role: NodeRole,
     /// O.
     pub cluster_id: String,
+    /// Start of the certificate's validity.
+    pub not_before: SystemTime,
     /// Certificate expiry.
     pub not_after: SystemTime,
 }
@@ -222,6 +224,37 @@ pub fn verify_node_certificate(root: &RootCa, cert_pem: &[u8]) -> Result<NodeIde
         Ok(Some(eku)) if eku.value.server_auth && eku.value.client_auth => {}
         _ => return Err(bad("missing serverAuth and clientAuth extended key usage")),
     }
+    identity_of(&cert)
+}
+
+
+/// Reads the identity a node certificate names (the first certificate of `cert`, PEM or DER)
+/// without checking its chain: for callers whose TLS stack already verified it against the
+/// cluster root (the cluster port's client certificates, the agent's issued certificate).
+/// The subject rules are [`verify_node_certificate`]'s.
+pub fn read_node_certificate(cert: &[u8]) -> Result<NodeIdentity, CaError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = CaError::BadNodeCertificate;
+    let der = if cert.starts_with(b"-----") {
+        <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(cert)
+            .find_map(|item| match item {
+                Ok((SectionKind::Certificate, der)) => Some(Ok(der)),
+                Ok(_) => None,
+                Err(_) => Some(Err(())),
+            })
+            .ok_or(bad("no PEM CERTIFICATE block"))?
+            .map_err(|_| bad("malformed PEM"))?
+    } else {
+        cert.to_vec()
+    };
+    let (_, parsed) =
+        X509Certificate::from_der(&der).map_err(|_| bad("not a valid X.509 certificate"))?;
+    identity_of(&parsed)
+}
+
+/// CN, OU and O, each exactly once and well formed, and the validity period.
+fn identity_of(cert: &X509Certificate<'_>) -> Result<NodeIdentity, CaError> {
+    let bad = CaError::BadNodeCertificate;
     let subject = cert.subject();
     let one = |mut it: Box<dyn Iterator<Item = _> + '_>| -> Option<String> {
         let first: &x509_parser::x509::AttributeTypeAndValue<'_> = it.next()?;
@@ -249,6 +282,21 @@ pub fn verify_node_certificate(root: &RootCa, cert_pem: &[u8]) -> Result<NodeIde
         node_id,
         role,
         cluster_id,
+        not_before: cert.validity().not_before.to_datetime().into(),
         not_after: cert.validity().not_after.to_datetime().into(),
     })
+}
+
+/// Time until a random point between 50 % and 80 % of a certificate's lifetime, from
+/// NotBefore (SwarmKit's rule; the randomness spreads a cluster's renewals out).
+pub fn renewal_delay(not_before: SystemTime, not_after: SystemTime) -> StdDuration {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(StdDuration::ZERO);
+    let mut r = [0u8; 4];
+    crate::rand::fill_or_panic(&mut r);
+    let frac = 0.5 + 0.3 * (u32::from_le_bytes(r) as f64 / (u32::MAX as f64 + 1.0));
+    let at = not_before + life.mul_f64(frac);
+    at.duration_since(SystemTime::now())
+        .unwrap_or(StdDuration::ZERO)
 }

@@ -6,6 +6,7 @@
 //! heartbeats, renews at a random 50–80 % of the certificate's lifetime (or at once on ROTATE
 //! or a role change) and reconnects with backoff.
 
+pub mod cli;
 pub mod storm;
 pub mod tls;
 
@@ -19,7 +20,7 @@ use tonic::Code;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
-use crate::grpc::pb;
+use crate::pb;
 use swarmguard_secrets::atomic::{write_atomic, Placement};
 
 #[derive(Debug, thiserror::Error)]
@@ -154,12 +155,12 @@ pub fn validate(
     use rustls::client::danger::ServerCertVerifier;
     use rustls::pki_types::{ServerName, UnixTime};
     let bad = |m: String| AgentError::BadCertificate(m);
-    let roots = crate::grpc::tls::roots_from_pem(root_pem).map_err(|e| bad(e.to_string()))?;
-    let certs = crate::grpc::tls::certs_from_pem(cert_pem, "the issued certificate")
+    let roots = crate::tls::roots_from_pem(root_pem).map_err(|e| bad(e.to_string()))?;
+    let certs = crate::tls::certs_from_pem(cert_pem, "the issued certificate")
         .map_err(|e| bad(e.to_string()))?;
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
-        crate::grpc::tls::provider(),
+        crate::tls::provider(),
     )
     .build()
     .map_err(|e| bad(e.to_string()))?;
@@ -267,7 +268,7 @@ pub fn load(dir: &Path) -> Result<(Credentials, SocketAddr), AgentError> {
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no manager address"),
         })?;
     let (_, x) = {
-        let der = crate::grpc::tls::certs_from_pem(&cert, "swarm-node.crt")
+        let der = crate::tls::certs_from_pem(&cert, "swarm-node.crt")
             .map_err(|e| AgentError::BadCertificate(e.to_string()))?;
         let der = der[0].as_ref().to_vec();
         let (_, x) = X509Certificate::from_der(&der)
@@ -297,14 +298,14 @@ impl Default for RunOptions {
         RunOptions {
             renew_after: None,
             description: pb::NodeDescription {
-                hostname: crate::control::local::hostname(),
+                hostname: crate::host::hostname(),
                 platform: Some(pb::Platform {
                     architecture: std::env::consts::ARCH.into(),
                     os: std::env::consts::OS.into(),
                 }),
                 resources: Some(pb::Resources {
-                    nano_cpus: crate::control::local::cpus() * 1_000_000_000,
-                    memory_bytes: crate::control::local::memory_bytes(),
+                    nano_cpus: crate::host::cpus() * 1_000_000_000,
+                    memory_bytes: crate::host::memory_bytes(),
                 }),
                 engine: Some(pb::EngineDescription {
                     engine_version: format!("swarmguard-agent-{}", env!("CARGO_PKG_VERSION")),
@@ -327,18 +328,6 @@ pub struct AgentState {
     pub cert_not_after: Option<SystemTime>,
 }
 
-/// Time until a random point between 50 % and 80 % of a certificate's lifetime, from
-/// NotBefore (SwarmKit's rule; the randomness spreads a cluster's renewals out).
-pub fn renewal_delay(not_before: SystemTime, not_after: SystemTime) -> Duration {
-    let life = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    let frac = rand::random_range(0.5..0.8);
-    let at = not_before + life.mul_f64(frac);
-    at.duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO)
-}
-
 enum SessionEnd {
     Renew,
     Lost(AgentError),
@@ -359,7 +348,7 @@ pub async fn run(
     let mut renew_at = tokio::time::Instant::now()
         + opts
             .renew_after
-            .unwrap_or_else(|| renewal_delay(creds.not_before, creds.not_after));
+            .unwrap_or_else(|| swarmguard_ca::renewal_delay(creds.not_before, creds.not_after));
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -384,7 +373,7 @@ pub async fn run(
                         });
                         renew_at = tokio::time::Instant::now()
                             + opts.renew_after.unwrap_or_else(|| {
-                                renewal_delay(creds.not_before, creds.not_after)
+                                swarmguard_ca::renewal_delay(creds.not_before, creds.not_after)
                             });
                         backoff = Duration::from_millis(100);
                         continue;
@@ -406,7 +395,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = crate::grpc::until_true(&mut stop) => return Ok(()),
+            _ = crate::util::until_true(&mut stop) => return Ok(()),
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
@@ -470,7 +459,7 @@ async fn session(
     let mut next_hb = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = crate::grpc::until_true(stop) => return SessionEnd::Stop,
+            _ = crate::util::until_true(stop) => return SessionEnd::Stop,
             _ = tokio::time::sleep_until(renew_at) => return SessionEnd::Renew,
             _ = tokio::time::sleep_until(next_hb) => {
                 match d.heartbeat(pb::HeartbeatRequest { session_id: session_id.clone() }).await {
@@ -524,7 +513,7 @@ fn needs_renewal(m: &pb::SessionMessage, creds: &Credentials) -> bool {
 }
 
 fn tls_info(c: &Credentials) -> pb::NodeTlsInfo {
-    let (subject, spki) = crate::grpc::tls::certs_from_pem(&c.root_pem, "root")
+    let (subject, spki) = crate::tls::certs_from_pem(&c.root_pem, "root")
         .ok()
         .and_then(|certs| {
             let der = certs[0].as_ref().to_vec();

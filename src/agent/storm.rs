@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use swarmguard_ca::JoinToken;
 
 use super::{download_root, tls, AgentError};
-use crate::grpc::pb;
+use crate::pb;
 
 #[derive(Debug, serde::Serialize)]
 pub struct StormResult {

@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use super::AgentError;
-use crate::grpc::tls::{certs_from_pem, key_from_pem, provider, roots_from_pem};
+use crate::tls::{certs_from_pem, key_from_pem, provider, roots_from_pem};
 
 /// The root download's verifier: the server certificate is not checked here because the join
 /// token's digest of the downloaded root replaces that check (SwarmKit's InsecureSkipVerify);

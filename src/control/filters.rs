@@ -18,22 +18,22 @@ impl Filters {
             return Ok(Filters::default());
         };
         if raw.len() > MAX_FILTER_BYTES {
-            return Err(ControlError::bad_request(format!(
+            return Err(ControlError::InvalidArgument(format!(
                 "filters are too long: at most {MAX_FILTER_BYTES} bytes are accepted"
             )));
         }
         let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
-            ControlError::bad_request(format!(
+            ControlError::InvalidArgument(format!(
                 "invalid filter: {e}; expected JSON such as {{\"role\":{{\"manager\":true}}}}"
             ))
         })?;
         let obj = value.as_object().ok_or_else(|| {
-            ControlError::bad_request("invalid filter: expected a JSON object of filter names")
+            ControlError::InvalidArgument("invalid filter: expected a JSON object of filter names".into())
         })?;
         let mut out = BTreeMap::new();
         for (key, values) in obj {
             if !allowed.contains(&key.as_str()) {
-                return Err(ControlError::bad_request(format!("Invalid filter '{key}'")));
+                return Err(ControlError::InvalidArgument(format!("Invalid filter '{key}'")));
             }
             let set: BTreeSet<String> = match values {
                 serde_json::Value::Object(m) => m
@@ -45,20 +45,20 @@ impl Filters {
                     .iter()
                     .map(|v| {
                         v.as_str().map(str::to_string).ok_or_else(|| {
-                            ControlError::bad_request(format!(
+                            ControlError::InvalidArgument(format!(
                                 "invalid filter '{key}': values must be strings"
                             ))
                         })
                     })
                     .collect::<Result<_, _>>()?,
                 _ => {
-                    return Err(ControlError::bad_request(format!(
+                    return Err(ControlError::InvalidArgument(format!(
                         "invalid filter '{key}': expected an object or a list of values"
                     )))
                 }
             };
             if set.len() > MAX_VALUES {
-                return Err(ControlError::bad_request(format!(
+                return Err(ControlError::InvalidArgument(format!(
                     "invalid filter '{key}': at most {MAX_VALUES} values are accepted"
                 )));
             }
@@ -79,14 +79,14 @@ impl Filters {
     pub fn validate_nodes(&self) -> Result<(), ControlError> {
         if let Some(roles) = self.values("role") {
             if let Some(bad) = roles.iter().find(|r| *r != "manager" && *r != "worker") {
-                return Err(ControlError::bad_request(format!(
+                return Err(ControlError::InvalidArgument(format!(
                     "Invalid role filter: '{bad}'"
                 )));
             }
         }
         if let Some(ms) = self.values("membership") {
             if let Some(bad) = ms.iter().find(|m| *m != "accepted" && *m != "pending") {
-                return Err(ControlError::bad_request(format!(
+                return Err(ControlError::InvalidArgument(format!(
                     "Invalid membership filter: '{bad}'"
                 )));
             }
@@ -101,8 +101,8 @@ impl Filters {
         };
         let labels = n.spec.labels.clone().unwrap_or_default();
         any("id", &|v| n.id.starts_with(v))
-            && any("name", &|v| super::node_name(n).starts_with(v))
-            && any("role", &|v| n.spec.role == v)
+            && any("name", &|v| n.name().starts_with(v))
+            && any("role", &|v| n.spec.role.as_str() == v)
             && any("membership", &|v| v == "accepted")
             && any("node.label", &|v| label_matches(&labels, v))
             // Engine labels: swarmguard records none for its nodes yet, so only an empty set
@@ -141,12 +141,12 @@ mod tests {
         ];
         for (raw, want) in cases {
             let err = Filters::parse(Some(raw), Filters::NODE_KEYS).unwrap_err();
-            assert!(err.message.contains(want), "{raw}: {}", err.message);
-            assert_eq!(err.status, 400);
+            assert!(err.to_string().contains(want), "{raw}: {}", err.to_string());
+            assert_eq!(err.http_status(), 400);
         }
         let f = Filters::parse(Some(r#"{"role":{"boss":true}}"#), Filters::NODE_KEYS).unwrap();
         assert_eq!(
-            f.validate_nodes().unwrap_err().message,
+            f.validate_nodes().unwrap_err().to_string(),
             "Invalid role filter: 'boss'"
         );
         let long = format!(r#"{{"id":["{}"]}}"#, "a".repeat(20_000));

@@ -16,7 +16,7 @@ use swarmguard_ca::RootCa;
 
 use super::error::ControlError;
 use super::parse_addr;
-use crate::engine::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
+use super::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
 use swarmguard_secrets::atomic::{write_atomic, Placement};
 
 /// Daemon flags that shape the swarm addresses.
@@ -45,7 +45,7 @@ impl ManagerConfig {
             self.listen_addr
         } else {
             parse_addr(listen, self.listen_addr.port()).ok_or_else(|| {
-                ControlError::bad_request(format!(
+                ControlError::InvalidArgument(format!(
                     "invalid ListenAddr {listen:?}: give an IP address and port such as 0.0.0.0:2377 (interface names are not supported)"
                 ))
             })?
@@ -57,19 +57,17 @@ impl ManagerConfig {
         };
         let advertise_addr = if wanted.is_empty() {
             if listen_addr.ip().is_unspecified() {
-                return Err(ControlError::bad_request(
-                    "could not choose an IP address to advertise since this system has multiple addresses",
-                ));
+                return Err(ControlError::InvalidArgument("could not choose an IP address to advertise since this system has multiple addresses".into()));
             }
             listen_addr
         } else {
             let sa = parse_addr(&wanted, listen_addr.port()).ok_or_else(|| {
-                ControlError::bad_request(format!(
+                ControlError::InvalidArgument(format!(
                     "invalid AdvertiseAddr {wanted:?}: give an IP address, optionally with a port, such as 192.0.2.10:2377 (interface names are not supported)"
                 ))
             })?;
             if sa.ip().is_unspecified() {
-                return Err(ControlError::bad_request(format!(
+                return Err(ControlError::InvalidArgument(format!(
                     "advertise address must be a non-zero IP address or network interface (with optional port number), got {wanted:?}"
                 )));
             }
@@ -164,7 +162,7 @@ impl LocalIdentity {
         if next_cert.exists() {
             let c = fs::read(&next_cert)?;
             let k = zeroize::Zeroizing::new(fs::read(&key)?);
-            if crate::grpc::tls::key_matches_certificate(&c, &k) {
+            if crate::tls::key_matches_certificate(&c, &k) {
                 write_atomic(&cert, &c, 0o644, Placement::Replace)?;
             } else {
                 tracing::warn!("dropped a certificate renewal that a crash interrupted before its key was saved");
@@ -177,21 +175,10 @@ impl LocalIdentity {
     /// NotBefore and NotAfter of this node's certificate.
     pub fn certificate_validity(data_dir: &Path) -> io::Result<(SystemTime, SystemTime)> {
         let pem = fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))?;
-        let bad = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("swarm-node.crt: {what}"),
-            )
-        };
-        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).map_err(|_| bad("not PEM"))?;
-        let cert = p.parse_x509().map_err(|_| bad("not a certificate"))?;
-        let at = |t: x509_parser::time::ASN1Time| {
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.timestamp().max(0) as u64)
-        };
-        Ok((
-            at(cert.validity().not_before),
-            at(cert.validity().not_after),
-        ))
+        let id = swarmguard_ca::read_node_certificate(&pem).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("swarm-node.crt: {e}"))
+        })?;
+        Ok((id.not_before, id.not_after))
     }
 
     /// Reads the identity back and checks the certificate still chains to the cluster root and
@@ -215,6 +202,14 @@ impl LocalIdentity {
         Ok(identity)
     }
 
+    /// This node's certificate and key as they are on disk now.
+    pub fn read_pair(data_dir: &Path) -> io::Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)> {
+        let dir = data_dir.join(CERT_DIR);
+        let cert = fs::read(dir.join("swarm-node.crt"))?;
+        let key = zeroize::Zeroizing::new(fs::read(dir.join("swarm-node.key"))?);
+        Ok((cert, key))
+    }
+
     pub fn remove(data_dir: &Path) -> io::Result<()> {
         for path in [data_dir.join(CERT_DIR), data_dir.join(STATE_FILE)] {
             let result = if path.is_dir() {
@@ -234,14 +229,14 @@ impl LocalIdentity {
 /// What `docker node inspect` shows about the host running this manager.
 pub fn describe_this_host(ca: &RootCa) -> NodeDescription {
     NodeDescription {
-        hostname: hostname(),
+        hostname: crate::host::hostname(),
         platform: Platform {
             architecture: std::env::consts::ARCH.to_string(),
             os: std::env::consts::OS.to_string(),
         },
         resources: Resources {
-            nano_cpus: cpus() * 1_000_000_000,
-            memory_bytes: memory_bytes(),
+            nano_cpus: crate::host::cpus() * 1_000_000_000,
+            memory_bytes: crate::host::memory_bytes(),
         },
         engine: EngineDescription {
             engine_version: format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
@@ -257,32 +252,6 @@ pub fn tls_info(ca: &RootCa) -> TlsInfo {
         cert_issuer_subject: B64.encode(ca.subject_der()),
         cert_issuer_public_key: B64.encode(ca.spki_der()),
     }
-}
-
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-pub fn cpus() -> i64 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as i64)
-        .unwrap_or(1)
-}
-
-/// Total memory from /proc/meminfo, 0 when unknown.
-pub fn memory_bytes() -> i64 {
-    fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<i64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -357,10 +326,10 @@ mod tests {
         LocalIdentity::replace_certificate(d.path(), &new_cert, &new_key).unwrap();
         assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
         assert_eq!(LocalIdentity::load(d.path(), &ca).unwrap().node_id, node);
-        assert!(crate::grpc::tls::key_matches_certificate(
+        assert!(crate::tls::key_matches_certificate(
             &new_cert, &new_key
         ));
-        assert!(!crate::grpc::tls::key_matches_certificate(
+        assert!(!crate::tls::key_matches_certificate(
             &new_cert, &old_key
         ));
     }
@@ -390,14 +359,14 @@ mod tests {
         assert_eq!(a.to_string(), "192.0.2.7:2377");
         let err = c.resolve_addrs("0.0.0.0:2377", "").unwrap_err();
         assert!(err
-            .message
+            .to_string()
             .contains("could not choose an IP address to advertise"));
         let err = c.resolve_addrs("0.0.0.0:2377", "0.0.0.0").unwrap_err();
-        assert!(err.message.contains("non-zero IP address"));
+        assert!(err.to_string().contains("non-zero IP address"));
         let err = c.resolve_addrs("0.0.0.0:2377", "eth0").unwrap_err();
-        assert!(err.message.contains("interface names are not supported"));
+        assert!(err.to_string().contains("interface names are not supported"));
         let err = c.resolve_addrs("nonsense", "192.0.2.7").unwrap_err();
-        assert!(err.message.contains("invalid ListenAddr"));
+        assert!(err.to_string().contains("invalid ListenAddr"));
         let c = config("0.0.0.0:2377", Some("192.0.2.9:2400"));
         let (_, a) = c.resolve_addrs("0.0.0.0:2377", "").unwrap();
         assert_eq!(

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::error::{Code, ControlError};
-use crate::engine::types::{ExternalCa, Spec};
+use super::types::{ExternalCa, Spec};
 
 /// SwarmKit's `DefaultNodeCertExpiration`: 90 days.
 pub const DEFAULT_NODE_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -101,8 +101,8 @@ fn check_name(name: &str) -> Result<(), ControlError> {
     if name.is_empty() || name == "default" {
         Ok(())
     } else {
-        Err(ControlError::bad_request(
-            "swarm spec must be named \"default\"",
+        Err(ControlError::InvalidArgument(
+            "swarm spec must be named \"default\"".into(),
         ))
     }
 }
@@ -133,7 +133,7 @@ fn validate(spec: &mut Spec) -> Result<(), ControlError> {
     if let Some(labels) = &spec.labels {
         let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
         if labels.len() > MAX_LABELS || bytes > MAX_LABEL_BYTES * 16 {
-            return Err(ControlError::bad_request(format!(
+            return Err(ControlError::InvalidArgument(format!(
                 "too many swarm labels: at most {MAX_LABELS} labels and {} bytes are accepted",
                 MAX_LABEL_BYTES * 16
             )));
@@ -141,7 +141,7 @@ fn validate(spec: &mut Spec) -> Result<(), ControlError> {
     }
     if let Some(cas) = &mut spec.ca_config.external_cas {
         if cas.len() > MAX_EXTERNAL_CAS {
-            return Err(ControlError::bad_request(format!(
+            return Err(ControlError::InvalidArgument(format!(
                 "too many external CAs: at most {MAX_EXTERNAL_CAS} are accepted"
             )));
         }
@@ -154,7 +154,7 @@ fn validate(spec: &mut Spec) -> Result<(), ControlError> {
 
 fn normalize_external_ca(ca: &mut ExternalCa) -> Result<(), ControlError> {
     if !ca.protocol.eq_ignore_ascii_case("cfssl") {
-        return Err(ControlError::bad_request(format!(
+        return Err(ControlError::InvalidArgument(format!(
             "invalid protocol: {:?}",
             ca.protocol
         )));
@@ -165,13 +165,13 @@ fn normalize_external_ca(ca: &mut ExternalCa) -> Result<(), ControlError> {
         || !(url.starts_with("https://") || url.starts_with("http://"))
         || url.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(ControlError::bad_request(format!(
+        return Err(ControlError::InvalidArgument(format!(
             "invalid external CA URL {url:?}: it must be an http:// or https:// URL of at most {MAX_URL_LEN} characters, such as https://ca.example.com:8888/api/v1/cfssl/sign"
         )));
     }
     if !ca.ca_cert.is_empty() && !ca.ca_cert.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ControlError::bad_request(
-            "CA cert for external CA must be in PEM format",
+        return Err(ControlError::InvalidArgument(
+            "CA cert for external CA must be in PEM format".into(),
         ));
     }
     Ok(())
@@ -198,9 +198,9 @@ mod tests {
         let mut req = default_spec();
         req.ca_config.node_cert_expiry = 30 * 60 * 1_000_000_000;
         let err = replace_spec(&req).unwrap_err();
-        assert_eq!(err.status, 400);
+        assert_eq!(err.http_status(), 400);
         assert_eq!(
-            err.message,
+            err.to_string(),
             "rpc error: code = InvalidArgument desc = minimum certificate expiry time is: 1h0m0s"
         );
         req.ca_config.node_cert_expiry = -1;
@@ -220,7 +220,7 @@ mod tests {
         let mut named = default_spec();
         named.name = "other".into();
         assert_eq!(
-            replace_spec(&named).unwrap_err().message,
+            replace_spec(&named).unwrap_err().to_string(),
             "swarm spec must be named \"default\""
         );
 
@@ -231,7 +231,7 @@ mod tests {
             ..Default::default()
         }]);
         assert_eq!(
-            replace_spec(&proto).unwrap_err().message,
+            replace_spec(&proto).unwrap_err().to_string(),
             "invalid protocol: \"acme\""
         );
 
@@ -243,7 +243,7 @@ mod tests {
         }]);
         assert!(replace_spec(&url)
             .unwrap_err()
-            .message
+            .to_string()
             .contains("invalid external CA URL"));
 
         let mut ok = default_spec();
@@ -259,7 +259,7 @@ mod tests {
         labels.labels = Some((0..300).map(|i| (i.to_string(), String::new())).collect());
         assert!(replace_spec(&labels)
             .unwrap_err()
-            .message
+            .to_string()
             .contains("too many swarm labels"));
     }
 }

@@ -11,12 +11,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::error::ApiError;
 use super::request::{bool_value, json_body, parse_bool, parse_version};
 use super::types as api;
 use super::API_VERSION;
 use crate::control::filters::Filters;
-use crate::control::local::{self, tls_info};
 use crate::control::records::{ClusterRecord, NodeRecord};
+use crate::control::swarm::InitOptions;
+use crate::control::types::{Availability, NodeSpec, Role};
 use crate::control::{ClusterPort, ClusterView, Control, ControlError, NodeView, Rotate};
 
 type Ctl = State<Arc<Control>>;
@@ -62,12 +64,12 @@ pub async fn version() -> Json<serde_json::Value> {
         "GoVersion": "",
         "Os": std::env::consts::OS,
         "Arch": go_arch(),
-        "KernelVersion": kernel_version(),
+        "KernelVersion": crate::host::kernel_version(),
         "BuildTime": "",
     }))
 }
 
-pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlError> {
+pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
     let swarm = swarm_info(&ctl)?;
     Ok(Json(json!({
         "ID": swarm.node_id,
@@ -84,16 +86,16 @@ pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlErr
         "LoggingDriver": "",
         "CgroupDriver": "",
         "NEventsListener": 0,
-        "KernelVersion": kernel_version(),
+        "KernelVersion": crate::host::kernel_version(),
         "OperatingSystem": "swarmguard",
         "OSType": "linux",
         "Architecture": std::env::consts::ARCH,
         "IndexServerAddress": "",
         "RegistryConfig": null,
-        "NCPU": local::cpus(),
-        "MemTotal": local::memory_bytes(),
+        "NCPU": crate::host::cpus(),
+        "MemTotal": crate::host::memory_bytes(),
         "DockerRootDir": ctl.config().data_dir.display().to_string(),
-        "Name": local::hostname(),
+        "Name": crate::host::hostname(),
         "Labels": [],
         "ExperimentalBuild": false,
         "ServerVersion": format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
@@ -108,7 +110,7 @@ pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlErr
     })))
 }
 
-fn swarm_info(ctl: &Control) -> Result<api::SwarmInfo, ControlError> {
+fn swarm_info(ctl: &Control) -> Result<api::SwarmInfo, ApiError> {
     let Some(node_id) = ctl.local_node_id() else {
         return Ok(api::SwarmInfo {
             local_node_state: "inactive".into(),
@@ -154,7 +156,11 @@ fn cluster_info(ctl: &Control, view: &ClusterView) -> api::ClusterInfo {
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
         spec,
-        tls_info: ctl.root_ca().map(|ca| tls_info(&ca)).unwrap_or_default(),
+        tls_info: ctl
+            .security()
+            .current()
+            .map(|m| m.tls_info())
+            .unwrap_or_default(),
         root_rotation_in_progress: false,
         default_addr_pool: r.default_addr_pool.clone(),
         subnet_size: r.subnet_size,
@@ -162,7 +168,7 @@ fn cluster_info(ctl: &Control, view: &ClusterView) -> api::ClusterInfo {
     }
 }
 
-pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ControlError> {
+pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ApiError> {
     let view = ctl.cluster()?;
     Ok(Json(api::Swarm {
         cluster: cluster_info(&ctl, &view),
@@ -173,10 +179,10 @@ pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ControlE
     }))
 }
 
-pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, ControlError> {
+pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, ApiError> {
     let req: api::InitRequest = json_body(body)?;
     let mut port = ctl.watch_cluster_port();
-    let node_id = ctl.init(&req).await?;
+    let node_id = ctl.init(&init_options(req)).await?;
     // Answer once workers can reach the cluster port (as dockerd does), or say why they cannot.
     let waited = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -184,19 +190,19 @@ pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, Con
     )
     .await;
     match waited.as_ref().map(|r| r.as_deref().cloned()) {
-        Ok(Ok(ClusterPort::Failed(why))) => Err(ControlError::plain(
-            500,
+        Ok(Ok(ClusterPort::Failed(why))) => Err(ControlError::internal(
+            "the swarm was initialized but its cluster port cannot serve",
             format!(
-                "the swarm was initialized (node {node_id}) but its cluster port cannot serve: {why}; run `docker swarm leave --force` and init again with another --listen-addr"
+                "node {node_id}: {why}; run `docker swarm leave --force` and init again with another --listen-addr"
             ),
-        )),
+        )
+        .into()),
         Ok(Ok(_)) => Ok(Json(node_id)),
-        _ => Err(ControlError::plain(
-            500,
-            format!(
-                "the swarm was initialized (node {node_id}) but its cluster port did not start within 10 s; see the manager log"
-            ),
-        )),
+        _ => Err(ControlError::internal(
+            "the swarm was initialized but its cluster port did not start within 10 s",
+            format!("node {node_id}"),
+        )
+        .into()),
     }
 }
 
@@ -204,7 +210,7 @@ pub async fn swarm_update(
     State(ctl): Ctl,
     Query(q): Q,
     body: Body,
-) -> Result<StatusCode, ControlError> {
+) -> Result<StatusCode, ApiError> {
     let version = parse_version("swarm", q.get("version"))?;
     let rotate = Rotate {
         worker_token: parse_bool("rotateWorkerToken", q.get("rotateWorkerToken"))?,
@@ -216,25 +222,25 @@ pub async fn swarm_update(
     Ok(StatusCode::OK)
 }
 
-pub async fn swarm_leave(State(ctl): Ctl, Query(q): Q) -> Result<StatusCode, ControlError> {
+pub async fn swarm_leave(State(ctl): Ctl, Query(q): Q) -> Result<StatusCode, ApiError> {
     ctl.leave(bool_value(q.get("force"))).await?;
     Ok(StatusCode::OK)
 }
 
-pub async fn swarm_unlock_key(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ControlError> {
+pub async fn swarm_unlock_key(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
     ctl.cluster()?;
     Ok(Json(json!({ "UnlockKey": "" })))
 }
 
-pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, ControlError> {
+pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, ApiError> {
     let _: serde_json::Value = json_body(body)?;
     if ctl.local_node_id().is_none() {
-        return Err(ControlError::no_manager());
+        return Err(ControlError::NotManager.into());
     }
-    Err(ControlError::plain(409, "swarm is not locked"))
+    Err(ControlError::Conflict("swarm is not locked".into()).into())
 }
 
-pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Node>>, ControlError> {
+pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Node>>, ApiError> {
     let filters = Filters::parse(q.get("filters").map(String::as_str), Filters::NODE_KEYS)?;
     filters.validate_nodes()?;
     let local = ctl.local_node_id();
@@ -250,7 +256,7 @@ pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Nod
 pub async fn node_inspect(
     State(ctl): Ctl,
     Path(id): Path<String>,
-) -> Result<Json<api::Node>, ControlError> {
+) -> Result<Json<api::Node>, ApiError> {
     let node = ctl.node(&id)?;
     Ok(Json(node_json(&node, ctl.local_node_id().as_deref())))
 }
@@ -260,10 +266,16 @@ pub async fn node_update(
     Path(id): Path<String>,
     Query(q): Q,
     body: Body,
-) -> Result<StatusCode, ControlError> {
+) -> Result<StatusCode, ApiError> {
     let version = parse_version("node", q.get("version"))?;
-    let spec: api::NodeSpec = json_body(body)?;
-    ctl.update_node(&id, version, &spec).await?;
+    let body: api::NodeSpecBody = json_body(body)?;
+    let spec = NodeSpec {
+        name: body.name,
+        labels: body.labels,
+        role: Role::parse(&body.role)?,
+        availability: Availability::parse(&body.availability)?,
+    };
+    ctl.update_node(&id, version, spec).await?;
     Ok(StatusCode::OK)
 }
 
@@ -271,7 +283,7 @@ pub async fn node_remove(
     State(ctl): Ctl,
     Path(id): Path<String>,
     Query(q): Q,
-) -> Result<StatusCode, ControlError> {
+) -> Result<StatusCode, ApiError> {
     ctl.remove_node(&id, bool_value(q.get("force"))).await?;
     Ok(StatusCode::OK)
 }
@@ -305,8 +317,17 @@ fn go_arch() -> &'static str {
     }
 }
 
-fn kernel_version() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+/// The Engine API's init body as the control layer takes it.
+fn init_options(req: api::InitRequest) -> InitOptions {
+    InitOptions {
+        listen_addr: req.listen_addr,
+        advertise_addr: req.advertise_addr,
+        data_path_port: req.data_path_port,
+        force_new_cluster: req.force_new_cluster,
+        spec: req.spec,
+        auto_lock_managers: req.auto_lock_managers,
+        availability: req.availability,
+        default_addr_pool: req.default_addr_pool,
+        subnet_size: req.subnet_size,
+    }
 }

@@ -4,6 +4,7 @@
 //! the prefix is checked and stripped before routing. Errors are `{"message": …}` with
 //! `Content-Type: application/json`, which the CLI requires to print them.
 
+pub mod error;
 mod handlers;
 mod request;
 pub mod types;
@@ -12,13 +13,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Request, Uri};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use tower::Layer;
 
-use crate::control::{Control, ControlError};
+use crate::control::Control;
+use error::ApiError;
 
 /// The API version swarmguard speaks: dockerd 20.10's.
 pub const API_VERSION: &str = "1.41";
@@ -26,13 +27,6 @@ pub const API_VERSION: &str = "1.41";
 pub const MIN_API_VERSION: &str = "1.24";
 /// Largest request body accepted; a swarm spec is a few KiB.
 pub const MAX_BODY: usize = 1024 * 1024;
-
-impl IntoResponse for ControlError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({ "message": self.message }))).into_response()
-    }
-}
 
 /// The whole service: version-prefix handling in front of the router.
 pub fn service(control: Arc<Control>) -> Router {
@@ -62,7 +56,7 @@ pub fn service(control: Arc<Control>) -> Router {
 
 /// Strips `/v<major>.<minor>` and refuses versions outside what swarmguard serves, with
 /// dockerd's wording so the CLI's hints still apply.
-async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, ControlError> {
+async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, ApiError> {
     // A declared oversized body is refused before a byte of it is read (and before hyper sends
     // `100 Continue`); undeclared lengths are cut at the same limit while reading.
     let declared = req
@@ -71,10 +65,7 @@ async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, C
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ControlError::plain(
-            413,
-            format!("request body is too large: at most {MAX_BODY} bytes are accepted"),
-        ));
+        return Err(ApiError::TooLarge);
     }
     let path = req.uri().path();
     let Some(rest) = path.strip_prefix("/v") else {
@@ -91,12 +82,12 @@ async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, C
         return Ok(req);
     };
     if (major, minor) > (1, 41) {
-        return Err(ControlError::bad_request(format!(
+        return Err(ApiError::BadRequest(format!(
             "client version {ver} is too new. Maximum supported API version is {API_VERSION}"
         )));
     }
     if (major, minor) < (1, 24) {
-        return Err(ControlError::bad_request(format!(
+        return Err(ApiError::BadRequest(format!(
             "client version {ver} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
         )));
     }
@@ -108,17 +99,16 @@ async fn strip_version_prefix(mut req: Request<Body>) -> Result<Request<Body>, C
     };
     parts.path_and_query = Some(
         pq.parse()
-            .map_err(|_| ControlError::bad_request("invalid request path"))?,
+            .map_err(|_| ApiError::BadRequest("invalid request path".into()))?,
     );
     *req.uri_mut() =
-        Uri::from_parts(parts).map_err(|_| ControlError::bad_request("invalid request path"))?;
+        Uri::from_parts(parts).map_err(|_| ApiError::BadRequest("invalid request path".into()))?;
     Ok(req)
 }
 
-async fn not_served(req: Request<Body>) -> ControlError {
-    ControlError::not_found(format!(
-        "swarmguard does not serve {} {}: it implements the swarm, node and system endpoints of the Docker Engine API {API_VERSION}; point other docker commands at a Docker engine",
-        req.method(),
-        req.uri().path()
-    ))
+async fn not_served(req: Request<Body>) -> ApiError {
+    ApiError::NotServed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+    }
 }

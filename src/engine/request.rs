@@ -5,44 +5,35 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use serde::de::DeserializeOwned;
 
-use crate::control::ControlError;
+use super::error::ApiError;
 
 /// Parses a JSON body; a body over the limit, a wrong type or broken JSON is a 400/413 naming the
 /// problem, never a panic or a partial update.
 pub fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, ControlError> {
-    let bytes = body.map_err(|e| {
-        let status = e.status().as_u16();
-        if status == 413 {
-            ControlError::plain(
-                413,
-                format!(
-                    "request body is too large: at most {} bytes are accepted",
-                    super::MAX_BODY
-                ),
-            )
-        } else {
-            ControlError::plain(status, format!("cannot read the request body: {e}"))
-        }
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| match e.status().as_u16() {
+        413 => ApiError::TooLarge,
+        status => ApiError::Unreadable {
+            status,
+            message: e.to_string(),
+        },
     })?;
     if bytes.is_empty() {
-        return Err(ControlError::bad_request(
-            "request body is empty: a JSON object is required",
-        ));
+        return Err(ApiError::BadRequest("request body is empty: a JSON object is required".into()));
     }
     serde_json::from_slice(&bytes)
-        .map_err(|e| ControlError::bad_request(format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// Go's `strconv.ParseBool`, as dockerd parses `rotateWorkerToken` and friends. Absent or empty
 /// means false.
-pub fn parse_bool(name: &str, value: Option<&String>) -> Result<bool, ControlError> {
+pub fn parse_bool(name: &str, value: Option<&String>) -> Result<bool, ApiError> {
     match value.map(String::as_str) {
         None | Some("") => Ok(false),
         Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
         Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
-        Some(other) => Err(ControlError::bad_request(format!(
+        Some(other) => Err(ApiError::BadRequest(format!(
             "invalid value for {name}: {other}"
         ))),
     }
@@ -57,7 +48,7 @@ pub fn bool_value(value: Option<&String>) -> bool {
 }
 
 /// A required `version` query parameter, as dockerd words its absence or a bad value.
-pub fn parse_version(what: &str, value: Option<&String>) -> Result<u64, ControlError> {
+pub fn parse_version(what: &str, value: Option<&String>) -> Result<u64, ApiError> {
     let raw = value.map(String::as_str).unwrap_or("");
     raw.parse::<u64>().map_err(|e| {
         let reason = if raw.is_empty() {
@@ -65,7 +56,7 @@ pub fn parse_version(what: &str, value: Option<&String>) -> Result<u64, ControlE
         } else {
             format!("strconv.ParseUint: parsing {raw:?}: {e}")
         };
-        ControlError::bad_request(format!("invalid {what} version '{raw}': {reason}"))
+        ApiError::BadRequest(format!("invalid {what} version '{raw}': {reason}"))
     })
 }
 
@@ -78,7 +69,7 @@ mod tests {
         let t = |s: &str| parse_bool("x", Some(&s.to_string()));
         assert!(t("true").unwrap() && t("1").unwrap() && t("T").unwrap());
         assert!(!t("false").unwrap() && !t("0").unwrap() && !t("").unwrap());
-        assert_eq!(t("yes").unwrap_err().message, "invalid value for x: yes");
+        assert_eq!(t("yes").unwrap_err().to_string(), "invalid value for x: yes");
         assert!(!parse_bool("x", None).unwrap());
         assert!(
             bool_value(Some(&"1".into()))
@@ -92,7 +83,7 @@ mod tests {
         assert_eq!(parse_version("swarm", Some(&"10".into())).unwrap(), 10);
         assert!(parse_version("swarm", None)
             .unwrap_err()
-            .message
+            .to_string()
             .starts_with("invalid swarm version ''"));
         assert!(parse_version("swarm", Some(&"-1".into())).is_err());
         assert!(parse_version("swarm", Some(&"99999999999999999999999".into())).is_err());

@@ -3,9 +3,8 @@
 
 use swarmguard_ca::NodeRole;
 use tonic::{Request, Status};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::tls::PeerInfo;
+use super::accept::PeerInfo;
 use crate::control::records::ClusterRecord;
 
 /// Who a verified client certificate names.
@@ -33,24 +32,6 @@ fn roles_list(roles: &[NodeRole]) -> String {
     format!("[{}]", ous.join(" "))
 }
 
-/// Subject fields of a leaf certificate: (CN, OUs, first O).
-fn subject(der: &[u8]) -> Option<(String, Vec<String>, String)> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let s = cert.subject();
-    let cn = s.iter_common_name().next()?.as_str().ok()?.to_string();
-    let ous = s
-        .iter_organizational_unit()
-        .filter_map(|a| a.as_str().ok().map(str::to_string))
-        .collect();
-    let org = s
-        .iter_organization()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    Some((cn, ous, org))
-}
-
 /// SwarmKit's `AuthorizeOrgAndRole` for the request's verified client certificate.
 pub fn authorize<T>(
     req: &Request<T>,
@@ -65,16 +46,14 @@ pub fn authorize<T>(
             "Permission denied: no client certificates in request",
         ));
     };
-    let Some((cn, ous, org)) = subject(certs[0].as_ref()) else {
+    // rustls verified the chain; the subject rules are the CA crate's, for every reader.
+    let Ok(id) = swarmguard_ca::read_node_certificate(certs[0].as_ref()) else {
         return Err(denied(
             "Permission denied: no verified chains for remote certificate",
         ));
     };
-    let role = ous
-        .iter()
-        .filter_map(|ou| NodeRole::from_ou(ou))
-        .find(|r| roles.contains(r));
-    let Some(role) = role else {
+    let (cn, role, org) = (id.node_id, id.role, id.cluster_id);
+    if !roles.contains(&role) {
         return Err(denied(format!(
             "Permission denied: unauthorized peer role: rpc error: code = PermissionDenied desc = Permission denied: remote certificate not part of OUs: {}",
             roles_list(roles)

@@ -15,11 +15,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, peer, WORKER_OR_MANAGER};
-use super::ca::{certificate_pb, role_from_name};
-use super::pb;
-use super::{b64, Shared};
+use super::ca::{certificate_pb, role_pb};
+use super::{b64, status, PortContext};
 use crate::control::records::{node_key, ClusterRecord, NodeRecord, CLUSTER_KEY};
-use crate::engine::types as api;
+use crate::control::types::{self as api, Availability, NodeState};
+use crate::pb;
 
 /// SwarmKit's default `Dispatcher.HeartbeatPeriod`.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -148,24 +148,17 @@ impl Sessions {
 }
 
 /// Marks nodes Down once their heartbeat deadline passed.
-pub async fn expire_loop(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn expire_loop(s: Arc<PortContext>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = crate::grpc::until_true(&mut stop) => return,
+            _ = crate::util::until_true(&mut stop) => return,
             _ = tick.tick() => {}
         }
         for node_id in s.dispatcher.expired() {
             tracing::info!(node_id = %node_id, "heartbeat deadline passed: node is down");
-            let r = s
-                .update_node(&node_id, |n| {
-                    n.status.state = "down".into();
-                    n.status.message = "heartbeat failure".into();
-                    true
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!(node_id = %node_id, error = %e.message(), "cannot mark node down");
+            if let Err(e) = s.control.node_down(&node_id, "heartbeat failure").await {
+                tracing::warn!(node_id = %node_id, error = %e, "cannot mark node down");
             }
         }
     }
@@ -260,26 +253,19 @@ fn description_pb(d: &api::NodeDescription) -> pb::NodeDescription {
     }
 }
 
-fn role_pb(name: &str) -> i32 {
-    match role_from_name(name) {
-        swarmguard_ca::NodeRole::Manager => pb::NodeRole::Manager as i32,
-        swarmguard_ca::NodeRole::Worker => pb::NodeRole::Worker as i32,
-    }
-}
-
 pub fn node_pb(node: &NodeRecord, version: u64, cluster: &ClusterRecord) -> pb::Node {
-    use pb::node_spec::{Availability, Membership};
+    use pb::node_spec::Membership;
     use pb::node_status::State;
-    let availability = match node.spec.availability.as_str() {
-        "pause" => Availability::Pause,
-        "drain" => Availability::Drain,
-        _ => Availability::Active,
+    let availability = match node.spec.availability {
+        Availability::Active => pb::node_spec::Availability::Active,
+        Availability::Pause => pb::node_spec::Availability::Pause,
+        Availability::Drain => pb::node_spec::Availability::Drain,
     };
-    let state = match node.status.state.as_str() {
-        "ready" => State::Ready,
-        "down" => State::Down,
-        "disconnected" => State::Disconnected,
-        _ => State::Unknown,
+    let state = match node.status.state {
+        NodeState::Ready => State::Ready,
+        NodeState::Down => State::Down,
+        NodeState::Disconnected => State::Disconnected,
+        NodeState::Unknown => State::Unknown,
     };
     pb::Node {
         id: node.id.clone(),
@@ -299,7 +285,7 @@ pub fn node_pb(node: &NodeRecord, version: u64, cluster: &ClusterRecord) -> pb::
                     .collect(),
                 indices: vec![],
             }),
-            desired_role: role_pb(&node.spec.role),
+            desired_role: role_pb(node.spec.role),
             membership: Membership::Accepted as i32,
             availability: availability as i32,
         }),
@@ -310,23 +296,25 @@ pub fn node_pb(node: &NodeRecord, version: u64, cluster: &ClusterRecord) -> pb::
             addr: node.status.addr.clone(),
         }),
         certificate: Some(certificate_pb(node)),
-        role: role_pb(&node.role),
+        role: role_pb(node.role),
         vxlanudp_port: cluster.data_path_port,
     }
 }
 
 fn session_message(
-    s: &Shared,
+    s: &PortContext,
     session_id: &str,
     node_id: &str,
 ) -> Result<pb::SessionMessage, Status> {
-    let (cluster, _) = s.cluster()?;
-    let (node, version) = s
-        .node(node_id)?
+    let cluster = s.cluster()?;
+    let node = s
+        .control
+        .node_by_id(node_id)
+        .map_err(status)?
         .ok_or_else(|| Status::not_found("node not registered"))?;
     Ok(pb::SessionMessage {
         session_id: session_id.to_string(),
-        node: Some(node_pb(&node, version, &cluster)),
+        node: Some(node_pb(&node.record, node.version, &cluster.record)),
         managers: vec![pb::WeightedPeer {
             peer: Some(pb::Peer {
                 node_id: s.manager_id.clone(),
@@ -335,7 +323,7 @@ fn session_message(
             weight: 10,
         }],
         network_bootstrap_keys: vec![],
-        root_ca: cluster.root_ca_pem.as_bytes().to_vec(),
+        root_ca: cluster.record.root_ca_pem.as_bytes().to_vec(),
     })
 }
 
@@ -357,8 +345,8 @@ fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>) {
     )
 }
 
-pub struct DispatcherService(pub Arc<Shared>);
-pub struct LogBrokerService(pub Arc<Shared>);
+pub struct DispatcherService(pub Arc<PortContext>);
+pub struct LogBrokerService(pub Arc<PortContext>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -372,8 +360,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         req: Request<pb::SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let s = self.0.clone();
-        let (cluster, _) = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let cluster = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
         let addr = peer(&req)
             .map(|p| p.addr.ip().to_string())
             .unwrap_or_default();
@@ -381,27 +369,19 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             Some(d) => Some(description(d)?),
             None => None,
         };
-        if s.node(&me.node_id)?.is_none() {
+        if s.control.node_by_id(&me.node_id).map_err(status)?.is_none() {
             return Err(Status::not_found("node not registered"));
         }
         s.dispatcher.admit(&me.node_id)?;
-        let mut events = s.store.subscribe();
+        let mut events = s.control.subscribe();
         let (session_id, mut end) = s
             .dispatcher
-            .register(&me.node_id, heartbeat_period(&cluster));
+            .register(&me.node_id, heartbeat_period(&cluster.record));
         let updated = s
-            .update_node(&me.node_id, |n| {
-                if let Some(d) = &desc {
-                    n.description = d.clone();
-                }
-                n.status = api::NodeStatus {
-                    state: "ready".into(),
-                    message: String::new(),
-                    addr: addr.clone(),
-                };
-                true
-            })
-            .await?;
+            .control
+            .node_ready(&me.node_id, desc, addr)
+            .await
+            .map_err(status)?;
         if updated.is_none() {
             s.dispatcher.end(&me.node_id);
             return Err(Status::not_found("node not registered"));
@@ -416,7 +396,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             let mut last = watched(&first);
             loop {
                 tokio::select! {
-                    _ = crate::grpc::until_true(&mut end) => return,
+                    _ = crate::util::until_true(&mut end) => return,
                     _ = tx.closed() => return,
                     ev = events.recv() => {
                         let relevant = match ev {
@@ -455,8 +435,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let s = &self.0;
-        let (cluster, _) = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let cluster = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
         let (period, _) = s
             .dispatcher
             .check(&me.node_id, &req.get_ref().session_id, true)?;
@@ -474,8 +454,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         req: Request<pb::UpdateTaskStatusRequest>,
     ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
         let s = &self.0;
-        let (cluster, _) = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let cluster = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
         let r = req.get_ref();
         s.dispatcher.check(&me.node_id, &r.session_id, false)?;
         if r.updates.len() > MAX_TASK_UPDATES {
@@ -504,8 +484,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         req: Request<pb::AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let s = &self.0;
-        let (cluster, _) = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let cluster = s.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
         let (_, mut end) = s
             .dispatcher
             .check(&me.node_id, &req.get_ref().session_id, false)?;
@@ -522,7 +502,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             .await;
         tokio::spawn(async move {
             tokio::select! {
-                _ = crate::grpc::until_true(&mut end) => {}
+                _ = crate::util::until_true(&mut end) => {}
                 _ = tx.closed() => {}
             }
         });
@@ -538,8 +518,8 @@ impl pb::log_broker_server::LogBroker for LogBrokerService {
         &self,
         req: Request<pb::ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
-        let (cluster, _) = self.0.cluster()?;
-        authorize(&req, WORKER_OR_MANAGER, &cluster)?;
+        let cluster = self.0.cluster()?;
+        authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
         // No log subscriptions exist yet: keep the stream open and send nothing.
         Ok(Response::new(Box::pin(tokio_stream::pending())))
     }

@@ -9,12 +9,14 @@ use swarmguard_ca::NodeRole;
 use tokio::sync::watch;
 use tonic::Code;
 
-use super::pb;
+use crate::pb;
 use crate::agent::{self, tls as ctls, AgentState, Credentials, RunOptions};
 use crate::control::local::ManagerConfig;
 use crate::control::records::NODE_PREFIX;
 use crate::control::{Control, Rotate};
-use crate::engine::types as api;
+use crate::control::records::CertState;
+use crate::control::swarm::InitOptions;
+use crate::control::types::{NodeState, Role};
 use crate::store::Store;
 
 struct Env {
@@ -44,10 +46,10 @@ impl Env {
             advertise_addr: Some("127.0.0.1".into()),
         };
         let control = Arc::new(Control::open(store.clone(), config).unwrap());
-        let mut spec = api::Spec::default();
+        let mut spec = crate::control::types::Spec::default();
         spec.dispatcher.heartbeat_period = period.as_nanos() as i64;
         control
-            .init(&api::InitRequest {
+            .init(&InitOptions {
                 advertise_addr: "127.0.0.1".into(),
                 spec,
                 ..Default::default()
@@ -89,13 +91,15 @@ impl Env {
             .unwrap()
             .record
             .root_ca_pem
+            .clone()
             .into_bytes()
     }
     fn node_count(&self) -> usize {
         self.store.list(NODE_PREFIX).len()
     }
     fn node_state(&self, id: &str) -> String {
-        self.control.node(id).unwrap().record.status.state
+        let state = self.control.node(id).unwrap().record.status.state;
+        serde_json::to_value(state).unwrap().as_str().unwrap().to_string()
     }
 
     async fn rotate_worker_token(&self) {
@@ -212,7 +216,7 @@ fn csr() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_join_with_the_worker_token_and_are_ready() {
     let env = Env::new().await;
-    let cluster_id = env.control.cluster().unwrap().record.id;
+    let cluster_id = env.control.cluster().unwrap().record.id.clone();
     let mut agents = Vec::new();
     for _ in 0..3 {
         let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
@@ -225,8 +229,8 @@ async fn three_agents_join_with_the_worker_token_and_are_ready() {
     }
     for (id, _) in &agents {
         let n = env.control.node(id).unwrap().record;
-        assert_eq!(n.status.state, "ready");
-        assert_eq!(n.certificate.state, "issued");
+        assert_eq!(n.status.state, NodeState::Ready);
+        assert_eq!(n.certificate.state, CertState::Issued);
         assert!(n
             .description
             .engine
@@ -298,7 +302,7 @@ async fn certificate_from_another_ca_fails_the_handshake() {
     let env = Env::new().await;
     let foreign = swarmguard_ca::RootCa::create().unwrap();
     let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
-    let cluster_id = env.control.cluster().unwrap().record.id;
+    let cluster_id = env.control.cluster().unwrap().record.id.clone();
     let cert = foreign
         .issue_node_certificate(
             &swarmguard_ca::check_csr(&csr).unwrap(),
@@ -357,7 +361,7 @@ async fn agents_renew_before_expiry_and_stay_ready() {
     a.wait("two renewals", |s| s.renewals >= 2).await;
     let n = env.control.node(&id).unwrap().record;
     assert_ne!(n.certificate.cert_pem.as_bytes(), &first_cert[..]);
-    assert_eq!(n.role, "worker", "a renewal keeps the role");
+    assert_eq!(n.role, Role::Worker, "a renewal keeps the role");
     a.wait("a session after renewal", |s| s.sessions >= 2).await;
     assert_eq!(env.node_state(&id), "ready");
     a.stop().await;
@@ -370,7 +374,7 @@ async fn promote_then_demote_changes_the_certificate_ou() {
     let id = creds.node_id.clone();
     let mut a = env.spawn_agent(creds, RunOptions::default());
     a.wait("session", |s| s.sessions == 1).await;
-    let set_role = |role: &'static str| {
+    let set_role = |role: Role| {
         let env = &env;
         let id = id.clone();
         async move {
@@ -378,23 +382,23 @@ async fn promote_then_demote_changes_the_certificate_ou() {
             for _ in 0..20 {
                 let v = env.control.node(&id).unwrap();
                 let mut spec = v.record.spec.clone();
-                spec.role = role.into();
-                if env.control.update_node(&id, v.version, &spec).await.is_ok() {
+                spec.role = role;
+                if env.control.update_node(&id, v.version, spec).await.is_ok() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            panic!("could not set role {role}");
+            panic!("could not set role {role:?}");
         }
     };
-    set_role("manager").await;
+    set_role(Role::Manager).await;
     a.wait("promotion", |s| s.role == Some(NodeRole::Manager))
         .await;
-    assert_eq!(env.control.node(&id).unwrap().record.role, "manager");
-    set_role("worker").await;
+    assert_eq!(env.control.node(&id).unwrap().record.role, Role::Manager);
+    set_role(Role::Worker).await;
     a.wait("demotion", |s| s.role == Some(NodeRole::Worker))
         .await;
-    assert_eq!(env.control.node(&id).unwrap().record.role, "worker");
+    assert_eq!(env.control.node(&id).unwrap().record.role, Role::Worker);
     a.stop().await;
 }
 
@@ -648,7 +652,7 @@ async fn server_certificate_is_swapped_without_a_restart() {
     let before = presented_server_cert(env.addr, &env.root()).await;
     let ca = env.control.root_ca().unwrap();
     let node_id = env.control.local_node_id().unwrap();
-    let cluster_id = env.control.cluster().unwrap().record.id;
+    let cluster_id = env.control.cluster().unwrap().record.id.clone();
     let (key, csr) = swarmguard_ca::generate_node_key_and_csr();
     let issued = ca
         .issue_node_certificate(
@@ -699,7 +703,7 @@ async fn manager_renews_its_own_certificate_without_a_restart() {
     let certs = env._dir.path().join("certificates");
     let cert = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     let key = std::fs::read(certs.join("swarm-node.key")).unwrap();
-    assert!(super::tls::key_matches_certificate(&cert, &key));
+    assert!(crate::tls::key_matches_certificate(&cert, &key));
     assert!(
         !certs.join("swarm-node.crt.next").exists() && !certs.join("swarm-node.key.next").exists()
     );

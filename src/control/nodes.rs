@@ -1,0 +1,451 @@
+//! Nodes: what `docker node ls|inspect|update|rm` does, and what the cluster port asks of the
+//! domain for a node: joins by token, renewals, issuance status, sessions and liveness.
+
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use swarmguard_ca::{CheckedCsr, NodeRole};
+
+use super::error::{Code, ControlError};
+use super::local::LocalIdentity;
+use super::records::{
+    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, CLUSTER_KEY,
+    NODE_PREFIX,
+};
+use super::signer::{record_outcome, SignRequest};
+use super::types::{Availability, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
+use super::{out_of_sequence, Control, NodeView};
+use crate::store::{Check, Op, Txn, TxnOutcome};
+use crate::util::{now_rfc3339, unix_now, unix_seconds};
+
+/// One week: how long a removed node stays refused after its certificate expires.
+const REMOVED_NODE_GRACE: i64 = 7 * 24 * 3600;
+/// Node IDs drawn before a join gives up on finding a free one (a collision is ~2^-129).
+const ID_TRIES: usize = 3;
+
+/// A new node's request, as the cluster port received it.
+pub struct JoinRequest<'a> {
+    pub csr_pem: &'a [u8],
+    pub availability: Availability,
+    /// The peer's IP, recorded as the node's address.
+    pub addr: String,
+}
+
+impl Control {
+    pub fn nodes(&self) -> Result<Vec<NodeView>, ControlError> {
+        self.cluster()?;
+        records::list(&self.store, NODE_PREFIX)
+    }
+
+    /// One node by ID, or `None`.
+    pub fn node_by_id(&self, id: &str) -> Result<Option<NodeView>, ControlError> {
+        records::get(&self.store, &node_key(id))
+    }
+
+    /// Finds a node by full ID, then by name, then by unique ID prefix (Docker's order).
+    pub fn node(&self, reference: &str) -> Result<NodeView, ControlError> {
+        let nodes = self.nodes()?;
+        if let Some(n) = nodes.iter().position(|n| n.record.id == reference) {
+            return Ok(nodes.into_iter().nth(n).expect("index"));
+        }
+        let pick = |matches: Vec<NodeView>| -> Result<Option<NodeView>, ControlError> {
+            match matches.len() {
+                0 => Ok(None),
+                1 => Ok(matches.into_iter().next()),
+                n => Err(ControlError::NotFound(format!(
+                    "node {reference} is ambiguous ({n} matches found)"
+                ))),
+            }
+        };
+        let (by_name, rest): (Vec<_>, Vec<_>) = nodes
+            .into_iter()
+            .partition(|n| n.record.name() == reference);
+        if let Some(n) = pick(by_name)? {
+            return Ok(n);
+        }
+        if !reference.is_empty() {
+            let by_prefix = rest
+                .into_iter()
+                .filter(|n| n.record.id.starts_with(reference))
+                .collect();
+            if let Some(n) = pick(by_prefix)? {
+                return Ok(n);
+            }
+        }
+        Err(ControlError::NotFound(format!(
+            "node {reference} not found"
+        )))
+    }
+
+    /// `POST /nodes/{id}/update`: name, labels, availability and desired role.
+    pub async fn update_node(
+        &self,
+        reference: &str,
+        version: u64,
+        spec: NodeSpec,
+    ) -> Result<(), ControlError> {
+        check_labels(spec.labels.as_ref())?;
+        let current = self.node(reference)?;
+        if current.version != version {
+            return Err(out_of_sequence());
+        }
+        let mut checks = vec![Check::Version {
+            key: node_key(&current.record.id),
+            version,
+        }];
+        let (from, to) = (current.record.spec.role, spec.role);
+        if from == Role::Worker && to == Role::Manager {
+            refuse_promoting_dockerd(&current.record)?;
+        }
+        if from == Role::Manager && to == Role::Worker {
+            checks.extend(self.guard_last_manager()?);
+        }
+        let mut record = current.record;
+        record.spec = NodeSpec {
+            labels: Some(spec.labels.unwrap_or_default()),
+            ..spec
+        };
+        record.updated_at = now_rfc3339();
+        let key = node_key(&record.id);
+        match self
+            .apply(Txn {
+                checks,
+                ops: vec![records::put(&key, &record)?],
+            })
+            .await?
+        {
+            TxnOutcome::Committed { .. } => Ok(()),
+            TxnOutcome::Conflict { .. } => Err(out_of_sequence()),
+        }
+    }
+
+    /// Demoting the last manager would leave nobody to run the cluster. Returns checks that
+    /// keep the managers as they were read.
+    fn guard_last_manager(&self) -> Result<Vec<Check>, ControlError> {
+        let managers: Vec<NodeView> = self
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.record.spec.role == Role::Manager)
+            .collect();
+        if managers.len() <= 1 {
+            return Err(ControlError::rpc(
+                Code::FailedPrecondition,
+                "attempting to demote the last manager of the swarm",
+            ));
+        }
+        Ok(managers
+            .iter()
+            .map(|m| Check::Version {
+                key: node_key(&m.record.id),
+                version: m.version,
+            })
+            .collect())
+    }
+
+    /// `DELETE /nodes/{id}`: the node is deleted and its certificate refused from now on.
+    pub async fn remove_node(&self, reference: &str, force: bool) -> Result<(), ControlError> {
+        let node = self.node(reference)?;
+        let id = node.record.id.clone();
+        if node.record.role == Role::Manager || node.record.spec.role == Role::Manager {
+            return Err(ControlError::rpc(
+                Code::FailedPrecondition,
+                format!("node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"),
+            ));
+        }
+        if !force && node.record.status.state != NodeState::Down {
+            return Err(ControlError::rpc(
+                Code::FailedPrecondition,
+                format!("node {id} is not down and can't be removed"),
+            ));
+        }
+        let cluster = self.cluster()?;
+        let mut record = cluster.record.clone();
+        let forget_at = node.record.certificate.not_after.max(unix_now()) + REMOVED_NODE_GRACE;
+        record.removed_nodes.insert(id.clone(), forget_at);
+        let now = unix_now();
+        record.removed_nodes.retain(|_, until| *until > now);
+        record.updated_at = now_rfc3339();
+        let key = node_key(&id);
+        let txn = Txn {
+            checks: vec![
+                Check::Version {
+                    key: key.clone(),
+                    version: node.version,
+                },
+                Check::Version {
+                    key: CLUSTER_KEY.into(),
+                    version: cluster.version,
+                },
+            ],
+            ops: vec![Op::Delete { key }, records::put(CLUSTER_KEY, &record)?],
+        };
+        match self.apply(txn).await? {
+            TxnOutcome::Committed { .. } => {
+                tracing::info!(node_id = %id, "node removed; its certificate is refused from now on");
+                Ok(())
+            }
+            TxnOutcome::Conflict { .. } => Err(out_of_sequence()),
+        }
+    }
+
+    // ---- the cluster port's requests ----
+
+    /// Which role a join token grants, comparing both tokens in constant time.
+    pub fn role_for_token(cluster: &ClusterRecord, token: &str) -> Option<NodeRole> {
+        let as_manager = swarmguard_ca::tokens_equal(token, &cluster.join_tokens.manager);
+        let as_worker = swarmguard_ca::tokens_equal(token, &cluster.join_tokens.worker);
+        match (token.is_empty(), as_manager, as_worker) {
+            (false, true, _) => Some(NodeRole::Manager),
+            (false, false, true) => Some(NodeRole::Worker),
+            _ => None,
+        }
+    }
+
+    /// A new node joins with `role` (already decided from its token): its record is written
+    /// with the certificate signed in the same write when the signer can sign at once, else
+    /// PENDING for the reconcile loop. Returns the new node ID.
+    pub async fn join(
+        &self,
+        role: NodeRole,
+        csr: &CheckedCsr,
+        req: &JoinRequest<'_>,
+    ) -> Result<String, ControlError> {
+        let cluster = self.cluster()?;
+        let material = self.security.current().ok_or(ControlError::NotManager)?;
+        let now = now_rfc3339();
+        for _ in 0..ID_TRIES {
+            let node_id = swarmguard_ca::new_id();
+            let mut record = new_node_record(&node_id, role.into(), req, &now);
+            let sign = SignRequest {
+                csr: csr.clone(),
+                csr_pem: req.csr_pem.to_vec(),
+                node_id: node_id.clone(),
+                role,
+                cluster_id: cluster.record.id.clone(),
+                expiry: self.node_cert_expiry(),
+            };
+            if let Some(outcome) = material.signer.sign_now(&sign) {
+                record_outcome(&mut record, outcome);
+            }
+            let key = node_key(&node_id);
+            let txn = Txn {
+                checks: vec![Check::Absent { key: key.clone() }],
+                ops: vec![records::put(&key, &record)?],
+            };
+            if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
+                tracing::info!(node_id = %node_id, role = %Role::from(role), state = ?record.certificate.state, "node joined with a token");
+                return Ok(node_id);
+            }
+        }
+        Err(ControlError::internal(
+            "could not allocate a unique node ID",
+            "every ID drawn was taken",
+        ))
+    }
+
+    /// A node renews its certificate: the role reconciles to the desired one (promote/demote)
+    /// and the signer signs in the same write when it can. `Ok(None)`: no such node.
+    pub async fn renew(
+        &self,
+        node_id: &str,
+        csr: &CheckedCsr,
+        csr_pem: &[u8],
+    ) -> Result<Option<NodeRecord>, ControlError> {
+        let cluster = self.cluster()?;
+        let material = self.security.current().ok_or(ControlError::NotManager)?;
+        let expiry = self.node_cert_expiry();
+        let csr_b64 = B64.encode(csr_pem);
+        let updated = records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
+            n.role = n.spec.role;
+            n.certificate.state = CertState::Renew;
+            n.certificate.csr_b64 = csr_b64.clone();
+            n.certificate.err.clear();
+            let sign = SignRequest {
+                csr: csr.clone(),
+                csr_pem: csr_pem.to_vec(),
+                node_id: n.id.clone(),
+                role: n.role.into(),
+                cluster_id: cluster.record.id.clone(),
+                expiry,
+            };
+            if let Some(outcome) = material.signer.sign_now(&sign) {
+                record_outcome(n, outcome);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(updated.map(|s| s.record))
+    }
+
+    /// The node's record once its certificate is in a final state, or as it is after `wait`.
+    pub async fn certificate_status(
+        &self,
+        node_id: &str,
+        wait: Duration,
+    ) -> Result<Option<NodeRecord>, ControlError> {
+        let mut events = self.subscribe();
+        let key = node_key(node_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Some(node) = self.node_by_id(node_id)? else {
+                return Ok(None);
+            };
+            if node.record.certificate.state.is_final() {
+                return Ok(Some(node.record));
+            }
+            // Wait for a change of this node, bounded; then answer with what there is.
+            let changed = async {
+                loop {
+                    match events.recv().await {
+                        Ok(a) if a.keys.contains(&key) => return,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(Some(node.record));
+            }
+        }
+    }
+
+    /// A node opened a session: it is Ready at `addr`, with the description it sent (if any).
+    /// `Ok(None)`: no such node.
+    pub async fn node_ready(
+        &self,
+        node_id: &str,
+        description: Option<NodeDescription>,
+        addr: String,
+    ) -> Result<Option<NodeRecord>, ControlError> {
+        let updated = records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
+            if let Some(d) = &description {
+                n.description = d.clone();
+            }
+            n.status = NodeStatus {
+                state: NodeState::Ready,
+                message: String::new(),
+                addr: addr.clone(),
+            };
+            Ok(())
+        })
+        .await?;
+        Ok(updated.map(|s| s.record))
+    }
+
+    /// A node missed its heartbeats.
+    pub async fn node_down(&self, node_id: &str, message: &str) -> Result<(), ControlError> {
+        records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
+            n.status.state = NodeState::Down;
+            n.status.message = message.to_string();
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Renews this manager's own certificate with a fresh key (same node, role and cluster):
+    /// files first (see [`LocalIdentity::replace_certificate`]), then the node record, whose
+    /// change makes the security material reload. Returns the new NotAfter.
+    pub async fn renew_own_certificate(&self) -> Result<SystemTime, ControlError> {
+        let _one_at_a_time = self.membership.lock().await;
+        let not_in_swarm = || ControlError::Unavailable("this manager is not part of a swarm".into());
+        let material = self.security.current().ok_or_else(not_in_swarm)?;
+        let node_id = material.identity.node_id.clone();
+        let (key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
+        let checked = swarmguard_ca::check_csr(&csr)
+            .map_err(|e| ControlError::internal("this manager's own CSR", e))?;
+        let issued = material
+            .root
+            .issue_node_certificate(
+                &checked,
+                &node_id,
+                NodeRole::Manager,
+                &material.cluster_id,
+                self.node_cert_expiry(),
+            )
+            .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
+        LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
+            .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
+        records::update(&self.store, &node_key(&node_id), "node", |n: &mut NodeRecord| {
+            record_outcome(n, Ok(issued.clone()));
+            Ok(())
+        })
+        .await?;
+        tracing::info!(node_id = %node_id, not_after = %unix_seconds(issued.not_after), "renewed this manager's certificate");
+        Ok(issued.not_after)
+    }
+}
+
+fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) -> NodeRecord {
+    NodeRecord {
+        id: node_id.to_string(),
+        created_at: now.to_string(),
+        updated_at: now.to_string(),
+        spec: NodeSpec {
+            name: String::new(),
+            labels: Some(Default::default()),
+            role,
+            availability: req.availability,
+        },
+        role,
+        description: Default::default(),
+        status: NodeStatus {
+            state: NodeState::Unknown,
+            message: String::new(),
+            addr: req.addr.clone(),
+        },
+        manager_addr: None,
+        certificate: CertificateRecord {
+            state: CertState::Pending,
+            cert_pem: String::new(),
+            not_after: 0,
+            csr_b64: B64.encode(req.csr_pem),
+            err: String::new(),
+        },
+    }
+}
+
+/// A promoted dockerd would start SwarmKit's manager and try to join our Raft, which swarmguard
+/// does not speak: refuse now rather than leave a node that never comes up.
+fn refuse_promoting_dockerd(node: &NodeRecord) -> Result<(), ControlError> {
+    if is_swarmguard_agent(node) {
+        return Ok(());
+    }
+    Err(ControlError::rpc(
+        Code::FailedPrecondition,
+        format!(
+            "node {} runs dockerd ({}), which cannot become a swarmguard manager: swarmguard managers do not speak SwarmKit's Raft protocol. Add managers by starting `swarmguard manager` on that host instead",
+            node.id,
+            match node.description.engine.engine_version.as_str() {
+                "" => "engine version unknown",
+                v => v,
+            }
+        ),
+    ))
+}
+
+/// Nodes that run `swarmguard agent` (or are swarmguard managers) say so in their engine version.
+fn is_swarmguard_agent(node: &NodeRecord) -> bool {
+    node.description
+        .engine
+        .engine_version
+        .starts_with("swarmguard")
+}
+
+fn check_labels(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<(), ControlError> {
+    if let Some(labels) = labels {
+        let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if labels.len() > 256 || bytes > 64 * 1024 {
+            return Err(ControlError::InvalidArgument(
+                "too many node labels: at most 256 labels and 64 KiB are accepted".into(),
+            ));
+        }
+    }
+    Ok(())
+}

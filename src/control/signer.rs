@@ -1,0 +1,207 @@
+//! The seam between node records and whoever signs their certificates.
+//!
+//! The internal CA signs in microseconds with no I/O, so a join or renewal signs inside its one
+//! store write ([`NodeSigner::sign_now`]): PENDING and ISSUED never exist apart. A signer that
+//! needs the network (an external cfssl CA) answers `None` there; the record is stored PENDING
+//! and [`reconcile`] signs it outside any store write, retrying with backoff and recording in the
+//! certificate's `err` why it is still waiting, so `docker node inspect` and the logs can say.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use swarmguard_ca::{CheckedCsr, IssuedCertificate, NodeRole, RootCa};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::records::{self, node_key, CertState, NodeRecord, NODE_PREFIX};
+use super::Control;
+use crate::util::unix_seconds;
+
+/// What a signer is asked for: the node's key (from a checked CSR) and the identity to bind.
+pub struct SignRequest {
+    pub csr: CheckedCsr,
+    /// The CSR as the node sent it (PEM), for signers that forward it.
+    pub csr_pem: Vec<u8>,
+    pub node_id: String,
+    pub role: NodeRole,
+    pub cluster_id: String,
+    pub expiry: Duration,
+}
+
+/// Why a signer did not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The signer refused this request for good (the certificate becomes FAILED).
+    #[error("{0}")]
+    Refused(String),
+    /// The signer could not be reached or answered nonsense; worth retrying later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type SignFuture = Pin<Box<dyn Future<Output = Result<IssuedCertificate, SignError>> + Send>>;
+
+/// Signs node certificates for the cluster.
+pub trait NodeSigner: Send + Sync {
+    /// Signs at once, without I/O, or says it cannot (`None`): then the record is stored
+    /// PENDING and [`reconcile`] calls [`NodeSigner::sign`].
+    fn sign_now(&self, req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>>;
+    /// Signs with whatever I/O it needs. Never called inside a store write.
+    fn sign(&self, req: SignRequest) -> SignFuture;
+}
+
+/// The cluster's own root CA, holding its key.
+pub struct InternalCa(pub Arc<RootCa>);
+
+impl InternalCa {
+    fn issue(&self, req: &SignRequest) -> Result<IssuedCertificate, SignError> {
+        self.0
+            .issue_node_certificate(
+                &req.csr,
+                &req.node_id,
+                req.role,
+                &req.cluster_id,
+                req.expiry,
+            )
+            .map_err(|e| SignError::Refused(e.to_string()))
+    }
+}
+
+impl NodeSigner for InternalCa {
+    fn sign_now(&self, req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
+        Some(self.issue(req))
+    }
+
+    fn sign(&self, req: SignRequest) -> SignFuture {
+        let result = self.issue(&req);
+        Box::pin(async move { result })
+    }
+}
+
+/// Records the outcome of a signing in the node's certificate.
+pub fn record_outcome(n: &mut NodeRecord, outcome: Result<IssuedCertificate, SignError>) {
+    match outcome {
+        Ok(issued) => {
+            n.certificate.state = CertState::Issued;
+            n.certificate.cert_pem = String::from_utf8_lossy(&issued.cert_pem).into_owned();
+            n.certificate.not_after = unix_seconds(issued.not_after);
+            n.certificate.err.clear();
+        }
+        Err(SignError::Refused(why)) => {
+            n.certificate.state = CertState::Failed;
+            n.certificate.err = why;
+        }
+        Err(SignError::Unavailable(why)) => {
+            n.certificate.err = format!("waiting for the certificate signer: {why}");
+        }
+    }
+}
+
+/// Backoff between attempts for one node: 1 s doubling to 60 s.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const LAST_RETRY: Duration = Duration::from_secs(60);
+/// How often pending certificates are looked at without a store event.
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// Signs every PENDING or RENEW certificate that the fast path left, until `stop`.
+pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    let mut events = control.subscribe();
+    // Node ID → (CSR being signed, when to try next, current backoff).
+    let mut backoff: HashMap<String, (String, Instant, Duration)> = HashMap::new();
+    loop {
+        reconcile_once(&control, &mut backoff).await;
+        tokio::select! {
+            _ = crate::util::until_true(&mut stop) => return,
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            ev = events.recv() => {
+                if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn reconcile_once(
+    control: &Control,
+    backoff: &mut HashMap<String, (String, Instant, Duration)>,
+) {
+    let Some(material) = control.security().current() else {
+        return;
+    };
+    let Ok(nodes) = records::list::<NodeRecord>(control.store(), NODE_PREFIX) else {
+        return;
+    };
+    let waiting: Vec<NodeRecord> = nodes
+        .into_iter()
+        .map(|s| s.record)
+        .filter(|n| n.certificate.state.needs_signing())
+        .collect();
+    backoff.retain(|id, (csr, _, _)| {
+        waiting
+            .iter()
+            .any(|n| &n.id == id && &n.certificate.csr_b64 == csr)
+    });
+    let now = Instant::now();
+    for node in waiting {
+        if backoff.get(&node.id).is_some_and(|(_, at, _)| *at > now) {
+            continue;
+        }
+        let csr_b64 = node.certificate.csr_b64.clone();
+        let outcome = match request_for(control, &material.cluster_id, &node) {
+            Ok(req) => material.signer.sign(req).await,
+            Err(e) => Err(e),
+        };
+        if let Err(SignError::Unavailable(why)) = &outcome {
+            let delay = backoff
+                .get(&node.id)
+                .map(|(_, _, d)| (*d * 2).min(LAST_RETRY))
+                .unwrap_or(FIRST_RETRY);
+            tracing::warn!(node_id = %node.id, retry_in = ?delay, "certificate signer unavailable: {why}");
+            backoff.insert(node.id.clone(), (csr_b64.clone(), now + delay, delay));
+        }
+        let written = records::update(
+            control.store(),
+            &node_key(&node.id),
+            "node",
+            |n: &mut NodeRecord| {
+                // Only the request that was signed: a newer CSR waits for its own turn.
+                if n.certificate.state.needs_signing() && n.certificate.csr_b64 == csr_b64 {
+                    record_outcome(n, outcome.clone());
+                }
+                Ok(())
+            },
+        )
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(node_id = %node.id, error = %e, "cannot record a signed certificate");
+        }
+    }
+}
+
+/// The signing request for a stored node: its CSR checked again (it came from the network),
+/// its current role, the cluster's expiry.
+fn request_for(
+    control: &Control,
+    cluster_id: &str,
+    node: &NodeRecord,
+) -> Result<SignRequest, SignError> {
+    let csr_pem = B64
+        .decode(node.certificate.csr_b64.as_bytes())
+        .map_err(|e| SignError::Refused(format!("stored CSR unreadable: {e}")))?;
+    let csr =
+        swarmguard_ca::check_csr(&csr_pem).map_err(|e| SignError::Refused(e.to_string()))?;
+    Ok(SignRequest {
+        csr,
+        csr_pem,
+        node_id: node.id.clone(),
+        role: node.role.into(),
+        cluster_id: cluster_id.to_string(),
+        expiry: control.node_cert_expiry(),
+    })
+}

@@ -1,0 +1,52 @@
+//! Engine API error answers: `{"message": …}` with `Content-Type: application/json` (the CLI
+//! needs both to print them after `Error response from daemon: `), and the one mapping from
+//! [`ControlError`] to an HTTP status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::MAX_BODY;
+use crate::control::ControlError;
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The domain refused or failed; its status comes from [`ControlError::http_status`].
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The request itself is malformed (query, body, path, version).
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is too large: at most {MAX_BODY} bytes are accepted")]
+    TooLarge,
+    /// The body could not be read; the status is the one the reader reported.
+    #[error("cannot read the request body: {message}")]
+    Unreadable { status: u16, message: String },
+    #[error("swarmguard does not serve {method} {path}: it implements the swarm, node and system endpoints of the Docker Engine API {}; point other docker commands at a Docker engine", super::API_VERSION)]
+    NotServed { method: String, path: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Control(e) => e.http_status(),
+            ApiError::BadRequest(_) => 400,
+            ApiError::TooLarge => 413,
+            ApiError::Unreadable { status, .. } => *status,
+            ApiError::NotServed { .. } => 404,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Control(e) = &self {
+            if e.is_internal() {
+                tracing::error!(error = %e, "Engine API request failed");
+            }
+        }
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "message": self.to_string() }))).into_response()
+    }
+}
