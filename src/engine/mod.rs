@@ -5,6 +5,8 @@
 //! `Content-Type: application/json`, which the CLI requires to print them.
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod request;
 pub mod types;

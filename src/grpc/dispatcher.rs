@@ -188,7 +188,7 @@ fn check_len(what: &str, len: usize, max: usize) -> Result<(), Status> {
 }
 
 /// The node's own description, bounded, in the Engine API's shape.
-fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
+pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
     check_len("hostname", d.hostname.len(), 253)?;
     let platform = d.platform.clone().unwrap_or_default();
     check_len("platform architecture", platform.architecture.len(), 64)?;
