@@ -256,24 +256,29 @@ impl Control {
         let material = self.security.current().ok_or(ControlError::NotManager)?;
         let expiry = self.node_cert_expiry();
         let csr_b64 = B64.encode(csr_pem);
-        let updated = records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
-            n.role = n.spec.role;
-            n.certificate.state = CertState::Renew;
-            n.certificate.csr_b64 = csr_b64.clone();
-            n.certificate.err.clear();
-            let sign = SignRequest {
-                csr: csr.clone(),
-                csr_pem: csr_pem.to_vec(),
-                node_id: n.id.clone(),
-                role: n.role.into(),
-                cluster_id: cluster.record.id.clone(),
-                expiry,
-            };
-            if let Some(outcome) = material.signer.sign_now(&sign) {
-                record_outcome(n, outcome);
-            }
-            Ok(())
-        })
+        let updated = records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                n.role = n.spec.role;
+                n.certificate.state = CertState::Renew;
+                n.certificate.csr_b64 = csr_b64.clone();
+                n.certificate.err.clear();
+                let sign = SignRequest {
+                    csr: csr.clone(),
+                    csr_pem: csr_pem.to_vec(),
+                    node_id: n.id.clone(),
+                    role: n.role.into(),
+                    cluster_id: cluster.record.id.clone(),
+                    expiry,
+                };
+                if let Some(outcome) = material.signer.sign_now(&sign) {
+                    record_outcome(n, outcome);
+                }
+                Ok(())
+            },
+        )
         .await?;
         Ok(updated.map(|s| s.record))
     }
@@ -321,28 +326,38 @@ impl Control {
         description: Option<NodeDescription>,
         addr: String,
     ) -> Result<Option<NodeRecord>, ControlError> {
-        let updated = records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
-            if let Some(d) = &description {
-                n.description = d.clone();
-            }
-            n.status = NodeStatus {
-                state: NodeState::Ready,
-                message: String::new(),
-                addr: addr.clone(),
-            };
-            Ok(())
-        })
+        let updated = records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                if let Some(d) = &description {
+                    n.description = d.clone();
+                }
+                n.status = NodeStatus {
+                    state: NodeState::Ready,
+                    message: String::new(),
+                    addr: addr.clone(),
+                };
+                Ok(())
+            },
+        )
         .await?;
         Ok(updated.map(|s| s.record))
     }
 
     /// A node missed its heartbeats.
     pub async fn node_down(&self, node_id: &str, message: &str) -> Result<(), ControlError> {
-        records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
-            n.status.state = NodeState::Down;
-            n.status.message = message.to_string();
-            Ok(())
-        })
+        records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                n.status.state = NodeState::Down;
+                n.status.message = message.to_string();
+                Ok(())
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -352,7 +367,8 @@ impl Control {
     /// change makes the security material reload. Returns the new NotAfter.
     pub async fn renew_own_certificate(&self) -> Result<SystemTime, ControlError> {
         let _one_at_a_time = self.membership.lock().await;
-        let not_in_swarm = || ControlError::Unavailable("this manager is not part of a swarm".into());
+        let not_in_swarm =
+            || ControlError::Unavailable("this manager is not part of a swarm".into());
         let material = self.security.current().ok_or_else(not_in_swarm)?;
         let node_id = material.identity.node_id.clone();
         let (key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
@@ -370,10 +386,15 @@ impl Control {
             .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
         LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
             .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
-        records::update(&self.store, &node_key(&node_id), "node", |n: &mut NodeRecord| {
-            record_outcome(n, Ok(issued.clone()));
-            Ok(())
-        })
+        records::update(
+            &self.store,
+            &node_key(&node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                record_outcome(n, Ok(issued.clone()));
+                Ok(())
+            },
+        )
         .await?;
         tracing::info!(node_id = %node_id, not_after = %unix_seconds(issued.not_after), "renewed this manager's certificate");
         Ok(issued.not_after)

@@ -107,7 +107,10 @@ pub enum CertState {
 impl CertState {
     /// A state the node acts on; NodeCertificateStatus stops waiting at these.
     pub fn is_final(self) -> bool {
-        matches!(self, CertState::Issued | CertState::Failed | CertState::Rotate)
+        matches!(
+            self,
+            CertState::Issued | CertState::Failed | CertState::Rotate
+        )
     }
 
     /// Whether a signer still has to sign the certificate.
@@ -160,7 +163,8 @@ pub struct Stored<T> {
 pub const MAX_TRIES: u32 = 8;
 
 pub fn decode<T: DeserializeOwned>(v: &Versioned) -> Result<T, ControlError> {
-    serde_json::from_slice(&v.value).map_err(|e| ControlError::internal("cannot decode a record", e))
+    serde_json::from_slice(&v.value)
+        .map_err(|e| ControlError::internal("cannot decode a record", e))
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -175,7 +179,10 @@ pub fn put<T: Serialize>(key: &str, value: &T) -> Result<Op, ControlError> {
 }
 
 /// Reads and decodes one record.
-pub fn get<T: DeserializeOwned>(store: &Store, key: &str) -> Result<Option<Stored<T>>, ControlError> {
+pub fn get<T: DeserializeOwned>(
+    store: &Store,
+    key: &str,
+) -> Result<Option<Stored<T>>, ControlError> {
     store
         .get(key)
         .map(|v| {
@@ -188,7 +195,10 @@ pub fn get<T: DeserializeOwned>(store: &Store, key: &str) -> Result<Option<Store
 }
 
 /// Every record under `prefix`, decoded, in key order.
-pub fn list<T: DeserializeOwned>(store: &Store, prefix: &str) -> Result<Vec<Stored<T>>, ControlError> {
+pub fn list<T: DeserializeOwned>(
+    store: &Store,
+    prefix: &str,
+) -> Result<Vec<Stored<T>>, ControlError> {
     store
         .list(prefix)
         .into_iter()

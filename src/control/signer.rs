@@ -203,8 +203,7 @@ fn request_for(
     let csr_pem = B64
         .decode(node.certificate.csr_b64.as_bytes())
         .map_err(|e| SignError::Refused(format!("stored CSR unreadable: {e}")))?;
-    let csr =
-        swarmguard_ca::check_csr(&csr_pem).map_err(|e| SignError::Refused(e.to_string()))?;
+    let csr = swarmguard_ca::check_csr(&csr_pem).map_err(|e| SignError::Refused(e.to_string()))?;
     Ok(SignRequest {
         csr,
         csr_pem,

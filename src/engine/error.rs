@@ -46,7 +46,12 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "Engine API request failed");
             }
         }
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({ "message": self.to_string() }))).into_response()
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(serde_json::json!({ "message": self.to_string() })),
+        )
+            .into_response()
     }
 }

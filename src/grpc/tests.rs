@@ -9,14 +9,14 @@ use swarmguard_ca::NodeRole;
 use tokio::sync::watch;
 use tonic::Code;
 
-use crate::pb;
 use crate::agent::{self, tls as ctls, AgentState, Credentials, RunOptions};
 use crate::control::local::ManagerConfig;
-use crate::control::records::NODE_PREFIX;
-use crate::control::{Control, Rotate};
 use crate::control::records::CertState;
+use crate::control::records::NODE_PREFIX;
 use crate::control::swarm::InitOptions;
 use crate::control::types::{NodeState, Role};
+use crate::control::{Control, Rotate};
+use crate::pb;
 use crate::store::Store;
 
 struct Env {
@@ -99,7 +99,11 @@ impl Env {
     }
     fn node_state(&self, id: &str) -> String {
         let state = self.control.node(id).unwrap().record.status.state;
-        serde_json::to_value(state).unwrap().as_str().unwrap().to_string()
+        serde_json::to_value(state)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     async fn rotate_worker_token(&self) {
