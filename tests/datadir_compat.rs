@@ -55,6 +55,12 @@ fn check_fixture(fixture: &Path) {
 
     let mut m = Manager::start(&data);
     m.cluster_addr = cluster_addr.clone();
+    let port: u16 = cluster_addr.rsplit(':').next().unwrap().parse().unwrap();
+    support::wait_until(
+        "the fixture's cluster port",
+        Duration::from_secs(20),
+        || support::port_open(port),
+    );
     let old = Tokens::of(&expected);
     assert_serves(&m, &name, &expected, &old, &[]);
     assert_swarm_unchanged(&m, &name, &expected);
