@@ -15,6 +15,8 @@ pub mod records;
 pub mod renewal;
 pub mod security;
 pub mod signer;
+#[cfg(test)]
+mod signer_tests;
 pub mod spec;
 pub mod swarm;
 pub mod types;
