@@ -81,11 +81,15 @@ pub fn authorize<T>(
             "Permission denied: node {cn} was removed from swarm"
         )));
     }
-    let role = recorded_role(control, &cn, role)?;
-    if !roles.contains(&role) {
+    let acting = recorded_role(control, &cn, role)?;
+    if !roles.contains(&acting) {
+        tracing::warn!(node_id = %cn, "a manager certificate whose node is no longer a manager called a manager-only method: refused");
         return Err(not_in_roles(roles));
     }
-    Ok(Identity { node_id: cn, role })
+    Ok(Identity {
+        node_id: cn,
+        role: acting,
+    })
 }
 
 /// The role a certificate holder acts with: its OU while the node record agrees, else worker.
@@ -96,10 +100,8 @@ fn recorded_role(control: &Control, node_id: &str, ou: NodeRole) -> Result<NodeR
         return Ok(ou);
     }
     let node = control.node_by_id(node_id).map_err(super::status)?;
-    let recorded = node.as_ref().map(|n| n.record.role);
-    if recorded == Some(Role::Manager) {
-        return Ok(NodeRole::Manager);
+    match node.map(|n| n.record.role) {
+        Some(Role::Manager) => Ok(NodeRole::Manager),
+        _ => Ok(NodeRole::Worker),
     }
-    tracing::warn!(node_id = %node_id, recorded = ?recorded, "a manager certificate whose node is not a manager: acting as a worker");
-    Ok(NodeRole::Worker)
 }
