@@ -121,7 +121,11 @@ async fn serve_engine_api(
 ) -> anyhow::Result<Vec<Task>> {
     let mut servers = Vec::new();
     for ep in endpoints {
-        let app = crate::engine::service(control.clone());
+        let transport = match ep {
+            Endpoint::Unix(_) => crate::engine::Transport::Unix,
+            Endpoint::Tcp(_) => crate::engine::Transport::Tcp,
+        };
+        let app = crate::engine::service(control.clone(), transport);
         let mut stop = stop_rx.clone();
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -77,6 +77,40 @@ pub struct NodeRecord {
     /// The cluster address of a manager (`host:port`).
     pub manager_addr: Option<String>,
     pub certificate: CertificateRecord,
+    /// What the node runs, as this manager recorded it (never what the node says now).
+    /// Absent in records written before it existed: those read as `Unrecorded`.
+    #[serde(default, skip_serializing_if = "NodeSoftware::is_unrecorded")]
+    pub software: NodeSoftware,
+}
+
+/// What software a node runs, as the manager recorded it itself: for its own node at `swarm
+/// init`, and for a joined node once, at its first session with a description. Later sessions
+/// never change it, so a node cannot talk itself into being a swarmguard agent (the promote
+/// guard's question) after it was seen as something else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSoftware {
+    /// Not seen yet: no session since the join, or a record older than this field.
+    #[default]
+    Unrecorded,
+    /// A stock Docker engine (anything that is not a swarmguard agent).
+    Dockerd,
+    SwarmguardAgent,
+    SwarmguardManager,
+}
+
+impl NodeSoftware {
+    pub fn is_unrecorded(&self) -> bool {
+        *self == NodeSoftware::Unrecorded
+    }
+
+    /// Whether this node can become a swarmguard manager.
+    pub fn is_swarmguard(self) -> bool {
+        matches!(
+            self,
+            NodeSoftware::SwarmguardAgent | NodeSoftware::SwarmguardManager
+        )
+    }
 }
 
 impl NodeRecord {

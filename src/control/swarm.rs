@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 use super::error::{Code, ControlError};
 use super::local::{self, LocalIdentity};
 use super::records::{
-    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, RootCaRecord,
-    TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
+    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
+    RootCaRecord, TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
 };
 use super::security::Security;
 use super::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
@@ -292,6 +292,7 @@ fn own_node_record(
             addr: advertise.ip().to_string(),
         },
         manager_addr: Some(advertise.to_string()),
+        software: NodeSoftware::SwarmguardManager,
         certificate: CertificateRecord {
             state: CertState::Issued,
             cert_pem: String::from_utf8_lossy(&new.issued.cert_pem).into_owned(),
