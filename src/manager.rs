@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -89,9 +89,43 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = serve_engine_api(endpoints, &control, &stop_rx).await?;
+    tracing::info!("Engine API ready");
+    servers.extend(spawn_background(&control, &stop_rx));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    for s in servers {
+        s.await??;
+    }
+    store
+        .shutdown()
+        .await
+        .context("cluster store did not shut down cleanly")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+type Task = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// One HTTP server per Engine API endpoint, each stopping when `stop` turns true.
+async fn serve_engine_api(
+    endpoints: Vec<Endpoint>,
+    control: &Arc<Control>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Task>> {
     let mut servers = Vec::new();
     for ep in endpoints {
-        let app = crate::engine::service(control.clone());
+        let transport = match ep {
+            Endpoint::Unix(_) => crate::engine::Transport::Unix,
+            Endpoint::Tcp(_) => crate::engine::Transport::Tcp,
+        };
+        let app = crate::engine::service(control.clone(), transport);
         let mut stop = stop_rx.clone();
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -120,53 +154,28 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("Engine API ready");
-    // The cluster gRPC port runs while this manager is part of a swarm.
-    servers.push({
-        let control = control.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            crate::grpc::supervise(control, stop).await;
-            Ok(())
-        })
-    });
+    Ok(servers)
+}
 
-    // ... with a certificate that renews itself.
-    servers.push({
-        let control = control.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            crate::control::renewal::keep_own_certificate_fresh(control, stop).await;
-            Ok(())
-        })
+/// The manager's background work: the cluster gRPC port (while part of a swarm), this
+/// manager's own certificate renewal, and signing what a signer could not sign at once.
+fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec<Task> {
+    let (c, s) = (control.clone(), stop.clone());
+    let port = tokio::spawn(async move {
+        crate::grpc::supervise(c, s).await;
+        Ok(())
     });
-
-    // ... and certificates a signer could not sign at once get signed in the background.
-    servers.push({
-        let control = control.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            crate::control::signer::reconcile(control, stop).await;
-            Ok(())
-        })
+    let (c, s) = (control.clone(), stop.clone());
+    let renewal = tokio::spawn(async move {
+        crate::control::renewal::keep_own_certificate_fresh(c, s).await;
+        Ok(())
     });
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    let _ = stop_tx.send(true);
-    for s in servers {
-        s.await??;
-    }
-    store
-        .shutdown()
-        .await
-        .context("cluster store did not shut down cleanly")?;
-    tracing::info!("stopped");
-    Ok(())
+    let (c, s) = (control.clone(), stop.clone());
+    let signing = tokio::spawn(async move {
+        crate::control::signer::reconcile(c, s).await;
+        Ok(())
+    });
+    vec![port, renewal, signing]
 }
 
 /// Creates the data dir 0700 and refuses one others can read: it holds the store's key.
@@ -200,9 +209,26 @@ fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
             );
         }
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    // Bound inside a fresh 0700 directory beside it, made 0600 there, then renamed into place:
+    // the socket is never reachable at its final path with the umask's wider mode.
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".sg-sock-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let tmp = staging.join("s");
+    let bound = UnixListener::bind(&tmp)
+        .with_context(|| format!("cannot listen on {}", path.display()))
+        .and_then(|l| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+            fs::rename(&tmp, path)
+                .with_context(|| format!("cannot move the socket to {}", path.display()))?;
+            Ok(l)
+        });
+    let _ = fs::remove_dir_all(&staging);
+    let listener = bound?;
     Ok(listener)
 }
 
@@ -267,6 +293,20 @@ mod tests {
             format!("{err:#}").contains("in use by another process"),
             "{err:#}"
         );
+    }
+
+    /// The socket appears at its path already 0600, and the staging directory is gone.
+    #[test]
+    fn the_socket_is_private_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let sock = dir.path().join("api.sock");
+        tokio_test_bind(&sock).unwrap();
+        let meta = fs::symlink_metadata(&sock).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the socket remains: {left:?}");
     }
 
     fn tokio_test_bind(path: &Path) -> anyhow::Result<()> {

@@ -96,4 +96,3 @@ pub fn key_matches_certificate(cert_pem: &[u8], key_pem: &[u8]) -> bool {
     // from_der refuses a key whose public half differs from the certificate's.
     rustls::sign::CertifiedKey::from_der(certs, key, &provider()).is_ok()
 }
-

@@ -218,6 +218,24 @@ fn docker_cli_swarm_lifecycle() {
     let none = m.docker_ok(&["node", "ls", "-q", "--filter", "role=worker"]);
     assert_eq!(none.trim(), "");
 
+    // The same CLI over the tcp Engine API (`Host: 127.0.0.1:PORT`): a JSON POST, reads, and a
+    // bodiless POST (`Content-Length: 0`, no Content-Type) that reaches its handler.
+    let out = m.docker_tcp(&["swarm", "join-token", "--rotate", "manager"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Successfully rotated manager join token."),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(swarm(&m)["JoinTokens"]["Manager"], manager.as_str());
+    let ls = m.docker_tcp(&["node", "ls", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&ls.stdout).trim(), node_id);
+    let leave = m.docker_tcp(&["swarm", "leave"]);
+    assert!(!leave.status.success());
+    assert!(
+        String::from_utf8_lossy(&leave.stderr).contains("Use `--force` to ignore this message.")
+    );
+
     let leave = m.docker(&["swarm", "leave"]);
     assert!(!leave.status.success());
     assert!(
@@ -451,6 +469,39 @@ fn engine_api_protocol_details() {
 
     // Unversioned paths work too, as on dockerd.
     assert_eq!(m.request("GET", "/info", None).status, 200);
+
+    // The tcp endpoint serves the CLI, and refuses what a web page sends (audit finding 3).
+    let v = m.docker_tcp(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "1.41");
+    let tcp = |headers: &[&str], method: &str, path: &str, body: &[u8]| {
+        support::manager::tcp_request(&m.tcp_api, method, path, headers, body).unwrap()
+    };
+    let rebound = tcp(&["Host: attacker.example:2375"], "GET", "/v1.41/swarm", b"");
+    assert_eq!(rebound.status, 403);
+    assert_eq!(rebound.header("Content-Type"), Some("application/json"));
+    assert!(rebound.message().contains("Host \"attacker.example:2375\""));
+    let host = format!("Host: {}", m.tcp_api);
+    let page = tcp(
+        &[
+            &host,
+            "Origin: http://attacker.example",
+            "Content-Type: text/plain",
+        ],
+        "POST",
+        "/v1.41/swarm/leave?force=1",
+        b"",
+    );
+    assert_eq!(page.status, 403);
+    assert!(page.message().contains("Origin header"));
+    let form = tcp(
+        &[&host, "Content-Type: application/x-www-form-urlencoded"],
+        "POST",
+        "/v1.41/swarm/init",
+        b"a=b",
+    );
+    assert_eq!(form.status, 415);
+    assert!(form.message().contains("application/json"));
+    assert_eq!(tcp(&[&host], "GET", "/v1.41/info", b"").status, 200);
 }
 
 /// Every bad input is a clear error and leaves the cluster exactly as it was.

@@ -26,8 +26,7 @@ pub use error::{CaError, CsrError, TokenError};
 pub use id::{is_valid_id, new_id, ID_LEN};
 pub use node::{
     generate_node_key_and_csr, read_node_certificate, renewal_delay, verify_node_certificate,
-    IssuedCertificate, NodeIdentity, NodeRole,
-    DEFAULT_NODE_CERT_EXPIRY, MIN_NODE_CERT_EXPIRY,
+    IssuedCertificate, NodeIdentity, NodeRole, DEFAULT_NODE_CERT_EXPIRY, MIN_NODE_CERT_EXPIRY,
 };
 pub use root::{RootCa, ROOT_CN};
 pub use token::{tokens_equal, JoinToken};

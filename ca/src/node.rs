@@ -227,7 +227,6 @@ pub fn verify_node_certificate(root: &RootCa, cert_pem: &[u8]) -> Result<NodeIde
     identity_of(&cert)
 }
 
-
 /// Reads the identity a node certificate names (the first certificate of `cert`, PEM or DER)
 /// without checking its chain: for callers whose TLS stack already verified it against the
 /// cluster root (the cluster port's client certificates, the agent's issued certificate).

@@ -73,11 +73,16 @@ pub enum ControlError {
     #[error("the {what} kept changing under this request ({tries} tries); try again")]
     Contended { what: &'static str, tries: u32 },
     /// The cluster store could not take or give the data (disk, Raft).
-    #[error("the cluster store refused the write: {0} (see the swarmguard manager log for details)")]
+    #[error(
+        "the cluster store refused the write: {0} (see the swarmguard manager log for details)"
+    )]
     Store(String),
     /// A failure of swarmguard itself: what it was doing and why.
     #[error("{context}: {detail} (see the swarmguard manager log for details)")]
-    Internal { context: &'static str, detail: String },
+    Internal {
+        context: &'static str,
+        detail: String,
+    },
 }
 
 impl ControlError {
@@ -115,10 +120,7 @@ impl ControlError {
 
     /// Whether this is swarmguard's own failure (worth an error log line), not the caller's.
     pub fn is_internal(&self) -> bool {
-        matches!(
-            self,
-            ControlError::Store(_) | ControlError::Internal { .. }
-        )
+        matches!(self, ControlError::Store(_) | ControlError::Internal { .. })
     }
 }
 

@@ -28,12 +28,16 @@ impl Filters {
             ))
         })?;
         let obj = value.as_object().ok_or_else(|| {
-            ControlError::InvalidArgument("invalid filter: expected a JSON object of filter names".into())
+            ControlError::InvalidArgument(
+                "invalid filter: expected a JSON object of filter names".into(),
+            )
         })?;
         let mut out = BTreeMap::new();
         for (key, values) in obj {
             if !allowed.contains(&key.as_str()) {
-                return Err(ControlError::InvalidArgument(format!("Invalid filter '{key}'")));
+                return Err(ControlError::InvalidArgument(format!(
+                    "Invalid filter '{key}'"
+                )));
             }
             let set: BTreeSet<String> = match values {
                 serde_json::Value::Object(m) => m
@@ -141,7 +145,7 @@ mod tests {
         ];
         for (raw, want) in cases {
             let err = Filters::parse(Some(raw), Filters::NODE_KEYS).unwrap_err();
-            assert!(err.to_string().contains(want), "{raw}: {}", err.to_string());
+            assert!(err.to_string().contains(want), "{raw}: {err}");
             assert_eq!(err.http_status(), 400);
         }
         let f = Filters::parse(Some(r#"{"role":{"boss":true}}"#), Filters::NODE_KEYS).unwrap();

@@ -326,12 +326,8 @@ mod tests {
         LocalIdentity::replace_certificate(d.path(), &new_cert, &new_key).unwrap();
         assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
         assert_eq!(LocalIdentity::load(d.path(), &ca).unwrap().node_id, node);
-        assert!(crate::tls::key_matches_certificate(
-            &new_cert, &new_key
-        ));
-        assert!(!crate::tls::key_matches_certificate(
-            &new_cert, &old_key
-        ));
+        assert!(crate::tls::key_matches_certificate(&new_cert, &new_key));
+        assert!(!crate::tls::key_matches_certificate(&new_cert, &old_key));
     }
 
     fn config(listen: &str, advertise: Option<&str>) -> ManagerConfig {
@@ -364,7 +360,9 @@ mod tests {
         let err = c.resolve_addrs("0.0.0.0:2377", "0.0.0.0").unwrap_err();
         assert!(err.to_string().contains("non-zero IP address"));
         let err = c.resolve_addrs("0.0.0.0:2377", "eth0").unwrap_err();
-        assert!(err.to_string().contains("interface names are not supported"));
+        assert!(err
+            .to_string()
+            .contains("interface names are not supported"));
         let err = c.resolve_addrs("nonsense", "192.0.2.7").unwrap_err();
         assert!(err.to_string().contains("invalid ListenAddr"));
         let c = config("0.0.0.0:2377", Some("192.0.2.9:2400"));

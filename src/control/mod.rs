@@ -15,6 +15,8 @@ pub mod records;
 pub mod renewal;
 pub mod security;
 pub mod signer;
+#[cfg(test)]
+mod signer_tests;
 pub mod spec;
 pub mod swarm;
 pub mod types;
@@ -139,7 +141,10 @@ impl Control {
 
     /// The cluster record and its version, decoded once per version.
     pub fn cluster(&self) -> Result<ClusterView, ControlError> {
-        let v = self.store.get(CLUSTER_KEY).ok_or(ControlError::NotManager)?;
+        let v = self
+            .store
+            .get(CLUSTER_KEY)
+            .ok_or(ControlError::NotManager)?;
         let mut cache = self.cluster_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.as_ref().filter(|c| c.version == v.version) {
             return Ok(c.clone());
@@ -154,7 +159,10 @@ impl Control {
 
     /// How long node certificates are valid for (the cluster spec's `NodeCertExpiry`).
     pub fn node_cert_expiry(&self) -> Duration {
-        match self.cluster().map(|c| c.record.spec.ca_config.node_cert_expiry) {
+        match self
+            .cluster()
+            .map(|c| c.record.spec.ca_config.node_cert_expiry)
+        {
             Ok(n) if n > 0 => Duration::from_nanos(n as u64),
             _ => swarmguard_ca::DEFAULT_NODE_CERT_EXPIRY,
         }

@@ -10,8 +10,8 @@ use swarmguard_ca::{CheckedCsr, NodeRole};
 use super::error::{Code, ControlError};
 use super::local::LocalIdentity;
 use super::records::{
-    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, CLUSTER_KEY,
-    NODE_PREFIX,
+    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
+    CLUSTER_KEY, NODE_PREFIX,
 };
 use super::signer::{record_outcome, SignRequest};
 use super::types::{Availability, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
@@ -43,39 +43,13 @@ impl Control {
         records::get(&self.store, &node_key(id))
     }
 
-    /// Finds a node by full ID, then by name, then by unique ID prefix (Docker's order).
+    /// Finds a node as dockerd 20.10 does (`daemon/cluster/helpers.go` `getNode`): the full ID,
+    /// then the name, then a unique ID prefix. One departure, never seen without an attacker:
+    /// a name that is also a prefix of *another* node's ID is ambiguous instead of the named
+    /// node, because a joining node chooses its hostname and could otherwise take over the
+    /// prefix an operator types for a real node (`docker node promote 3f2a`).
     pub fn node(&self, reference: &str) -> Result<NodeView, ControlError> {
-        let nodes = self.nodes()?;
-        if let Some(n) = nodes.iter().position(|n| n.record.id == reference) {
-            return Ok(nodes.into_iter().nth(n).expect("index"));
-        }
-        let pick = |matches: Vec<NodeView>| -> Result<Option<NodeView>, ControlError> {
-            match matches.len() {
-                0 => Ok(None),
-                1 => Ok(matches.into_iter().next()),
-                n => Err(ControlError::NotFound(format!(
-                    "node {reference} is ambiguous ({n} matches found)"
-                ))),
-            }
-        };
-        let (by_name, rest): (Vec<_>, Vec<_>) = nodes
-            .into_iter()
-            .partition(|n| n.record.name() == reference);
-        if let Some(n) = pick(by_name)? {
-            return Ok(n);
-        }
-        if !reference.is_empty() {
-            let by_prefix = rest
-                .into_iter()
-                .filter(|n| n.record.id.starts_with(reference))
-                .collect();
-            if let Some(n) = pick(by_prefix)? {
-                return Ok(n);
-            }
-        }
-        Err(ControlError::NotFound(format!(
-            "node {reference} not found"
-        )))
+        resolve(self.nodes()?, reference)
     }
 
     /// `POST /nodes/{id}/update`: name, labels, availability and desired role.
@@ -98,10 +72,18 @@ impl Control {
         if from == Role::Worker && to == Role::Manager {
             refuse_promoting_dockerd(&current.record)?;
         }
-        if from == Role::Manager && to == Role::Worker {
+        let demoted = from == Role::Manager && to == Role::Worker;
+        if demoted {
             checks.extend(self.guard_last_manager()?);
         }
         let mut record = current.record;
+        if demoted {
+            // The observed role follows a demotion at once (SwarmKit's role manager does so once
+            // the node left Raft; other nodes are never in swarmguard's Raft), so the manager
+            // certificate the node still holds stops carrying manager rights now, not at its
+            // next renewal. A promotion waits for the renewal that brings the manager OU.
+            record.role = Role::Worker;
+        }
         record.spec = NodeSpec {
             labels: Some(spec.labels.unwrap_or_default()),
             ..spec
@@ -256,24 +238,29 @@ impl Control {
         let material = self.security.current().ok_or(ControlError::NotManager)?;
         let expiry = self.node_cert_expiry();
         let csr_b64 = B64.encode(csr_pem);
-        let updated = records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
-            n.role = n.spec.role;
-            n.certificate.state = CertState::Renew;
-            n.certificate.csr_b64 = csr_b64.clone();
-            n.certificate.err.clear();
-            let sign = SignRequest {
-                csr: csr.clone(),
-                csr_pem: csr_pem.to_vec(),
-                node_id: n.id.clone(),
-                role: n.role.into(),
-                cluster_id: cluster.record.id.clone(),
-                expiry,
-            };
-            if let Some(outcome) = material.signer.sign_now(&sign) {
-                record_outcome(n, outcome);
-            }
-            Ok(())
-        })
+        let updated = records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                n.role = n.spec.role;
+                n.certificate.state = CertState::Renew;
+                n.certificate.csr_b64 = csr_b64.clone();
+                n.certificate.err.clear();
+                let sign = SignRequest {
+                    csr: csr.clone(),
+                    csr_pem: csr_pem.to_vec(),
+                    node_id: n.id.clone(),
+                    role: n.role.into(),
+                    cluster_id: cluster.record.id.clone(),
+                    expiry,
+                };
+                if let Some(outcome) = material.signer.sign_now(&sign) {
+                    record_outcome(n, outcome);
+                }
+                Ok(())
+            },
+        )
         .await?;
         Ok(updated.map(|s| s.record))
     }
@@ -321,28 +308,41 @@ impl Control {
         description: Option<NodeDescription>,
         addr: String,
     ) -> Result<Option<NodeRecord>, ControlError> {
-        let updated = records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
-            if let Some(d) = &description {
-                n.description = d.clone();
-            }
-            n.status = NodeStatus {
-                state: NodeState::Ready,
-                message: String::new(),
-                addr: addr.clone(),
-            };
-            Ok(())
-        })
+        let updated = records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                if let Some(d) = &description {
+                    n.description = d.clone();
+                    if n.software.is_unrecorded() {
+                        n.software = software_of(d);
+                    }
+                }
+                n.status = NodeStatus {
+                    state: NodeState::Ready,
+                    message: String::new(),
+                    addr: addr.clone(),
+                };
+                Ok(())
+            },
+        )
         .await?;
         Ok(updated.map(|s| s.record))
     }
 
     /// A node missed its heartbeats.
     pub async fn node_down(&self, node_id: &str, message: &str) -> Result<(), ControlError> {
-        records::update(&self.store, &node_key(node_id), "node", |n: &mut NodeRecord| {
-            n.status.state = NodeState::Down;
-            n.status.message = message.to_string();
-            Ok(())
-        })
+        records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                n.status.state = NodeState::Down;
+                n.status.message = message.to_string();
+                Ok(())
+            },
+        )
         .await
         .map(|_| ())
     }
@@ -352,7 +352,8 @@ impl Control {
     /// change makes the security material reload. Returns the new NotAfter.
     pub async fn renew_own_certificate(&self) -> Result<SystemTime, ControlError> {
         let _one_at_a_time = self.membership.lock().await;
-        let not_in_swarm = || ControlError::Unavailable("this manager is not part of a swarm".into());
+        let not_in_swarm =
+            || ControlError::Unavailable("this manager is not part of a swarm".into());
         let material = self.security.current().ok_or_else(not_in_swarm)?;
         let node_id = material.identity.node_id.clone();
         let (key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
@@ -370,10 +371,15 @@ impl Control {
             .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
         LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
             .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
-        records::update(&self.store, &node_key(&node_id), "node", |n: &mut NodeRecord| {
-            record_outcome(n, Ok(issued.clone()));
-            Ok(())
-        })
+        records::update(
+            &self.store,
+            &node_key(&node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                record_outcome(n, Ok(issued.clone()));
+                Ok(())
+            },
+        )
         .await?;
         tracing::info!(node_id = %node_id, not_after = %unix_seconds(issued.not_after), "renewed this manager's certificate");
         Ok(issued.not_after)
@@ -399,6 +405,7 @@ fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) 
             addr: req.addr.clone(),
         },
         manager_addr: None,
+        software: NodeSoftware::Unrecorded,
         certificate: CertificateRecord {
             state: CertState::Pending,
             cert_pem: String::new(),
@@ -410,14 +417,16 @@ fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) 
 }
 
 /// A promoted dockerd would start SwarmKit's manager and try to join our Raft, which swarmguard
-/// does not speak: refuse now rather than leave a node that never comes up.
+/// does not speak: refuse now rather than leave a node that never comes up. What the node runs
+/// is what this manager recorded ([`NodeSoftware`]), not what the node reports today.
 fn refuse_promoting_dockerd(node: &NodeRecord) -> Result<(), ControlError> {
-    if is_swarmguard_agent(node) {
-        return Ok(());
-    }
-    Err(ControlError::rpc(
-        Code::FailedPrecondition,
-        format!(
+    let reason = match node.software {
+        s if s.is_swarmguard() => return Ok(()),
+        NodeSoftware::Unrecorded => format!(
+            "node {} has not opened a session with this manager since it joined, so what it runs is unknown; promote it once `docker node ls` shows it Ready",
+            node.id
+        ),
+        _ => format!(
             "node {} runs dockerd ({}), which cannot become a swarmguard manager: swarmguard managers do not speak SwarmKit's Raft protocol. Add managers by starting `swarmguard manager` on that host instead",
             node.id,
             match node.description.engine.engine_version.as_str() {
@@ -425,15 +434,89 @@ fn refuse_promoting_dockerd(node: &NodeRecord) -> Result<(), ControlError> {
                 v => v,
             }
         ),
-    ))
+    };
+    Err(ControlError::rpc(Code::FailedPrecondition, reason))
 }
 
-/// Nodes that run `swarmguard agent` (or are swarmguard managers) say so in their engine version.
-fn is_swarmguard_agent(node: &NodeRecord) -> bool {
-    node.description
+/// What a node's first described session says it runs. `swarmguard agent` reports
+/// `swarmguard-agent-<version>`; anything else is a Docker engine.
+fn software_of(d: &NodeDescription) -> NodeSoftware {
+    let agent = d
         .engine
         .engine_version
-        .starts_with("swarmguard")
+        .strip_prefix("swarmguard-agent-")
+        .is_some_and(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".+-".contains(&b))
+        });
+    if agent {
+        NodeSoftware::SwarmguardAgent
+    } else {
+        NodeSoftware::Dockerd
+    }
+}
+
+/// dockerd's order over a list of nodes: full ID, name, unique ID prefix; see [`Control::node`].
+fn resolve(nodes: Vec<NodeView>, reference: &str) -> Result<NodeView, ControlError> {
+    let ambiguous = |n: usize| {
+        ControlError::InvalidArgument(format!("node {reference} is ambiguous ({n} matches found)"))
+    };
+    if let Some(i) = nodes.iter().position(|n| n.record.id == reference) {
+        return Ok(nodes.into_iter().nth(i).expect("index"));
+    }
+    let (by_name, rest): (Vec<_>, Vec<_>) = nodes
+        .into_iter()
+        .partition(|n| n.record.name() == reference);
+    let by_prefix: Vec<NodeView> = if reference.is_empty() {
+        Vec::new()
+    } else {
+        rest.into_iter()
+            .filter(|n| n.record.id.starts_with(reference))
+            .collect()
+    };
+    let mut found = match (by_name.len(), by_prefix.len()) {
+        (0, 0) => {
+            return Err(ControlError::NotFound(format!(
+                "node {reference} not found"
+            )))
+        }
+        (1, 0) => by_name,
+        (0, 1) => by_prefix,
+        // A name shadowing another node's ID prefix: see `Control::node`.
+        (1, p) => {
+            return Err(ControlError::InvalidArgument(format!(
+                "node {reference} is ambiguous ({} matches found): it is the name of node {} and the start of the ID of {}; use the full node ID",
+                p + 1,
+                by_name[0].record.id,
+                by_prefix
+                    .iter()
+                    .map(|n| n.record.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        (0, p) => return Err(ambiguous(p)),
+        (n, _) => return Err(ambiguous(n)),
+    };
+    Ok(found.remove(0))
+}
+
+/// Text from a node that reaches an operator's terminal (`docker node ls`): no control
+/// characters (ANSI escapes, carriage returns, ...) and no bidirectional overrides that reorder
+/// what is shown.
+pub fn check_printable(what: &str, value: &str) -> Result<(), ControlError> {
+    let bad = value.char_indices().find(|(_, c)| {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    });
+    match bad {
+        None => Ok(()),
+        Some((at, c)) => Err(ControlError::InvalidArgument(format!(
+            "{what} contains the control character U+{:04X} at byte {at}: node descriptions must be printable text",
+            c as u32
+        ))),
+    }
 }
 
 fn check_labels(

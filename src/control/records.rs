@@ -77,6 +77,40 @@ pub struct NodeRecord {
     /// The cluster address of a manager (`host:port`).
     pub manager_addr: Option<String>,
     pub certificate: CertificateRecord,
+    /// What the node runs, as this manager recorded it (never what the node says now).
+    /// Absent in records written before it existed: those read as `Unrecorded`.
+    #[serde(default, skip_serializing_if = "NodeSoftware::is_unrecorded")]
+    pub software: NodeSoftware,
+}
+
+/// What software a node runs, as the manager recorded it itself: for its own node at `swarm
+/// init`, and for a joined node once, at its first session with a description. Later sessions
+/// never change it, so a node cannot talk itself into being a swarmguard agent (the promote
+/// guard's question) after it was seen as something else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSoftware {
+    /// Not seen yet: no session since the join, or a record older than this field.
+    #[default]
+    Unrecorded,
+    /// A stock Docker engine (anything that is not a swarmguard agent).
+    Dockerd,
+    SwarmguardAgent,
+    SwarmguardManager,
+}
+
+impl NodeSoftware {
+    pub fn is_unrecorded(&self) -> bool {
+        *self == NodeSoftware::Unrecorded
+    }
+
+    /// Whether this node can become a swarmguard manager.
+    pub fn is_swarmguard(self) -> bool {
+        matches!(
+            self,
+            NodeSoftware::SwarmguardAgent | NodeSoftware::SwarmguardManager
+        )
+    }
 }
 
 impl NodeRecord {
@@ -107,7 +141,10 @@ pub enum CertState {
 impl CertState {
     /// A state the node acts on; NodeCertificateStatus stops waiting at these.
     pub fn is_final(self) -> bool {
-        matches!(self, CertState::Issued | CertState::Failed | CertState::Rotate)
+        matches!(
+            self,
+            CertState::Issued | CertState::Failed | CertState::Rotate
+        )
     }
 
     /// Whether a signer still has to sign the certificate.
@@ -160,7 +197,8 @@ pub struct Stored<T> {
 pub const MAX_TRIES: u32 = 8;
 
 pub fn decode<T: DeserializeOwned>(v: &Versioned) -> Result<T, ControlError> {
-    serde_json::from_slice(&v.value).map_err(|e| ControlError::internal("cannot decode a record", e))
+    serde_json::from_slice(&v.value)
+        .map_err(|e| ControlError::internal("cannot decode a record", e))
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ControlError> {
@@ -175,7 +213,10 @@ pub fn put<T: Serialize>(key: &str, value: &T) -> Result<Op, ControlError> {
 }
 
 /// Reads and decodes one record.
-pub fn get<T: DeserializeOwned>(store: &Store, key: &str) -> Result<Option<Stored<T>>, ControlError> {
+pub fn get<T: DeserializeOwned>(
+    store: &Store,
+    key: &str,
+) -> Result<Option<Stored<T>>, ControlError> {
     store
         .get(key)
         .map(|v| {
@@ -188,7 +229,10 @@ pub fn get<T: DeserializeOwned>(store: &Store, key: &str) -> Result<Option<Store
 }
 
 /// Every record under `prefix`, decoded, in key order.
-pub fn list<T: DeserializeOwned>(store: &Store, prefix: &str) -> Result<Vec<Stored<T>>, ControlError> {
+pub fn list<T: DeserializeOwned>(
+    store: &Store,
+    prefix: &str,
+) -> Result<Vec<Stored<T>>, ControlError> {
     store
         .list(prefix)
         .into_iter()

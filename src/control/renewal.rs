@@ -40,7 +40,11 @@ pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::
 
 /// When to renew next: the plan's point while the certificate is the same, a fresh random
 /// point for a new certificate, a minute from now outside a swarm.
-fn next_renewal(control: &Control, plan: &mut Option<(SystemTime, Instant)>, now: Instant) -> Instant {
+fn next_renewal(
+    control: &Control,
+    plan: &mut Option<(SystemTime, Instant)>,
+    now: Instant,
+) -> Instant {
     let validity = control
         .local_identity()
         .and_then(|_| LocalIdentity::certificate_validity(&control.config().data_dir).ok());

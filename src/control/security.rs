@@ -70,6 +70,23 @@ impl Security {
         *self.current.write().expect("security lock") = Some(Arc::new(material));
     }
 
+    /// Replaces the signer, keeping everything else (an external CA, or a test's signer).
+    pub fn set_signer(&self, signer: Arc<dyn NodeSigner>) {
+        let mut current = self.current.write().expect("security lock");
+        if let Some(m) = current.as_ref() {
+            *current = Some(Arc::new(Material {
+                cluster_id: m.cluster_id.clone(),
+                identity: m.identity.clone(),
+                root_pem: m.root_pem.clone(),
+                root: m.root.clone(),
+                signer,
+                cert_pem: m.cert_pem.clone(),
+                server_config: m.server_config.clone(),
+                fingerprint: m.fingerprint,
+            }));
+        }
+    }
+
     pub fn clear(&self) {
         *self.current.write().expect("security lock") = None;
     }

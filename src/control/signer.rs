@@ -115,9 +115,15 @@ pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut backoff: HashMap<String, (String, Instant, Duration)> = HashMap::new();
     loop {
         reconcile_once(&control, &mut backoff).await;
+        let next = backoff
+            .values()
+            .map(|(_, at, _)| *at)
+            .min()
+            .unwrap_or_else(|| Instant::now() + LOOK_EVERY)
+            .min(Instant::now() + LOOK_EVERY);
         tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            _ = tokio::time::sleep_until(next) => {}
             ev = events.recv() => {
                 if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
                     return;
@@ -157,6 +163,9 @@ async fn reconcile_once(
             Ok(req) => material.signer.sign(req).await,
             Err(e) => Err(e),
         };
+        if outcome.is_ok() || matches!(outcome, Err(SignError::Refused(_))) {
+            backoff.remove(&node.id);
+        }
         if let Err(SignError::Unavailable(why)) = &outcome {
             let delay = backoff
                 .get(&node.id)
@@ -194,8 +203,7 @@ fn request_for(
     let csr_pem = B64
         .decode(node.certificate.csr_b64.as_bytes())
         .map_err(|e| SignError::Refused(format!("stored CSR unreadable: {e}")))?;
-    let csr =
-        swarmguard_ca::check_csr(&csr_pem).map_err(|e| SignError::Refused(e.to_string()))?;
+    let csr = swarmguard_ca::check_csr(&csr_pem).map_err(|e| SignError::Refused(e.to_string()))?;
     Ok(SignRequest {
         csr,
         csr_pem,

@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 use super::error::{Code, ControlError};
 use super::local::{self, LocalIdentity};
 use super::records::{
-    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, RootCaRecord,
-    TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
+    self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
+    RootCaRecord, TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
 };
 use super::security::Security;
 use super::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
@@ -220,7 +220,8 @@ impl Control {
 
 /// The root CA, the IDs and this manager's certificate for a new cluster.
 fn new_cluster(spec: &Spec) -> Result<NewCluster, ControlError> {
-    let ca = RootCa::create().map_err(|e| ControlError::internal("cannot create the root CA", e))?;
+    let ca =
+        RootCa::create().map_err(|e| ControlError::internal("cannot create the root CA", e))?;
     let cluster_id = swarmguard_ca::new_id();
     let node_id = swarmguard_ca::new_id();
     let expiry = std::time::Duration::from_nanos(spec.ca_config.node_cert_expiry as u64);
@@ -267,7 +268,11 @@ fn cluster_record(new: &NewCluster, spec: Spec, req: &InitOptions) -> ClusterRec
     }
 }
 
-fn own_node_record(new: &NewCluster, availability: Availability, advertise: SocketAddr) -> NodeRecord {
+fn own_node_record(
+    new: &NewCluster,
+    availability: Availability,
+    advertise: SocketAddr,
+) -> NodeRecord {
     let now = now_rfc3339();
     NodeRecord {
         id: new.node_id.clone(),
@@ -287,6 +292,7 @@ fn own_node_record(new: &NewCluster, availability: Availability, advertise: Sock
             addr: advertise.ip().to_string(),
         },
         manager_addr: Some(advertise.to_string()),
+        software: NodeSoftware::SwarmguardManager,
         certificate: CertificateRecord {
             state: CertState::Issued,
             cert_pem: String::from_utf8_lossy(&new.issued.cert_pem).into_owned(),

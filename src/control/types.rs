@@ -107,7 +107,6 @@ impl Availability {
 /// Nanoseconds, as Go's `time.Duration` is encoded in the Engine JSON.
 pub type Nanos = i64;
 
-
 /// The swarm `Spec`. `Labels` is never omitted; the sub-structs are always present.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Spec {
@@ -260,7 +259,6 @@ pub struct TlsInfo {
     )]
     pub cert_issuer_public_key: String,
 }
-
 
 /// A node's desired state as the user sets it (`docker node update`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

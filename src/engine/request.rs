@@ -9,9 +9,7 @@ use super::error::ApiError;
 
 /// Parses a JSON body; a body over the limit, a wrong type or broken JSON is a 400/413 naming the
 /// problem, never a panic or a partial update.
-pub fn json_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
+pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| match e.status().as_u16() {
         413 => ApiError::TooLarge,
         status => ApiError::Unreadable {
@@ -20,7 +18,9 @@ pub fn json_body<T: DeserializeOwned>(
         },
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::BadRequest("request body is empty: a JSON object is required".into()));
+        return Err(ApiError::BadRequest(
+            "request body is empty: a JSON object is required".into(),
+        ));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
@@ -69,7 +69,10 @@ mod tests {
         let t = |s: &str| parse_bool("x", Some(&s.to_string()));
         assert!(t("true").unwrap() && t("1").unwrap() && t("T").unwrap());
         assert!(!t("false").unwrap() && !t("0").unwrap() && !t("").unwrap());
-        assert_eq!(t("yes").unwrap_err().to_string(), "invalid value for x: yes");
+        assert_eq!(
+            t("yes").unwrap_err().to_string(),
+            "invalid value for x: yes"
+        );
         assert!(!parse_bool("x", None).unwrap());
         assert!(
             bool_value(Some(&"1".into()))

@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::control::types::{
-    CaConfig, NodeDescription, NodeSpec, NodeStatus, Spec, TlsInfo,
-};
+pub use crate::control::types::{CaConfig, NodeDescription, NodeSpec, NodeStatus, Spec, TlsInfo};
 
 /// `POST /nodes/{id}/update` body. Role and availability arrive as strings so that a wrong one
 /// gets dockerd's `invalid Role: "…"` text rather than a JSON decoder's.

@@ -41,7 +41,7 @@ impl pb::ca_server::Ca for CaService {
         req: Request<pb::GetUnlockKeyRequest>,
     ) -> Result<Response<pb::GetUnlockKeyResponse>, Status> {
         let cluster = self.0.cluster()?;
-        authorize(&req, MANAGER_ONLY, &cluster.record)?;
+        authorize(&req, MANAGER_ONLY, &cluster.record, &self.0.control)?;
         // Autolock is off (swarmguard refuses to turn it on), so the key is empty.
         Ok(Response::new(pb::GetUnlockKeyResponse {
             unlock_key: Vec::new(),
@@ -93,7 +93,7 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
         };
 
         // A valid node certificate makes this a renewal: the role stays the node's current one.
-        if let Ok(id) = authorize(&req, WORKER_OR_MANAGER, &cluster.record) {
+        if let Ok(id) = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &ctx.control) {
             let checked = check()?;
             let renewed = ctx
                 .control

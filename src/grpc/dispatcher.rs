@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{authorize, peer, WORKER_OR_MANAGER};
 use super::ca::{certificate_pb, role_pb};
 use super::{b64, status, PortContext};
+use crate::control::nodes::check_printable;
 use crate::control::records::{node_key, ClusterRecord, NodeRecord, CLUSTER_KEY};
 use crate::control::types::{self as api, Availability, NodeState};
 use crate::pb;
@@ -187,7 +188,7 @@ fn check_len(what: &str, len: usize, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// The node's own description, bounded, in the Engine API's shape.
+/// The node's own description, bounded and printable, in the Engine API's shape.
 pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
     check_len("hostname", d.hostname.len(), 253)?;
     let platform = d.platform.clone().unwrap_or_default();
@@ -197,6 +198,19 @@ pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescriptio
     check_len("engine version", engine.engine_version.len(), 256)?;
     let tls = d.tls_info.clone().unwrap_or_default();
     check_len("TLS trust root", tls.trust_root.len(), 256 * 1024)?;
+    // What `docker node ls|inspect` prints must not drive the operator's terminal.
+    for (what, text) in [
+        ("hostname", d.hostname.as_str()),
+        ("platform architecture", &platform.architecture),
+        ("platform OS", &platform.os),
+        ("engine version", &engine.engine_version),
+    ] {
+        check_printable(what, text).map_err(status)?;
+    }
+    let trust_root = String::from_utf8_lossy(&tls.trust_root).into_owned();
+    for line in trust_root.split('\n') {
+        check_printable("TLS trust root", line).map_err(status)?;
+    }
     check_len(
         "TLS issuer subject",
         tls.cert_issuer_subject.len(),
@@ -222,7 +236,7 @@ pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescriptio
             engine_version: engine.engine_version,
         },
         tls_info: api::TlsInfo {
-            trust_root: String::from_utf8_lossy(&tls.trust_root).into_owned(),
+            trust_root,
             cert_issuer_subject: b64(&tls.cert_issuer_subject),
             cert_issuer_public_key: b64(&tls.cert_issuer_public_key),
         },
@@ -361,7 +375,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let s = self.0.clone();
         let cluster = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &s.control)?;
         let addr = peer(&req)
             .map(|p| p.addr.ip().to_string())
             .unwrap_or_default();
@@ -436,7 +450,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let s = &self.0;
         let cluster = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &s.control)?;
         let (period, _) = s
             .dispatcher
             .check(&me.node_id, &req.get_ref().session_id, true)?;
@@ -455,7 +469,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
         let s = &self.0;
         let cluster = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &s.control)?;
         let r = req.get_ref();
         s.dispatcher.check(&me.node_id, &r.session_id, false)?;
         if r.updates.len() > MAX_TASK_UPDATES {
@@ -485,7 +499,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         let s = &self.0;
         let cluster = s.cluster()?;
-        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &s.control)?;
         let (_, mut end) = s
             .dispatcher
             .check(&me.node_id, &req.get_ref().session_id, false)?;
@@ -519,7 +533,7 @@ impl pb::log_broker_server::LogBroker for LogBrokerService {
         req: Request<pb::ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
         let cluster = self.0.cluster()?;
-        authorize(&req, WORKER_OR_MANAGER, &cluster.record)?;
+        authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
         // No log subscriptions exist yet: keep the stream open and send nothing.
         Ok(Response::new(Box::pin(tokio_stream::pending())))
     }

@@ -4,12 +4,12 @@
 //! It runs while this manager is part of a swarm: [`supervise`] starts it after `swarm init` (or
 //! at start-up of an initialized manager) and stops it when the swarm is left.
 
+pub mod accept;
 pub mod auth;
 pub mod ca;
 pub mod dispatcher;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod accept;
 
 #[cfg(test)]
 mod tests;
@@ -239,10 +239,8 @@ fn services(ctx: &Arc<PortContext>) -> tonic::transport::server::Router {
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            pb::log_broker_server::LogBrokerServer::new(dispatcher::LogBrokerService(
-                ctx.clone(),
-            ))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            pb::log_broker_server::LogBrokerServer::new(dispatcher::LogBrokerService(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
 }
 

@@ -9,14 +9,14 @@ use swarmguard_ca::NodeRole;
 use tokio::sync::watch;
 use tonic::Code;
 
-use crate::pb;
 use crate::agent::{self, tls as ctls, AgentState, Credentials, RunOptions};
 use crate::control::local::ManagerConfig;
-use crate::control::records::NODE_PREFIX;
-use crate::control::{Control, Rotate};
 use crate::control::records::CertState;
+use crate::control::records::NODE_PREFIX;
 use crate::control::swarm::InitOptions;
 use crate::control::types::{NodeState, Role};
+use crate::control::{Control, Rotate};
+use crate::pb;
 use crate::store::Store;
 
 struct Env {
@@ -99,7 +99,11 @@ impl Env {
     }
     fn node_state(&self, id: &str) -> String {
         let state = self.control.node(id).unwrap().record.status.state;
-        serde_json::to_value(state).unwrap().as_str().unwrap().to_string()
+        serde_json::to_value(state)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     async fn rotate_worker_token(&self) {
@@ -815,4 +819,268 @@ async fn after_a_restart_nodes_that_do_not_come_back_go_down() {
     b.wait("a new session", |s| s.sessions >= 2).await;
     assert_eq!(env.node_state(&back.node_id), "ready");
     b.stop().await;
+}
+
+/// A description as a stock dockerd 20.10 would send it, with `engine_version` to vary.
+fn described(hostname: &str, engine_version: &str) -> pb::NodeDescription {
+    pb::NodeDescription {
+        hostname: hostname.into(),
+        platform: Some(pb::Platform {
+            architecture: "x86_64".into(),
+            os: "linux".into(),
+        }),
+        engine: Some(pb::EngineDescription {
+            engine_version: engine_version.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One raw `Dispatcher.Session` with `creds`; the stream is kept open by the returned value.
+async fn open_session(
+    env: &Env,
+    creds: &Credentials,
+    description: pb::NodeDescription,
+) -> Result<tonic::Streaming<pb::SessionMessage>, tonic::Status> {
+    env.dispatcher(Some(creds))
+        .await
+        .session(pb::SessionRequest {
+            description: Some(description),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Sets a node's desired role through the control layer, as `docker node promote|demote` does.
+async fn set_role(
+    env: &Env,
+    reference: &str,
+    role: Role,
+) -> Result<(), crate::control::ControlError> {
+    let v = env.control.node(reference)?;
+    let mut spec = v.record.spec.clone();
+    spec.role = role;
+    env.control.update_node(reference, v.version, spec).await
+}
+
+/// Audit finding 5: a worker's hostname (or engine version, platform) with ANSI escapes or other
+/// control characters would reach `docker node ls` raw. The Session carrying it is refused
+/// before anything is written; a clean one then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_a_node_description_are_refused() {
+    let env = Env::new().await;
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let id = creds.node_id.clone();
+    let before = env.control.node(&id).unwrap();
+    let mut platform_cr = described("w1", "20.10.24");
+    platform_cr.platform.as_mut().unwrap().os = "linux\rroot".into();
+    let cases = [
+        (
+            described("\u{1b}[2J\u{1b}[31mmanager-1\u{1b}[0m", "20.10.24"),
+            "hostname contains the control character U+001B at byte 0",
+        ),
+        (
+            described("w1", "20.10.24\u{1b}]0;owned\u{7}"),
+            "engine version contains the control character U+001B at byte 8",
+        ),
+        (
+            platform_cr,
+            "platform OS contains the control character U+000D at byte 5",
+        ),
+        (
+            described("w1\u{202e}1-reganam", "20.10.24"),
+            "hostname contains the control character U+202E at byte 2",
+        ),
+    ];
+    for (description, want) in cases {
+        let e = open_session(&env, &creds, description).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(want), "{}", e.message());
+        let now = env.control.node(&id).unwrap();
+        assert_eq!(
+            now.version, before.version,
+            "a refused session wrote the node"
+        );
+    }
+    assert_eq!(env.node_state(&id), "unknown");
+    let _s = open_session(&env, &creds, described("w1", "20.10.24"))
+        .await
+        .unwrap();
+    assert_eq!(env.node_state(&id), "ready");
+    assert_eq!(
+        env.control.node(&id).unwrap().record.description.hostname,
+        "w1"
+    );
+}
+
+/// Audit finding 5: the promote guard asked the node's self-reported engine version. Now it asks
+/// what the manager recorded at the node's first session: a stock dockerd that later reports
+/// `swarmguard-agent-x` is still refused, as is a node never seen in a session; a real agent
+/// is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_node_reporting_an_agent_version_is_not_promoted() {
+    use crate::control::records::NodeSoftware;
+    let env = Env::new().await;
+    let stock = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let e = set_role(&env, &stock.node_id, Role::Manager)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("has not opened a session"),
+        "unseen node: {e}"
+    );
+    drop(
+        open_session(&env, &stock, described("stock", "20.10.24"))
+            .await
+            .unwrap(),
+    );
+    let _s = open_session(&env, &stock, described("stock", "swarmguard-agent-x"))
+        .await
+        .unwrap();
+    let n = env.control.node(&stock.node_id).unwrap().record;
+    assert_eq!(n.description.engine.engine_version, "swarmguard-agent-x");
+    assert_eq!(n.software, NodeSoftware::Dockerd);
+    let e = set_role(&env, &stock.node_id, Role::Manager)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("cannot become a swarmguard manager"),
+        "{e}"
+    );
+    assert_eq!(
+        env.control.node(&stock.node_id).unwrap().record.spec.role,
+        Role::Worker
+    );
+
+    let real = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let id = real.node_id.clone();
+    let mut a = env.spawn_agent(real, RunOptions::default());
+    a.wait("session", |s| s.sessions == 1).await;
+    assert_eq!(
+        env.control.node(&id).unwrap().record.software,
+        NodeSoftware::SwarmguardAgent
+    );
+    set_role(&env, &id, Role::Manager).await.unwrap();
+    a.stop().await;
+}
+
+/// Audit finding 5: names resolved before ID prefixes (dockerd's order), so a joining node
+/// could pick as hostname the prefix an operator types for another node and be promoted in its
+/// place. The full ID still wins over any name, a clean name or prefix still resolves, and a
+/// name that is another node's ID prefix is ambiguous rather than the attacker's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostname_cannot_shadow_another_nodes_id_prefix() {
+    let env = Env::new().await;
+    let victim = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let attacker = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let prefix = &victim.node_id[..5];
+    let _s = open_session(&env, &attacker, described(prefix, "swarmguard-agent-1"))
+        .await
+        .unwrap();
+    let e = env.control.node(prefix).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "node {prefix} is ambiguous (2 matches found): it is the name of node {} and the start of the ID of {}; use the full node ID",
+            attacker.node_id, victim.node_id
+        )),
+        "{e}"
+    );
+    assert!(set_role(&env, prefix, Role::Manager).await.is_err());
+    assert_eq!(
+        env.control
+            .node(&attacker.node_id)
+            .unwrap()
+            .record
+            .spec
+            .role,
+        Role::Worker,
+        "the shadowing node was promoted"
+    );
+    assert_eq!(
+        env.control.node(&victim.node_id).unwrap().record.id,
+        victim.node_id
+    );
+
+    // A hostname equal to another node's full ID: the ID wins, as on dockerd.
+    let _s = open_session(
+        &env,
+        &attacker,
+        described(&victim.node_id, "swarmguard-agent-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        env.control.node(&victim.node_id).unwrap().record.id,
+        victim.node_id
+    );
+    // Without a conflict, names and unique prefixes resolve as before.
+    let _s = open_session(&env, &attacker, described("edge-7", "swarmguard-agent-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.control.node("edge-7").unwrap().record.id,
+        attacker.node_id
+    );
+    let unique = (4..25)
+        .map(|n| &attacker.node_id[..n])
+        .find(|p| !victim.node_id.starts_with(p))
+        .unwrap();
+    assert_eq!(
+        env.control.node(unique).unwrap().record.id,
+        attacker.node_id
+    );
+}
+
+/// Audit finding 6: roles came from the certificate's OU alone, so a demoted manager kept its
+/// manager rights until its certificate expired. The node record's observed role now has to
+/// agree: the still-valid manager certificate is refused for `GetUnlockKey` after the demotion,
+/// while the node may still open a session and renew into a worker certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_managers_certificate_loses_manager_rights_at_once() {
+    let env = Env::new().await;
+    let worker = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let id = worker.node_id.clone();
+    drop(
+        open_session(&env, &worker, RunOptions::default().description)
+            .await
+            .unwrap(),
+    );
+    set_role(&env, &id, Role::Manager).await.unwrap();
+    let manager = agent::request_certificate(env.addr, &env.root(), None, Some(&worker))
+        .await
+        .unwrap();
+    assert_eq!(
+        manager.role,
+        NodeRole::Manager,
+        "renewed into OU=swarm-manager"
+    );
+    env.ca(&manager)
+        .await
+        .get_unlock_key(pb::GetUnlockKeyRequest {})
+        .await
+        .expect("a manager may read the unlock key");
+
+    set_role(&env, &id, Role::Worker).await.unwrap();
+    assert_eq!(env.control.node(&id).unwrap().record.role, Role::Worker);
+    let err = env
+        .ca(&manager)
+        .await
+        .get_unlock_key(pb::GetUnlockKeyRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(
+        err.message(),
+        "Permission denied: unauthorized peer role: rpc error: code = PermissionDenied desc = Permission denied: remote certificate not part of OUs: [swarm-manager]"
+    );
+    // Worker methods still serve it, so it can learn of the demotion and renew as a worker.
+    let _s = open_session(&env, &manager, RunOptions::default().description)
+        .await
+        .unwrap();
+    let renewed = agent::request_certificate(env.addr, &env.root(), None, Some(&manager))
+        .await
+        .unwrap();
+    assert_eq!(renewed.role, NodeRole::Worker);
 }

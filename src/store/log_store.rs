@@ -102,6 +102,42 @@ fn open_entry(dek: &DataKey, index: u64, sealed_rec: &[u8]) -> Result<LogEntry, 
     Ok(entry)
 }
 
+/// Verifies every live entry: it decrypts, parses, sits at its own index, and the log continues
+/// from the purge point without a hole. Sets `cache.last_log`.
+fn verify_entries(
+    dek: &DataKey,
+    found: Vec<crate::store::wal::Found>,
+    old_entries: Vec<(u64, Vec<u8>)>,
+    cache: &mut Cache,
+) -> Result<(), StoreError> {
+    let purged = cache.last_purged.map(|l| l.index);
+    let mut expected = purged.map(|p| p + 1);
+    cache.last_log = cache.last_purged;
+    let records = found
+        .into_iter()
+        .map(|f| (f.index, f.sealed))
+        .chain(old_entries)
+        .filter(|(i, _)| purged.is_none_or(|p| *i > p));
+    let mut seen = std::collections::BTreeSet::new();
+    for (index, sealed_rec) in records {
+        if !seen.insert(index) {
+            continue; // moved from the old table by an earlier, interrupted open
+        }
+        let entry = open_entry(dek, index, &sealed_rec)?;
+        if let Some(exp) = expected {
+            if index != exp {
+                return Err(StoreError::Corrupt {
+                    record: aad_log(index),
+                    reason: format!("log has a hole or is out of order: expected index {exp}"),
+                });
+            }
+        }
+        expected = Some(index + 1);
+        cache.last_log = Some(entry.log_id);
+    }
+    Ok(())
+}
+
 impl LogStore {
     /// Opens or creates the log files and verifies every record in them.
     /// Returns the store and this node's Raft ID (generated on first start).
@@ -168,33 +204,8 @@ impl LogStore {
             }
             tx.commit().map_err(|e| StoreError::db(what(), e))?;
         }
-        // Verify every live entry: it decrypts, parses, sits at its own index, and the log
-        // continues from the purge point without a hole.
         let purged = cache.last_purged.map(|l| l.index);
-        let mut expected = purged.map(|p| p + 1);
-        cache.last_log = cache.last_purged;
-        let records = found
-            .into_iter()
-            .map(|f| (f.index, f.sealed))
-            .chain(old_entries)
-            .filter(|(i, _)| purged.is_none_or(|p| *i > p));
-        let mut seen = std::collections::BTreeSet::new();
-        for (index, sealed_rec) in records {
-            if !seen.insert(index) {
-                continue; // moved from the old table by an earlier, interrupted open
-            }
-            let entry = open_entry(&dek, index, &sealed_rec)?;
-            if let Some(exp) = expected {
-                if index != exp {
-                    return Err(StoreError::Corrupt {
-                        record: aad_log(index),
-                        reason: format!("log has a hole or is out of order: expected index {exp}"),
-                    });
-                }
-            }
-            expected = Some(index + 1);
-            cache.last_log = Some(entry.log_id);
-        }
+        verify_entries(&dek, found, old_entries, &mut cache)?;
         if let Some(p) = purged {
             wal.forget_upto(p);
         }

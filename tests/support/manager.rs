@@ -16,6 +16,9 @@ pub struct Manager {
     pub cluster_addr: String,
     /// Run inside this network namespace (`/var/run/netns/NAME`), e.g. next to a dockerd.
     pub netns: Option<String>,
+    /// The second Engine API endpoint, `127.0.0.1:<port>` (`--engine-api tcp://…`), reachable
+    /// from the test's own namespace only when `netns` is `None`.
+    pub tcp_api: String,
     child: Option<Child>,
 }
 
@@ -66,6 +69,7 @@ impl Manager {
             docker_config: tempfile::tempdir().expect("tempdir"),
             cluster_addr: format!("127.0.0.1:{}", super::free_port()),
             netns: netns.map(str::to_string),
+            tcp_api: format!("127.0.0.1:{}", super::free_port()),
             child: None,
         };
         m.spawn();
@@ -91,6 +95,10 @@ impl Manager {
             .arg(&self.cluster_addr)
             .arg("--advertise-addr")
             .arg("127.0.0.1")
+            .arg("--engine-api")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--engine-api")
+            .arg(format!("tcp://{}", self.tcp_api))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -179,13 +187,23 @@ impl Manager {
     }
 
     pub fn docker_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let host = format!("unix://{}", self.socket.display());
+        self.docker_at(&host, args, stdin)
+    }
+
+    /// Runs the real docker CLI against this manager's tcp Engine API.
+    pub fn docker_tcp(&self, args: &[&str]) -> Output {
+        self.docker_at(&format!("tcp://{}", self.tcp_api), args, None)
+    }
+
+    fn docker_at(&self, docker_host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(super::require_bin("docker"));
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.docker_config.path())
             .env("DOCKER_CONFIG", self.docker_config.path())
-            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_HOST", docker_host)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -225,6 +243,30 @@ impl Manager {
     ) -> std::io::Result<HttpResponse> {
         unix_request(&self.socket, method, path, body)
     }
+}
+
+/// One raw HTTP/1.1 request over tcp with exactly the given header lines (`Name: value`), as a
+/// web page's request would arrive; connection closed after.
+pub fn tcp_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw, method == "HEAD")
 }
 
 /// One HTTP/1.1 request over a unix socket (the Engine API transport), connection closed after.

@@ -1,0 +1,105 @@
+//! The NodeSigner seam driven end to end: a signer that needs the network, the reconcile loop.
+//! (Here, beside the resources, so that `signer` itself imports none of them.)
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use swarmguard_ca::{IssuedCertificate, NodeRole};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::local::ManagerConfig;
+use super::nodes::JoinRequest;
+use super::records::CertState;
+use super::signer::{reconcile, InternalCa, NodeSigner, SignError, SignFuture, SignRequest};
+use super::swarm::InitOptions;
+use super::types::Availability;
+use super::Control;
+use crate::store::Store;
+
+/// A signer that needs the network: never signs inline, and is unreachable `down` times.
+struct Remote {
+    ca: InternalCa,
+    down: AtomicU32,
+}
+
+impl NodeSigner for Remote {
+    fn sign_now(&self, _req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
+        None
+    }
+    fn sign(&self, req: SignRequest) -> SignFuture {
+        let result = if self.down.load(Ordering::SeqCst) > 0 {
+            self.down.fetch_sub(1, Ordering::SeqCst);
+            Err(SignError::Unavailable("connection refused".into()))
+        } else {
+            self.ca
+                .sign_now(&req)
+                .expect("the internal CA signs inline")
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// A join through a signer that cannot sign at once is stored PENDING; the reconcile loop
+/// records why it waits while the signer is down, then signs, and the certificate names the
+/// node with its role and the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_signer_leaves_pending_and_the_loop_signs_after_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let config = ManagerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        advertise_addr: Some("127.0.0.1".into()),
+    };
+    let control = Arc::new(Control::open(store.clone(), config).unwrap());
+    control
+        .init(&InitOptions {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let root = control.root_ca().unwrap();
+    control.security().set_signer(Arc::new(Remote {
+        ca: InternalCa(root.clone()),
+        down: AtomicU32::new(1),
+    }));
+    let (_key, csr) = swarmguard_ca::generate_node_key_and_csr();
+    let checked = swarmguard_ca::check_csr(&csr).unwrap();
+    let join = JoinRequest {
+        csr_pem: &csr,
+        availability: Availability::Active,
+        addr: "127.0.0.1".into(),
+    };
+    let id = control
+        .join(NodeRole::Worker, &checked, &join)
+        .await
+        .unwrap();
+    let node = |c: &Control| c.node_by_id(&id).unwrap().unwrap().record;
+    assert_eq!(node(&control).certificate.state, CertState::Pending);
+    assert!(node(&control).certificate.cert_pem.is_empty());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let looper = tokio::spawn(reconcile(control.clone(), stop_rx));
+    let mut saw_reason = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node(&control).certificate.state != CertState::Issued {
+        let err = node(&control).certificate.err;
+        saw_reason |= err == "waiting for the certificate signer: connection refused";
+        assert!(Instant::now() < deadline, "never signed: {err}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_reason, "the wait's reason was recorded");
+    let n = node(&control);
+    assert!(n.certificate.err.is_empty());
+    let identity =
+        swarmguard_ca::verify_node_certificate(&root, n.certificate.cert_pem.as_bytes()).unwrap();
+    assert_eq!(identity.node_id, id);
+    assert_eq!(identity.role, NodeRole::Worker);
+    assert_eq!(identity.cluster_id, control.cluster().unwrap().record.id);
+    stop_tx.send(true).unwrap();
+    looper.await.unwrap();
+    store.shutdown().await.unwrap();
+}
