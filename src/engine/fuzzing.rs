@@ -8,28 +8,54 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use axum::body::{Body, Bytes};
-use axum::extract::Query;
-use axum::http::{Request, Uri};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
 use super::request::{bool_value, json_body, parse_bool, parse_version};
 use super::types::{InitRequest, NodeSpecBody};
+use super::Transport;
 use crate::control::filters::Filters;
 use crate::control::records::{CertState, CertificateRecord, NodeRecord};
 use crate::control::spec::{merge_init_spec, replace_spec};
 use crate::control::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
 
-/// A request target (`/v1.41/nodes?filters=…`) as hyper hands it over: the URI parse, the
-/// version prefix, then every query parameter the handlers read, each with its own parser.
-pub fn query(target: &[u8]) -> Result<(), String> {
+/// A request head as hyper hands it over: the request target on the first line
+/// (`/v1.41/nodes?filters=…`), then `Name: value` header lines. It goes through the browser
+/// guard as the tcp listener runs it (and as the unix one does), the version prefix, then every
+/// query parameter the handlers read, each with its own parser.
+pub fn query(head: &[u8]) -> Result<(), String> {
+    let mut lines = head.split(|b| *b == b'\n');
+    let target = lines.next().unwrap_or_default();
     let Ok(uri) = Uri::try_from(target) else {
         return Ok(());
     };
-    let req = Request::builder()
-        .uri(uri)
-        .body(Body::empty())
-        .map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let value = line[colon + 1..].trim_ascii();
+        // hyper refuses a request with a malformed header before any of our code runs.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let request = || {
+        let mut req = Request::new(Body::empty());
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = headers.clone();
+        req
+    };
+    let _ = now_or_never(super::refuse_browsers(State(Transport::Unix), request()));
+    let req = render(now_or_never(super::refuse_browsers(
+        State(Transport::Tcp),
+        request(),
+    )))?;
     let req = render(now_or_never(super::strip_version_prefix(req)))?;
     let q: HashMap<String, String> = Query::try_from_uri(req.uri()).map_err(|e| e.to_string())?.0;
     let version = |what| parse_version(what, q.get("version")).map(drop);
@@ -114,11 +140,11 @@ fn render<T>(r: Result<T, ApiError>) -> Result<T, String> {
     })
 }
 
-/// The version-prefix layer is async only to fit axum's middleware; it never waits.
+/// The guard and version-prefix layers are async only to fit axum's middleware; they never wait.
 fn now_or_never<F: Future>(f: F) -> F::Output {
     match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(out) => out,
-        Poll::Pending => unreachable!("strip_version_prefix never waits"),
+        Poll::Pending => unreachable!("the request layers never wait"),
     }
 }
 
@@ -148,6 +174,7 @@ fn sample_node() -> NodeRecord {
             csr_b64: String::new(),
             err: String::new(),
         },
+        software: Default::default(),
     }
 }
 
@@ -184,6 +211,7 @@ mod tests {
                 n if n.ends_with("too-new") => {
                     assert!(r.as_ref().unwrap_err().contains("is too new"), "{n}: {r:?}")
                 }
+                n if n.contains("refused-") => assert!(r.is_err(), "{n}: {r:?}"),
                 n => assert_eq!(r, &Ok(()), "{n}"),
             }
         }
@@ -192,12 +220,13 @@ mod tests {
 
     #[test]
     fn bad_queries_are_errors_not_panics() {
-        let bad = query(b"/v1.41/nodes?filters=%7B%22role%22%3A%5B%22boss%22%5D%7D");
+        let bad =
+            query(b"/v1.41/nodes?filters=%7B%22role%22%3A%5B%22boss%22%5D%7D\nHost: localhost");
         assert_eq!(bad, Err("Invalid role filter: 'boss'".into()));
-        assert!(query(b"/v1.41/swarm/update?version=-1")
+        assert!(query(b"/v1.41/swarm/update?version=-1\nHost: localhost")
             .unwrap_err()
             .contains("invalid swarm version"));
-        assert!(query(b"/v1.41/swarm/update?rotateWorkerToken=yes").is_err());
+        assert!(query(b"/v1.41/swarm/update?rotateWorkerToken=yes\nHost: localhost").is_err());
         assert_eq!(
             query(b"not a uri \x00"),
             Ok(()),
