@@ -16,6 +16,8 @@ pub struct Manager {
     pub cluster_addr: String,
     /// Run inside this network namespace (`/var/run/netns/NAME`), e.g. next to a dockerd.
     pub netns: Option<String>,
+    /// Run with this RLIMIT_NOFILE (soft and hard), set by `prlimit`, which execs the manager.
+    pub nofile: Option<u64>,
     child: Option<Child>,
 }
 
@@ -59,6 +61,11 @@ impl Manager {
     /// Starts a manager whose cluster port is `127.0.0.1:<free port>` inside `netns` (or the
     /// test's own namespace); the Engine API is a unix socket, reachable from anywhere.
     pub fn start_in(data_dir: &Path, netns: Option<&str>) -> Manager {
+        Manager::start_with(data_dir, netns, None)
+    }
+
+    /// [`Manager::start_in`] with a descriptor limit of `nofile` (soft and hard).
+    pub fn start_with(data_dir: &Path, netns: Option<&str>, nofile: Option<u64>) -> Manager {
         let socket = data_dir.join("swarmguard.sock");
         let mut m = Manager {
             data_dir: data_dir.to_path_buf(),
@@ -66,6 +73,7 @@ impl Manager {
             docker_config: tempfile::tempdir().expect("tempdir"),
             cluster_addr: format!("127.0.0.1:{}", super::free_port()),
             netns: netns.map(str::to_string),
+            nofile,
             child: None,
         };
         m.spawn();
@@ -73,12 +81,20 @@ impl Manager {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = match &self.netns {
-            // nsenter execs the manager, so the PID we hold is the manager's.
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}"))
-                    .arg(env!("CARGO_BIN_EXE_swarmguard"));
+        // prlimit and nsenter each exec what follows, so the PID we hold is the manager's.
+        let mut prefix: Vec<String> = Vec::new();
+        if let Some(n) = self.nofile {
+            prefix.push(super::require_bin("prlimit").display().to_string());
+            prefix.push(format!("--nofile={n}:{n}"));
+        }
+        if let Some(ns) = &self.netns {
+            prefix.push("nsenter".into());
+            prefix.push(format!("--net=/var/run/netns/{ns}"));
+        }
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_swarmguard"));
                 c
             }
             None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
