@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use support::dockerd::Dockerd;
 use support::manager::Manager;
 use swarmguard::{agent, pb};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
@@ -179,13 +179,14 @@ async fn idle_tcp(
 }
 
 /// Finding 1b: TLS handshakes (no client certificate) that finish and then never send the
-/// HTTP/2 preface, `per_addr` at a time from each of `from`; each comes back 1 s after the
-/// manager closes it.
-async fn tls_without_preface(
+/// HTTP/2 preface (or, with `preface`, send it and then nothing), `per_addr` at a time from
+/// each of `from`; each comes back 1 s after the manager closes it.
+async fn tls_flood(
     stop: watch::Receiver<bool>,
     to: SocketAddr,
     from: Vec<IpAddr>,
     per_addr: usize,
+    preface: bool,
     tally: Arc<Tally>,
 ) {
     let config = agent::tls::unverified().unwrap();
@@ -198,9 +199,13 @@ async fn tls_without_preface(
                     let name = rustls::pki_types::ServerName::try_from("swarm-ca").unwrap();
                     let tls = async {
                         let tcp = tcp_from(ip, to).await?;
-                        tokio_rustls::TlsConnector::from(config.clone())
+                        let mut s = tokio_rustls::TlsConnector::from(config.clone())
                             .connect(name, tcp)
-                            .await
+                            .await?;
+                        if preface {
+                            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+                        }
+                        Ok::<_, std::io::Error>(s)
                     };
                     let done = tokio::select! {
                         r = tls => r,
@@ -488,7 +493,7 @@ fn the_manager_holds_under_hostile_load() {
             let from = (1..=4).map(|n| lo(1, n)).collect();
             tokio::join!(
                 idle_tcp(stop.clone(), to, lo(0, 2), 1100, i.clone()),
-                tls_without_preface(stop, to, from, 150, t.clone())
+                tls_flood(stop, to, from, 150, false, t.clone())
             );
             format!("idle: {}; TLS: {}", i.summary(), t.summary())
         },
@@ -513,6 +518,30 @@ fn the_manager_holds_under_hostile_load() {
         tls.closed_by_server.load(Ordering::Relaxed) >= 100,
         "{}",
         tls.summary()
+    );
+
+    // Finding 1c: silent connections that did send the preface, from 8 addresses x 32 (each
+    // address's share), more than the anonymous share of 192: joins still get in, in the
+    // place of the oldest.
+    let anon = Arc::new(Tally::default());
+    let a2 = anon.clone();
+    let started = Instant::now();
+    let attack = Attack::start(
+        "256 silent anonymous HTTP/2 connections from 8 addresses",
+        &ns,
+        move |stop| async move {
+            let from = (1..=8).map(|n| lo(2, n)).collect();
+            tls_flood(stop, to, from, 32, true, a2.clone()).await;
+            a2.summary()
+        },
+    );
+    std::thread::sleep(RAMP);
+    assert_served(&m, &d, &token, &attack);
+    attack.stop(started, PHASE);
+    assert!(
+        anon.opened.load(Ordering::Relaxed) >= 256,
+        "{}",
+        anon.summary()
     );
 
     // Finding 2: a renewal flood with one worker certificate, and 256 KiB trust roots.

@@ -75,6 +75,8 @@ pub struct Conn {
     /// Preface bytes still to hand to hyper.
     replay: &'static [u8],
     idle: Option<Idle>,
+    /// Anonymous: completes when a newer join needs this connection's place.
+    evicted: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     _slot: Slot,
 }
 
@@ -139,6 +141,14 @@ impl AsyncRead for Conn {
                 if expired {
                     tracing::debug!(peer = %this.info.addr, "connection without a client certificate idle or too old: closed");
                     return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                let evicted = this
+                    .evicted
+                    .as_mut()
+                    .is_some_and(|e| e.as_mut().poll(cx).is_ready());
+                if evicted {
+                    tracing::debug!(peer = %this.info.addr, "oldest connection without a client certificate closed for a newer one");
+                    return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
                 }
                 Poll::Pending
             }
@@ -263,11 +273,13 @@ async fn establish(
         .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
     let slot = slot.establish(certs.is_some())?;
     let idle = certs.is_none().then(|| Idle::new(d));
+    let evicted = slot.evicted().map(Box::pin);
     Ok(Conn {
         inner: stream,
         info: PeerInfo { addr, certs },
         replay: PREFACE,
         idle,
+        evicted,
         _slot: slot,
     })
 }

@@ -5,12 +5,20 @@
 //! *pending*, bounded per peer address and in total; a finished connection is *anonymous* (no
 //! client certificate: a join in progress) or *certified*. Pending and anonymous connections
 //! have caps of their own that add up to half of the total, so nodes that hold a certificate
-//! always find room; a full anonymous share does not keep them from handshaking. The total stays below the process's descriptor limit with a reserve, so a flood on this
+//! always find room; a full anonymous share does not keep them from handshaking. When the
+//! anonymous share is full, a new anonymous connection (a join) takes the place of the oldest
+//! one that has been open for [`LimitConfig::evict_anonymous_after`]: holding places
+//! with idle connections from many addresses then only churns them, and a join, which takes
+//! well under a second, gets through. The total stays below the process's descriptor limit with a reserve, so a flood on this
 //! port never starves the Engine API, the store's files or a TLS reload of descriptors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Descriptors kept out of the cluster port's reach: the Engine API's connections, the store's
 /// files, TLS material reloads, logs. At least this many, or a quarter of the limit.
@@ -19,6 +27,8 @@ pub const FD_RESERVE: usize = 256;
 pub const MAX_CONNECTIONS: usize = 65_536;
 /// The soft limit assumed when /proc/self/limits cannot be read (Linux's default).
 const DEFAULT_NOFILE: usize = 1024;
+/// An anonymous connection younger than this is never closed to make room for another.
+pub const EVICT_ANONYMOUS_AFTER: Duration = Duration::from_secs(1);
 
 /// Caps, per peer address and in total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +47,9 @@ pub struct LimitConfig {
     pub max_anonymous: usize,
     /// All connections.
     pub max_total: usize,
+    /// When the anonymous share is full, the oldest anonymous connection open at least this
+    /// long is closed to make room for a new one.
+    pub evict_anonymous_after: Duration,
 }
 
 impl LimitConfig {
@@ -52,6 +65,7 @@ impl LimitConfig {
             max_pending,
             max_anonymous: max_total / 2 - max_pending,
             max_total,
+            evict_anonymous_after: EVICT_ANONYMOUS_AFTER,
         }
     }
 
@@ -130,6 +144,9 @@ impl Counts {
 struct State {
     all: Counts,
     per_ip: HashMap<IpAddr, Counts>,
+    /// Anonymous connections in the order they were established: when, and how to close it.
+    anonymous: BTreeMap<u64, (Instant, Arc<Notify>)>,
+    next_seq: u64,
 }
 
 /// The cluster port's connection accounting. Cheap to share.
@@ -177,6 +194,8 @@ impl Limits {
             limits: self.clone(),
             ip,
             class: Class::Pending,
+            seq: 0,
+            evict: None,
         })
     }
 
@@ -193,6 +212,9 @@ pub struct Slot {
     limits: Arc<Limits>,
     ip: IpAddr,
     class: Class,
+    /// Anonymous: its place in the eviction order, and the signal that closes it.
+    seq: u64,
+    evict: Option<Arc<Notify>>,
 }
 
 impl Slot {
@@ -202,11 +224,13 @@ impl Slot {
         let limits = self.limits.clone();
         let mut guard = limits.lock();
         let s = &mut *guard;
-        let peer = s.per_ip.entry(self.ip).or_default();
         if !certified {
-            let why = if peer.anonymous >= limits.config.per_ip_anonymous {
+            let peer_anonymous = s.per_ip.get(&self.ip).map_or(0, |c| c.anonymous);
+            let why = if peer_anonymous >= limits.config.per_ip_anonymous {
                 Some(Refused::PeerAnonymous)
-            } else if s.all.anonymous >= limits.config.max_anonymous {
+            } else if s.all.anonymous >= limits.config.max_anonymous
+                && !evict_oldest(&mut s.anonymous, limits.config.evict_anonymous_after)
+            {
                 Some(Refused::Anonymous)
             } else {
                 None
@@ -215,7 +239,14 @@ impl Slot {
                 drop(guard);
                 return Err(why);
             }
+            let notify = Arc::new(Notify::new());
+            s.next_seq += 1;
+            self.seq = s.next_seq;
+            s.anonymous
+                .insert(self.seq, (Instant::now(), notify.clone()));
+            self.evict = Some(notify);
         }
+        let peer = s.per_ip.entry(self.ip).or_default();
         let to = if certified {
             Class::Certified
         } else {
@@ -231,9 +262,33 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Completes when the connection must close to make room for a newer anonymous one.
+    pub fn evicted(&self) -> Option<tokio::sync::futures::OwnedNotified> {
+        self.evict.clone().map(|n| n.notified_owned())
+    }
+}
+
+/// Signals the oldest anonymous connection open at least `after` to close (it gives its place
+/// back when it is dropped); false if none is that old.
+fn evict_oldest(order: &mut BTreeMap<u64, (Instant, Arc<Notify>)>, after: Duration) -> bool {
+    let Some(entry) = order.first_entry() else {
+        return false;
+    };
+    if entry.get().0.elapsed() < after {
+        return false;
+    }
+    let (_, notify) = entry.remove();
+    notify.notify_one();
+    true
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.limits.lock();
+        if self.class == Class::Anonymous {
+            s.anonymous.remove(&self.seq);
+        }
         s.all.remove(self.class);
         if let Some(peer) = s.per_ip.get_mut(&self.ip) {
             peer.remove(self.class);
@@ -260,6 +315,7 @@ mod tests {
             max_pending: 4,
             max_anonymous: 3,
             max_total: 10,
+            evict_anonymous_after: Duration::from_secs(3600),
         })
     }
 
@@ -329,6 +385,37 @@ mod tests {
             l.lock().per_ip.is_empty(),
             "no per-address entry outlives its connections"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_anonymous_share_closes_its_oldest_connection_for_a_new_one() {
+        let l = Limits::new(LimitConfig {
+            evict_anonymous_after: Duration::from_millis(50),
+            ..*small().config()
+        });
+        let old: Vec<_> = (0..3)
+            .map(|n| l.admit(ip(10 + n)).unwrap().establish(false).unwrap())
+            .collect();
+        let oldest = old[0].evicted().unwrap();
+        let second = old[1].evicted().unwrap();
+        // Too young to be closed for another: refused.
+        let young = l.admit(ip(20)).unwrap();
+        assert_eq!(young.establish(false).err(), Some(Refused::Anonymous));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let new = l.admit(ip(20)).unwrap().establish(false).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), oldest)
+            .await
+            .expect("the oldest connection is told to close");
+        // Only the oldest.
+        assert!(tokio::time::timeout(Duration::from_millis(50), second)
+            .await
+            .is_err());
+        // Its place comes back when it closes.
+        assert_eq!(l.in_use(), (0, 4, 4));
+        drop(old);
+        drop(new);
+        assert_eq!(l.in_use(), (0, 0, 0));
+        assert!(l.lock().anonymous.is_empty());
     }
 
     #[test]
