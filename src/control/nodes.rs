@@ -531,13 +531,16 @@ fn kept_trust_root(reported: &str, cluster_root_pem: &str) -> String {
     }
 }
 
-/// A node renews early when its role changed, when its certificate must rotate, or when the
-/// certificate in its record is past half its life or unreadable.
+/// A node renews early when its role changed (desired or observed, against its certificate's
+/// OU), when its certificate must rotate, or when the certificate in its record is past half
+/// its life or unreadable.
 fn must_renew(node: &NodeRecord) -> bool {
     if node.spec.role != node.role || node.certificate.state == CertState::Rotate {
         return true;
     }
     match swarmguard_ca::read_node_certificate(node.certificate.cert_pem.as_bytes()) {
+        // A demotion lowers the observed role at once; the certificate follows at renewal.
+        Ok(id) if Role::from(id.role) != node.role => true,
         Ok(id) => {
             let life = id
                 .not_after
