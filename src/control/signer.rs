@@ -105,8 +105,10 @@ pub fn record_outcome(n: &mut NodeRecord, outcome: Result<IssuedCertificate, Sig
 /// Backoff between attempts for one node: 1 s doubling to 60 s.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(60);
-/// How often pending certificates are looked at without a store event.
+/// How often waiting certificates are looked at without a store event.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How often every node is scanned when nothing waits (a scan decodes every node record).
+const SAFETY_SCAN: Duration = Duration::from_secs(60);
 
 /// Which nodes a reconcile pass looks at.
 enum Look {
@@ -125,12 +127,14 @@ pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut look = Look::All;
     loop {
         reconcile_once(&control, &mut backoff, look).await;
+        // With nothing waiting for a retry, a full scan is only a safety net for missed
+        // events; with retries due, it comes when the first one is.
         let next = backoff
             .values()
             .map(|(_, at, _)| *at)
             .min()
-            .unwrap_or_else(|| Instant::now() + LOOK_EVERY)
-            .min(Instant::now() + LOOK_EVERY);
+            .map(|at| at.min(Instant::now() + LOOK_EVERY))
+            .unwrap_or_else(|| Instant::now() + SAFETY_SCAN);
         look = tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
             _ = tokio::time::sleep_until(next) => Look::All,
