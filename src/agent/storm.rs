@@ -1,5 +1,7 @@
 //! The join storm: many clients each running the full join (fresh TLS connection, token +
-//! CSR, status until issued) against one manager, for `benches/join_storm.rs`.
+//! CSR, status until issued) against one manager, for `benches/join_storm.rs`. Against a
+//! loopback manager each client connects from its own 127.0.x.y address, as separate nodes
+//! would, so the manager's per-address connection caps apply per client.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,7 +42,20 @@ pub async fn join_storm(
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(joins)));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients.max(1) {
+    for client in 0..clients.max(1) {
+        // Each client is a node of its own: on loopback, from an address of its own.
+        let local = addr
+            .ip()
+            .is_loopback()
+            .then(|| {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    127,
+                    0,
+                    1 + (client / 250) as u8,
+                    2 + (client % 250) as u8,
+                ))
+            })
+            .filter(|_| addr.is_ipv4());
         let (csrs, next, latencies, config) = (
             csrs.clone(),
             next.clone(),
@@ -55,7 +70,7 @@ pub async fn join_storm(
                     return Ok::<(), AgentError>(());
                 }
                 let t = Instant::now();
-                let ch = tls::channel(addr, config.clone(), "swarm-ca").await?;
+                let ch = tls::channel_from(addr, local, config.clone(), "swarm-ca").await?;
                 let mut ca = pb::node_ca_client::NodeCaClient::new(ch);
                 let issued = ca
                     .issue_node_certificate(pb::IssueNodeCertificateRequest {

@@ -111,9 +111,34 @@ pub async fn channel(
     config: Arc<ClientConfig>,
     server_name: &'static str,
 ) -> Result<Channel, AgentError> {
+    channel_from(addr, None, config, server_name).await
+}
+
+/// [`channel`] from a chosen local address (the join storm plays many nodes, each from an
+/// address of its own, as the manager's per-address connection caps expect of real nodes).
+pub async fn channel_from(
+    addr: SocketAddr,
+    local: Option<std::net::IpAddr>,
+    config: Arc<ClientConfig>,
+    server_name: &'static str,
+) -> Result<Channel, AgentError> {
     let connector = TlsConnector::from(config);
     let name = ServerName::try_from(server_name).map_err(|e| AgentError::Tls(e.to_string()))?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+    let connect = async {
+        match local {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await
+            }
+        }
+    };
+    let tcp = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| AgentError::Connect(format!("{addr}: connect timed out")))?
         .map_err(|e| AgentError::Connect(format!("{addr}: {e}")))?;

@@ -49,6 +49,8 @@ pub struct Control {
     membership_changed: tokio::sync::Notify,
     /// The last decoded cluster record: every join and session reads it, and it changes rarely.
     cluster_cache: Mutex<Option<Arc<Stored<ClusterRecord>>>>,
+    /// When each node last renewed its certificate over mTLS (see `nodes::admit_renewal`).
+    renewals: Mutex<nodes::Renewals>,
 }
 
 /// State of the cluster gRPC port.
@@ -86,6 +88,7 @@ impl Control {
             cluster_port: tokio::sync::watch::channel(ClusterPort::Stopped).0,
             membership_changed: tokio::sync::Notify::new(),
             cluster_cache: Mutex::new(None),
+            renewals: Mutex::new(nodes::Renewals::default()),
         })
     }
 

@@ -24,6 +24,29 @@ const REMOVED_NODE_GRACE: i64 = 7 * 24 * 3600;
 /// Node IDs drawn before a join gives up on finding a free one (a collision is ~2^-129).
 const ID_TRIES: usize = 3;
 
+/// The shortest time between two renewals of one node's certificate, unless it must renew (its
+/// role changed, its certificate must rotate, or the one it holds is past half its life): a
+/// renewal rewrites the node record, so a node certificate alone must not be able to make the
+/// manager write without bound (audit finding 2).
+pub const RENEWAL_INTERVAL: Duration = Duration::from_secs(300);
+/// Renewal times remembered before old ones are forgotten (one per node that renewed).
+const MAX_REMEMBERED_RENEWALS: usize = 4096;
+
+/// When each node last renewed, and the interval enforced (tests shorten it).
+pub struct Renewals {
+    interval: Duration,
+    last: std::collections::HashMap<String, tokio::time::Instant>,
+}
+
+impl Default for Renewals {
+    fn default() -> Self {
+        Renewals {
+            interval: RENEWAL_INTERVAL,
+            last: Default::default(),
+        }
+    }
+}
+
 /// A new node's request, as the cluster port received it.
 pub struct JoinRequest<'a> {
     pub csr_pem: &'a [u8],
@@ -226,6 +249,53 @@ impl Control {
         ))
     }
 
+    /// The shortest time allowed between two renewals of one node (default [`RENEWAL_INTERVAL`]).
+    pub fn set_renewal_interval(&self, interval: Duration) {
+        self.lock_renewals().interval = interval;
+    }
+
+    fn lock_renewals(&self) -> std::sync::MutexGuard<'_, Renewals> {
+        self.renewals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `node_id` may renew now; if so, the renewal is counted. Call before any costly
+    /// work on the request. Refused when the node renewed less than the interval ago and
+    /// nothing makes it renew early: its role changed, its certificate must rotate, or the
+    /// certificate in its record is past half its life (or unusable).
+    pub fn admit_renewal(&self, node_id: &str) -> Result<(), ControlError> {
+        let must = match self.node_by_id(node_id)? {
+            Some(n) => must_renew(&n.record),
+            // `renew` answers "not registered" without writing anything.
+            None => return Ok(()),
+        };
+        let now = tokio::time::Instant::now();
+        let mut r = self.lock_renewals();
+        let interval = r.interval;
+        if let Some(last) = r.last.get(node_id) {
+            let since = now.duration_since(*last);
+            if since < interval && !must {
+                return Err(ControlError::rpc(
+                    Code::Unavailable,
+                    format!(
+                        "node {node_id} renewed its certificate {}s ago; renewals are allowed once every {}s",
+                        since.as_secs(),
+                        interval.as_secs()
+                    ),
+                ));
+            }
+        }
+        if r.last.len() >= MAX_REMEMBERED_RENEWALS {
+            r.last.retain(|_, t| now.duration_since(*t) < interval);
+        }
+        r.last.insert(node_id.to_string(), now);
+        Ok(())
+    }
+
+    /// A renewal that was admitted did not happen (refused or failed): it does not count.
+    pub fn forget_renewal(&self, node_id: &str) {
+        self.lock_renewals().last.remove(node_id);
+    }
+
     /// A node renews its certificate: the role reconciles to the desired one (promote/demote)
     /// and the signer signs in the same write when it can. `Ok(None)`: no such node.
     pub async fn renew(
@@ -308,6 +378,11 @@ impl Control {
         description: Option<NodeDescription>,
         addr: String,
     ) -> Result<Option<NodeRecord>, ControlError> {
+        let root_pem = self.cluster()?.record.root_ca_pem.clone();
+        let description = description.map(|mut d| {
+            d.tls_info.trust_root = kept_trust_root(&d.tls_info.trust_root, &root_pem);
+            d
+        });
         let updated = records::update(
             &self.store,
             &node_key(node_id),
@@ -436,6 +511,45 @@ fn refuse_promoting_dockerd(node: &NodeRecord) -> Result<(), ControlError> {
         ),
     };
     Err(ControlError::rpc(Code::FailedPrecondition, reason))
+}
+
+/// The trust root a node reports matters only compared with the cluster's (the CLI's TLS
+/// status and root-rotation progress), so a node's own bytes are never stored: the cluster's
+/// PEM when the node trusts exactly the cluster's root, else nothing.
+fn kept_trust_root(reported: &str, cluster_root_pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let ders = |pem: &str| {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    match (ders(reported), ders(cluster_root_pem)) {
+        (Some(a), Some(b)) if a == b => cluster_root_pem.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A node renews early when its role changed (desired or observed, against its certificate's
+/// OU), when its certificate must rotate, or when the certificate in its record is past half
+/// its life or unreadable.
+fn must_renew(node: &NodeRecord) -> bool {
+    if node.spec.role != node.role || node.certificate.state == CertState::Rotate {
+        return true;
+    }
+    match swarmguard_ca::read_node_certificate(node.certificate.cert_pem.as_bytes()) {
+        // A demotion lowers the observed role at once; the certificate follows at renewal.
+        Ok(id) if Role::from(id.role) != node.role => true,
+        Ok(id) => {
+            let life = id
+                .not_after
+                .duration_since(id.not_before)
+                .unwrap_or_default();
+            SystemTime::now() >= id.not_before + life / 2
+        }
+        Err(_) => true,
+    }
 }
 
 /// What a node's first described session says it runs. `swarmguard agent` reports

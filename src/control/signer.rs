@@ -105,54 +105,96 @@ pub fn record_outcome(n: &mut NodeRecord, outcome: Result<IssuedCertificate, Sig
 /// Backoff between attempts for one node: 1 s doubling to 60 s.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(60);
-/// How often pending certificates are looked at without a store event.
+/// How often waiting certificates are looked at without a store event.
 const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// How often every node is scanned when nothing waits (a scan decodes every node record).
+const SAFETY_SCAN: Duration = Duration::from_secs(60);
+
+/// Which nodes a reconcile pass looks at.
+enum Look {
+    /// Every node: at start, on a timer, and when change events were lost.
+    All,
+    /// The node records a store change touched: a join costs one record read here, not a
+    /// scan of every node.
+    Keys(Vec<String>),
+}
 
 /// Signs every PENDING or RENEW certificate that the fast path left, until `stop`.
 pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.subscribe();
     // Node ID → (CSR being signed, when to try next, current backoff).
     let mut backoff: HashMap<String, (String, Instant, Duration)> = HashMap::new();
+    let mut look = Look::All;
     loop {
-        reconcile_once(&control, &mut backoff).await;
+        reconcile_once(&control, &mut backoff, look).await;
+        // With nothing waiting for a retry, a full scan is only a safety net for missed
+        // events; with retries due, it comes when the first one is.
         let next = backoff
             .values()
             .map(|(_, at, _)| *at)
             .min()
-            .unwrap_or_else(|| Instant::now() + LOOK_EVERY)
-            .min(Instant::now() + LOOK_EVERY);
-        tokio::select! {
+            .map(|at| at.min(Instant::now() + LOOK_EVERY))
+            .unwrap_or_else(|| Instant::now() + SAFETY_SCAN);
+        look = tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep_until(next) => {}
-            ev = events.recv() => {
-                if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
-                }
-            }
-        }
+            _ = tokio::time::sleep_until(next) => Look::All,
+            ev = events.recv() => match ev {
+                Ok(applied) => Look::Keys(
+                    applied
+                        .keys
+                        .into_iter()
+                        .filter(|k| k.starts_with(NODE_PREFIX))
+                        .collect(),
+                ),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Look::All,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        };
     }
+}
+
+/// The nodes among `look` whose certificate still needs a signature.
+fn waiting(control: &Control, look: &Look) -> Vec<NodeRecord> {
+    let nodes: Vec<NodeRecord> = match look {
+        Look::All => records::list::<NodeRecord>(control.store(), NODE_PREFIX)
+            .map(|v| v.into_iter().map(|s| s.record).collect())
+            .unwrap_or_default(),
+        Look::Keys(keys) => keys
+            .iter()
+            .filter_map(|k| {
+                records::get::<NodeRecord>(control.store(), k)
+                    .ok()
+                    .flatten()
+            })
+            .map(|s| s.record)
+            .collect(),
+    };
+    nodes
+        .into_iter()
+        .filter(|n| n.certificate.state.needs_signing())
+        .collect()
 }
 
 async fn reconcile_once(
     control: &Control,
     backoff: &mut HashMap<String, (String, Instant, Duration)>,
+    look: Look,
 ) {
+    if matches!(&look, Look::Keys(k) if k.is_empty()) {
+        return;
+    }
     let Some(material) = control.security().current() else {
         return;
     };
-    let Ok(nodes) = records::list::<NodeRecord>(control.store(), NODE_PREFIX) else {
-        return;
-    };
-    let waiting: Vec<NodeRecord> = nodes
-        .into_iter()
-        .map(|s| s.record)
-        .filter(|n| n.certificate.state.needs_signing())
-        .collect();
-    backoff.retain(|id, (csr, _, _)| {
-        waiting
-            .iter()
-            .any(|n| &n.id == id && &n.certificate.csr_b64 == csr)
-    });
+    let waiting = waiting(control, &look);
+    if let Look::All = look {
+        // Forget backoff for nodes that no longer wait (signed, removed, or a newer CSR).
+        backoff.retain(|id, (csr, _, _)| {
+            waiting
+                .iter()
+                .any(|n| &n.id == id && &n.certificate.csr_b64 == csr)
+        });
+    }
     let now = Instant::now();
     for node in waiting {
         if backoff.get(&node.id).is_some_and(|(_, at, _)| *at > now) {

@@ -93,13 +93,19 @@ impl pb::node_ca_server::NodeCa for NodeCaService {
         };
 
         // A valid node certificate makes this a renewal: the role stays the node's current one.
+        // Rate limited per node before anything costly (the CSR's signature, a store write).
         if let Ok(id) = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &ctx.control) {
+            ctx.control.admit_renewal(&id.node_id).map_err(status)?;
+            // A bad CSR still counts: a working node never sends one.
             let checked = check()?;
             let renewed = ctx
                 .control
                 .renew(&id.node_id, &checked, &r.csr)
                 .await
-                .map_err(status)?;
+                .map_err(|e| {
+                    ctx.control.forget_renewal(&id.node_id);
+                    status(e)
+                })?;
             if renewed.is_none() {
                 return Err(Status::not_found("node not registered"));
             }

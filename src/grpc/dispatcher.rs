@@ -188,16 +188,41 @@ fn check_len(what: &str, len: usize, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
+/// The most a node's description may hold, field by field: every field is the node's own
+/// claim and ends up in its record (the trust root only when it is the cluster's; see
+/// `Control::node_ready`). A SwarmKit node sends well under 2 KiB.
+pub const MAX_HOSTNAME: usize = 253;
+pub const MAX_PLATFORM_FIELD: usize = 64;
+pub const MAX_ENGINE_VERSION: usize = 256;
+/// A bundle of a few PEM roots (a rotation shows two).
+pub const MAX_TRUST_ROOT: usize = 8 * 1024;
+/// A DER subject or SubjectPublicKeyInfo (an RSA-4096 key is ~550 bytes).
+pub const MAX_ISSUER_FIELD: usize = 1024;
+/// Everything above together: a few KiB per node, whatever it sends.
+pub const MAX_DESCRIPTION: usize = MAX_HOSTNAME
+    + 2 * MAX_PLATFORM_FIELD
+    + MAX_ENGINE_VERSION
+    + MAX_TRUST_ROOT
+    + 2 * MAX_ISSUER_FIELD;
+
 /// The node's own description, bounded and printable, in the Engine API's shape.
 pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
-    check_len("hostname", d.hostname.len(), 253)?;
+    check_len("hostname", d.hostname.len(), MAX_HOSTNAME)?;
     let platform = d.platform.clone().unwrap_or_default();
-    check_len("platform architecture", platform.architecture.len(), 64)?;
-    check_len("platform OS", platform.os.len(), 64)?;
+    check_len(
+        "platform architecture",
+        platform.architecture.len(),
+        MAX_PLATFORM_FIELD,
+    )?;
+    check_len("platform OS", platform.os.len(), MAX_PLATFORM_FIELD)?;
     let engine = d.engine.clone().unwrap_or_default();
-    check_len("engine version", engine.engine_version.len(), 256)?;
+    check_len(
+        "engine version",
+        engine.engine_version.len(),
+        MAX_ENGINE_VERSION,
+    )?;
     let tls = d.tls_info.clone().unwrap_or_default();
-    check_len("TLS trust root", tls.trust_root.len(), 256 * 1024)?;
+    check_len("TLS trust root", tls.trust_root.len(), MAX_TRUST_ROOT)?;
     // What `docker node ls|inspect` prints must not drive the operator's terminal.
     for (what, text) in [
         ("hostname", d.hostname.as_str()),
@@ -214,12 +239,12 @@ pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescriptio
     check_len(
         "TLS issuer subject",
         tls.cert_issuer_subject.len(),
-        16 * 1024,
+        MAX_ISSUER_FIELD,
     )?;
     check_len(
         "TLS issuer public key",
         tls.cert_issuer_public_key.len(),
-        16 * 1024,
+        MAX_ISSUER_FIELD,
     )?;
     let res = d.resources.unwrap_or_default();
     Ok(api::NodeDescription {

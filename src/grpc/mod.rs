@@ -10,6 +10,7 @@ pub mod ca;
 pub mod dispatcher;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,8 @@ pub struct Running {
     /// What the acceptor hands new connections: the security material's server config.
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     pub ctx: Arc<PortContext>,
+    /// The connection accounting (read by tests).
+    pub limits: Arc<limits::Limits>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -152,8 +155,24 @@ impl Running {
     }
 }
 
-/// Starts the cluster port of an initialized manager.
+/// Starts the cluster port of an initialized manager, with connection caps derived from the
+/// process's descriptor limit.
 pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
+    let caps = limits::LimitConfig::from_process();
+    tracing::info!(
+        max_connections = caps.max_total,
+        max_anonymous = caps.max_anonymous,
+        "cluster port connection caps"
+    );
+    start_with(control, caps, accept::Deadlines::default()).await
+}
+
+/// [`start`] with explicit connection caps and deadlines.
+pub async fn start_with(
+    control: Arc<Control>,
+    caps: limits::LimitConfig,
+    deadlines: accept::Deadlines,
+) -> Result<Running, StartError> {
     let material = control.security().current().ok_or(StartError::NotInSwarm)?;
     let local = material.identity.clone();
     let tls = Arc::new(ArcSwap::new(material.server_config.clone()));
@@ -176,7 +195,14 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
     expect_ready_nodes(&ctx);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(256);
-    let mut tasks = vec![tokio::spawn(accept::accept_loop(listener, tls.clone(), tx))];
+    let limits = limits::Limits::new(caps);
+    let mut tasks = vec![tokio::spawn(accept::accept_loop(
+        listener,
+        tls.clone(),
+        limits.clone(),
+        deadlines,
+        tx,
+    ))];
     tasks.push(tokio::spawn(dispatcher::expire_loop(
         ctx.clone(),
         stop_rx.clone(),
@@ -200,6 +226,7 @@ pub async fn start(control: Arc<Control>) -> Result<Running, StartError> {
         addr,
         tls,
         ctx,
+        limits,
         stop: stop_tx,
         tasks,
     })

@@ -19,6 +19,8 @@ use crate::control::{Control, Rotate};
 use crate::pb;
 use crate::store::Store;
 
+mod hostile;
+
 struct Env {
     _dir: tempfile::TempDir,
     control: Arc<Control>,
@@ -33,6 +35,21 @@ impl Env {
     }
 
     async fn with_heartbeat(period: Duration) -> Env {
+        Env::build(period, None).await
+    }
+
+    /// An Env whose cluster port has these connection caps and deadlines.
+    async fn with_port(
+        caps: super::limits::LimitConfig,
+        deadlines: super::accept::Deadlines,
+    ) -> Env {
+        Env::build(Duration::from_secs(5), Some((caps, deadlines))).await
+    }
+
+    async fn build(
+        period: Duration,
+        cluster_port: Option<(super::limits::LimitConfig, super::accept::Deadlines)>,
+    ) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -56,7 +73,10 @@ impl Env {
             })
             .await
             .unwrap();
-        let running = super::start(control.clone()).await.unwrap();
+        let running = match cluster_port {
+            None => super::start(control.clone()).await.unwrap(),
+            Some((caps, d)) => super::start_with(control.clone(), caps, d).await.unwrap(),
+        };
         let addr = running.addr;
         Env {
             _dir: dir,
@@ -352,6 +372,9 @@ async fn client_without_certificate_cannot_open_a_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_renew_before_expiry_and_stay_ready() {
     let env = Env::new().await;
+    // This test drives the agent's renewal loop every 300 ms; the manager's per-node renewal
+    // rate limit has its own tests (tests/hostile.rs).
+    env.control.set_renewal_interval(Duration::ZERO);
     let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
     let id = creds.node_id.clone();
     let first_cert = creds.cert_pem.clone();

@@ -267,8 +267,16 @@ impl Store {
 
     /// Applies a transaction through Raft; returns only after it is committed, applied AND durable
     /// (fsync'd). All checks pass or nothing is written.
+    ///
+    /// The checks are tried first against the applied state: a transaction that already fails
+    /// them is answered `Conflict` without being proposed, so lost races (a retry loop under
+    /// contention) never reach the log. They are checked again when the entry applies, which
+    /// is what makes the outcome correct: the state may change between the two.
     pub async fn apply(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         validate(&txn)?;
+        if let Some(key) = self.failed_check(&txn) {
+            return Ok(TxnOutcome::Conflict { key });
+        }
         match self.inner.raft.client_write(txn).await {
             Ok(resp) => resp.data.outcome.ok_or_else(|| {
                 StoreError::Raft("state machine returned no outcome for a transaction".into())
@@ -283,6 +291,15 @@ impl Store {
             }
             Err(RaftError::Fatal(f)) => Err(StoreError::Raft(f.to_string())),
         }
+    }
+
+    /// The key of the first check `txn` fails against the applied state now.
+    fn failed_check(&self, txn: &Txn) -> Option<String> {
+        let map = lock_read(&self.inner.shared.map);
+        txn.checks
+            .iter()
+            .find(|c| !c.holds(map.get(c.key())))
+            .map(|c| c.key().to_owned())
     }
 
     /// Local read of the applied state.

@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 
 use super::error::StoreError;
 use super::sealed::{self, aad_sm, aad_snapshot, AAD_APPLIED};
-use super::types::{b64, Applied, Check, Op, Response, TxnOutcome, TypeConfig, Versioned};
+use super::types::{b64, Applied, Op, Response, TxnOutcome, TypeConfig, Versioned};
 use super::{lock_read, lock_write, spawn_io, CloseGuard};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -362,16 +362,10 @@ fn prepare_batch(
                     responses.push(Response { outcome: None });
                 }
                 EntryPayload::Normal(txn) => {
-                    let failed = txn.checks.iter().find(|c| {
-                        let cur = current(&overlay, c.key());
-                        match c {
-                            Check::Version { version, .. } => {
-                                cur.map(|v| v.version) != Some(*version)
-                            }
-                            Check::Absent { .. } => cur.is_some(),
-                            Check::Present { .. } => cur.is_none(),
-                        }
-                    });
+                    let failed = txn
+                        .checks
+                        .iter()
+                        .find(|c| !c.holds(current(&overlay, c.key()).as_ref()));
                     if let Some(c) = failed {
                         responses.push(Response {
                             outcome: Some(TxnOutcome::Conflict {

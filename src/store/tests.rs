@@ -224,6 +224,61 @@ async fn apply_get_list_and_conflicts() {
     store.shutdown().await.unwrap();
 }
 
+/// Audit finding 2: every lost version race used to be appended to the log (a renewal flood
+/// wrote each retry of a ~400 KB record). A transaction whose checks already fail is answered
+/// without a log entry; the log file does not grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_transactions_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let v = committed(&store, txn(vec![put("node/a", b"A1")])).await;
+    let v2 = committed(&store, txn(vec![put("node/a", b"A2")])).await;
+    let wal = dir.path().join("store/raft-log.wal");
+    let last_log = || store.inner.raft.metrics().borrow().last_log_index;
+    let (index_before, size_before) = (last_log(), std::fs::metadata(&wal).unwrap().len());
+    let big = vec![7u8; 256 * 1024];
+    for check in [
+        Check::Version {
+            key: "node/a".into(),
+            version: v,
+        },
+        Check::Absent {
+            key: "node/a".into(),
+        },
+        Check::Present {
+            key: "node/none".into(),
+        },
+    ] {
+        for _ in 0..20 {
+            let out = store
+                .apply(Txn {
+                    checks: vec![check.clone()],
+                    ops: vec![put("node/a", &big)],
+                })
+                .await
+                .unwrap();
+            assert!(matches!(out, TxnOutcome::Conflict { .. }), "{out:?}");
+        }
+    }
+    assert_eq!(last_log(), index_before, "a conflict was proposed to raft");
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), size_before);
+    assert_eq!(store.get("node/a").unwrap().value, b"A2");
+    // A passing check still commits, and is still checked where it applies.
+    let v3 = committed(
+        &store,
+        Txn {
+            checks: vec![Check::Version {
+                key: "node/a".into(),
+                version: v2,
+            }],
+            ops: vec![put("node/a", b"A3")],
+        },
+    )
+    .await;
+    assert_eq!(store.get("node/a").unwrap().version, v3);
+    store.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_are_raft_indexes() {
     let dir = tempfile::tempdir().unwrap();

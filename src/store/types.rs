@@ -42,6 +42,15 @@ impl Check {
             Check::Version { key, .. } | Check::Absent { key } | Check::Present { key } => key,
         }
     }
+
+    /// Whether the check passes against `current`, the key's value now.
+    pub fn holds(&self, current: Option<&Versioned>) -> bool {
+        match self {
+            Check::Version { version, .. } => current.map(|v| v.version) == Some(*version),
+            Check::Absent { .. } => current.is_none(),
+            Check::Present { .. } => current.is_some(),
+        }
+    }
 }
 
 /// A write of a [`Txn`]. Values are opaque bytes.

@@ -19,6 +19,8 @@ pub struct Manager {
     /// The second Engine API endpoint, `127.0.0.1:<port>` (`--engine-api tcp://…`), reachable
     /// from the test's own namespace only when `netns` is `None`.
     pub tcp_api: String,
+    /// Run with this RLIMIT_NOFILE (soft and hard), set by `prlimit`, which execs the manager.
+    pub nofile: Option<u64>,
     child: Option<Child>,
 }
 
@@ -62,6 +64,11 @@ impl Manager {
     /// Starts a manager whose cluster port is `127.0.0.1:<free port>` inside `netns` (or the
     /// test's own namespace); the Engine API is a unix socket, reachable from anywhere.
     pub fn start_in(data_dir: &Path, netns: Option<&str>) -> Manager {
+        Manager::start_with(data_dir, netns, None)
+    }
+
+    /// [`Manager::start_in`] with a descriptor limit of `nofile` (soft and hard).
+    pub fn start_with(data_dir: &Path, netns: Option<&str>, nofile: Option<u64>) -> Manager {
         let socket = data_dir.join("swarmguard.sock");
         let mut m = Manager {
             data_dir: data_dir.to_path_buf(),
@@ -70,6 +77,7 @@ impl Manager {
             cluster_addr: format!("127.0.0.1:{}", super::free_port()),
             netns: netns.map(str::to_string),
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
+            nofile,
             child: None,
         };
         m.spawn();
@@ -77,12 +85,20 @@ impl Manager {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = match &self.netns {
-            // nsenter execs the manager, so the PID we hold is the manager's.
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}"))
-                    .arg(env!("CARGO_BIN_EXE_swarmguard"));
+        // prlimit and nsenter each exec what follows, so the PID we hold is the manager's.
+        let mut prefix: Vec<String> = Vec::new();
+        if let Some(n) = self.nofile {
+            prefix.push(super::require_bin("prlimit").display().to_string());
+            prefix.push(format!("--nofile={n}:{n}"));
+        }
+        if let Some(ns) = &self.netns {
+            prefix.push("nsenter".into());
+            prefix.push(format!("--net=/var/run/netns/{ns}"));
+        }
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_swarmguard"));
                 c
             }
             None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
