@@ -68,7 +68,7 @@ waitport "$N_PORT"
 
 # ---- swarmguard trust-signer + trust-server
 S_GRPC=$(freeport); S_PORT=$(freeport)
-head -c 32 /dev/urandom | base64 > master.key
+(umask 077; head -c 32 /dev/urandom | base64 > master.key)
 "$BIN" trust-signer --data-dir "$W/sg-signer" --listen 127.0.0.1:"$S_GRPC" --tls-cert signer.crt --tls-key signer.key \
   --client-ca ca.crt --signer-key-file master.key > sg-signer.log 2>&1 & SSIG=$!; PIDS+=($SSIG)
 waitport "$S_GRPC"

@@ -1,0 +1,611 @@
+//! The Notary-compatible HTTP API: routing, the scope each route needs, and every handler
+//! except uploads ([`crate::upload`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::json;
+
+use crate::auth::service::TokenService;
+use crate::auth::{Identity, Need, TokenAuth, ALL, PULL, PUSH_PULL};
+use crate::guard::{ByteBudget, KeyedLocks, RateLimit};
+use crate::metrics::{Metrics, Route};
+use crate::names;
+use crate::respond::{bad_request, error, internal, metadata, not_found, text, unavailable};
+use crate::signer::{HeldKey, Signer, SignerError};
+use crate::store::{Store, StoreError};
+use crate::validate::{self, Limits};
+
+/// Server behaviour beyond the metadata limits.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Accept `DELETE /v2/<gun>/_trust/tuf/`.
+    pub allow_delete: bool,
+    /// Largest upload body: about one metadata file.
+    pub max_body: usize,
+    /// Upload body bytes held in memory at once, over all connections.
+    pub upload_budget: usize,
+    /// Time allowed for reading one upload body.
+    pub body_timeout: Duration,
+    /// Server-held keys one identity may have created per repository and hour.
+    pub key_creations_per_hour: u32,
+    /// New repository names one identity may create per hour.
+    pub new_repos_per_hour: u32,
+}
+
+impl Options {
+    /// The defaults for `limits`.
+    pub fn for_limits(limits: &Limits, allow_delete: bool) -> Self {
+        Options {
+            allow_delete,
+            max_body: limits.max_metadata_bytes.saturating_add(256 * 1024),
+            upload_budget: 32 << 20,
+            body_timeout: Duration::from_secs(30),
+            key_creations_per_hour: 10,
+            new_repos_per_hour: 50,
+        }
+    }
+}
+
+/// The peer address of a connection, set by the listener on each request.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Shared server state.
+pub struct App {
+    pub(crate) store: Store,
+    pub(crate) signer: Arc<dyn Signer>,
+    pub(crate) limits: Limits,
+    pub(crate) opts: Options,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) budget: ByteBudget,
+    pub(crate) new_repos: RateLimit,
+    key_rate: RateLimit,
+    /// Per repository: key creation and timestamp re-signing, so a slow signer holds up only
+    /// the repository waiting for it.
+    pub(crate) repo_locks: KeyedLocks,
+    auth: Option<TokenAuth>,
+    tokens: Option<Arc<TokenService>>,
+}
+
+impl App {
+    /// An app without authentication and with default options for `limits`.
+    pub fn new(
+        store: Store,
+        signer: Arc<dyn Signer>,
+        limits: Limits,
+        allow_delete: bool,
+    ) -> Arc<App> {
+        let opts = Options::for_limits(&limits, allow_delete);
+        Self::with(store, signer, limits, opts, None, None)
+    }
+
+    /// An app with every option; `auth` turns token authentication on, `tokens` serves
+    /// `/auth/token`.
+    pub fn with(
+        store: Store,
+        signer: Arc<dyn Signer>,
+        limits: Limits,
+        opts: Options,
+        auth: Option<TokenAuth>,
+        tokens: Option<Arc<TokenService>>,
+    ) -> Arc<App> {
+        let metrics = Arc::new(Metrics::default());
+        let hour = Duration::from_secs(3600);
+        Arc::new(App {
+            store,
+            signer: Arc::new(CountingSigner {
+                inner: signer,
+                metrics: metrics.clone(),
+            }),
+            budget: ByteBudget::new(opts.upload_budget),
+            new_repos: RateLimit::new(opts.new_repos_per_hour, hour),
+            key_rate: RateLimit::new(opts.key_creations_per_hour, hour),
+            limits,
+            opts,
+            metrics,
+            repo_locks: KeyedLocks::default(),
+            auth,
+            tokens,
+        })
+    }
+
+    /// Counts a refused connection (per-peer or global cap).
+    pub fn connection_refused(&self) {
+        self.metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts signer calls and failures for `/metrics`.
+struct CountingSigner {
+    inner: Arc<dyn Signer>,
+    metrics: Arc<Metrics>,
+}
+
+impl CountingSigner {
+    fn count<T>(&self, r: Result<T, SignerError>) -> Result<T, SignerError> {
+        self.metrics.signer_calls.fetch_add(1, Ordering::Relaxed);
+        if r.is_err() {
+            self.metrics.signer_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Signer for CountingSigner {
+    fn create_key(&self, gun: &str, role: &str) -> Result<HeldKey, SignerError> {
+        self.count(self.inner.create_key(gun, role))
+    }
+    fn drop_unlisted(&self, gun: &str, role: &str, keep: &[String]) -> Result<usize, SignerError> {
+        self.count(self.inner.drop_unlisted(gun, role, keep))
+    }
+    fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError> {
+        self.count(self.inner.keys(gun, role))
+    }
+    fn held_key(
+        &self,
+        gun: &str,
+        role: &str,
+        keyids: &[String],
+    ) -> Result<Option<HeldKey>, SignerError> {
+        self.count(self.inner.held_key(gun, role, keyids))
+    }
+    fn sign(
+        &self,
+        gun: &str,
+        role: &str,
+        key_id: &str,
+        msg: &[u8],
+    ) -> Result<(String, Vec<u8>), SignerError> {
+        self.count(self.inner.sign(gun, role, key_id, msg))
+    }
+}
+
+/// The axum router serving the whole API.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().fallback(dispatch).with_state(app)
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)
+}
+
+/// What a request asks for, once its path is parsed.
+enum Endpoint {
+    Health,
+    Metrics,
+    Ping,
+    Token,
+    Changefeed(Option<String>),
+    Upload(String),
+    Delete(String),
+    Key {
+        gun: String,
+        role: &'static str,
+        rotate: bool,
+    },
+    Metadata {
+        gun: String,
+        tail: String,
+    },
+    NotFound,
+}
+
+impl Endpoint {
+    fn route(&self) -> Route {
+        match self {
+            Endpoint::Health => Route::Health,
+            Endpoint::Metrics => Route::Metrics,
+            Endpoint::Ping => Route::Ping,
+            Endpoint::Token => Route::Token,
+            Endpoint::Changefeed(_) => Route::Changefeed,
+            Endpoint::Upload(_) => Route::Upload,
+            Endpoint::Delete(_) => Route::Delete,
+            Endpoint::Key { .. } => Route::Key,
+            Endpoint::Metadata { .. } => Route::Metadata,
+            Endpoint::NotFound => Route::Other,
+        }
+    }
+
+    /// The scope each route needs, as notary-server 0.7 requires it.
+    fn need(&self) -> Need {
+        let repo = |gun: &String, actions| Need::Repo {
+            gun: gun.clone(),
+            actions,
+        };
+        match self {
+            Endpoint::Health | Endpoint::Metrics | Endpoint::Token => Need::Nothing,
+            Endpoint::Ping | Endpoint::NotFound | Endpoint::Changefeed(None) => Need::Catalog,
+            Endpoint::Changefeed(Some(gun)) | Endpoint::Metadata { gun, .. } => repo(gun, PULL),
+            Endpoint::Upload(gun) => repo(gun, PUSH_PULL),
+            Endpoint::Key {
+                gun, rotate: false, ..
+            } => repo(gun, PUSH_PULL),
+            Endpoint::Key { gun, .. } | Endpoint::Delete(gun) => repo(gun, ALL),
+        }
+    }
+}
+
+/// A path naming an invalid GUN.
+struct InvalidGun;
+
+/// Parse the method and path.
+fn classify(method: &Method, path: &str) -> Result<Endpoint, InvalidGun> {
+    let get = method == Method::GET;
+    match path {
+        "/_notary_server/health" if get => return Ok(Endpoint::Health),
+        "/metrics" if get => return Ok(Endpoint::Metrics),
+        "/v2/" if get => return Ok(Endpoint::Ping),
+        "/auth/token" if get => return Ok(Endpoint::Token),
+        "/v2/_trust/changefeed" if get => return Ok(Endpoint::Changefeed(None)),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return Ok(Endpoint::NotFound);
+    };
+    if let Some(gun) = rest.strip_suffix("/_trust/changefeed") {
+        if !get {
+            return Ok(Endpoint::NotFound);
+        }
+        if !names::valid_gun(gun) {
+            return Err(InvalidGun);
+        }
+        return Ok(Endpoint::Changefeed(Some(gun.to_string())));
+    }
+    let Some(i) = rest.find("/_trust/tuf/") else {
+        return Ok(Endpoint::NotFound);
+    };
+    let (gun, tail) = (&rest[..i], &rest[i + "/_trust/tuf/".len()..]);
+    if !names::valid_gun(gun) {
+        return Err(InvalidGun);
+    }
+    let gun = gun.to_string();
+    let key_role = match tail {
+        "timestamp.key" => Some("timestamp"),
+        "snapshot.key" => Some("snapshot"),
+        _ => None,
+    };
+    Ok(match (method, tail, key_role) {
+        (&Method::POST, "", _) => Endpoint::Upload(gun),
+        (&Method::DELETE, "", _) => Endpoint::Delete(gun),
+        (&Method::GET, _, Some(role)) => Endpoint::Key {
+            gun,
+            role,
+            rotate: false,
+        },
+        (&Method::POST, _, Some(role)) => Endpoint::Key {
+            gun,
+            role,
+            rotate: true,
+        },
+        (&Method::GET, _, None) => Endpoint::Metadata {
+            gun,
+            tail: tail.to_string(),
+        },
+        _ => Endpoint::NotFound,
+    })
+}
+
+async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (route, resp) = match classify(&method, &path) {
+        Ok(ep) => (ep.route(), handle(&app, ep, req).await),
+        Err(InvalidGun) => (Route::Other, bad_request("NAME_INVALID", "invalid GUN")),
+    };
+    if resp.status() == StatusCode::NOT_FOUND {
+        app.metrics.not_found.fetch_add(1, Ordering::Relaxed);
+    }
+    app.metrics
+        .request(route, resp.status().as_u16(), started.elapsed());
+    tracing::debug!(%method, path = %path.chars().take(300).collect::<String>(), status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+fn peer_ip(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<Peer>()
+        .map(|p| p.0.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+async fn handle(app: &Arc<App>, ep: Endpoint, req: Request) -> Response {
+    let peer = peer_ip(&req);
+    let identity = match &app.auth {
+        Some(auth) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let need = ep.need();
+            match auth.check(req.headers(), &need, now) {
+                Ok(id) => id,
+                Err(error) => {
+                    app.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    return auth.challenge(req.headers(), &need, error);
+                }
+            }
+        }
+        None => Identity::Anonymous,
+    };
+    // Who is counted against the per-identity limits: the token's subject, or the peer
+    // address when no one logged in.
+    let who = match identity {
+        Identity::User(u) if !u.is_empty() => format!("user:{u}"),
+        _ => format!("peer:{peer}"),
+    };
+    let query = req.uri().query().unwrap_or("").to_string();
+    match ep {
+        Endpoint::Health => text(StatusCode::OK, "{}"),
+        Endpoint::Metrics => metrics(app),
+        Endpoint::Ping => text(StatusCode::OK, "{}"),
+        Endpoint::Token => match &app.tokens {
+            Some(t) => t.handle(req.headers(), &query, peer).await,
+            None => not_found(),
+        },
+        Endpoint::Changefeed(gun) => changefeed(app, gun, &query).await,
+        Endpoint::Upload(gun) => crate::upload::upload(app, gun, who, req).await,
+        Endpoint::Delete(gun) => delete(app, gun).await,
+        Endpoint::Key { gun, role, rotate } => key(app, gun, role, rotate, who).await,
+        Endpoint::Metadata { gun, tail } => get_metadata(app, gun, &tail).await,
+        Endpoint::NotFound => not_found(),
+    }
+}
+
+fn metrics(app: &App) -> Response {
+    let body = app.metrics.render(app.store.cache_stats());
+    let mut r = text(StatusCode::OK, body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+enum Lookup {
+    Current(String),
+    Checksum(String, String),
+    Version(String, u64),
+}
+
+fn parse_lookup(tail: &str) -> Option<Lookup> {
+    let s = tail.strip_suffix(".json")?;
+    if let Some((role, hex)) = s.rsplit_once('.') {
+        if matches!(hex.len(), 64 | 96 | 128)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && names::valid_role(role)
+        {
+            return Some(Lookup::Checksum(role.to_string(), hex.to_string()));
+        }
+    }
+    if let Some((v, role)) = s.split_once('.') {
+        if !v.is_empty()
+            && v.len() <= 19
+            && v.bytes().all(|b| b.is_ascii_digit())
+            && names::valid_role(role)
+        {
+            return v.parse().ok().map(|v| Lookup::Version(role.to_string(), v));
+        }
+    }
+    names::valid_role(s).then(|| Lookup::Current(s.to_string()))
+}
+
+async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
+    let Some(lookup) = parse_lookup(tail) else {
+        return not_found();
+    };
+    // Reads are served from the store's in-memory copy of each role's current version, or
+    // else a short redb read transaction (no fsync, no signing): run them inline rather than
+    // paying a blocking-pool handoff per request. Only a timestamp that needs re-signing goes
+    // to the blocking pool.
+    let read = |lookup: &Lookup| -> Result<Option<(bytes::Bytes, bool)>, StoreError> {
+        Ok(match lookup {
+            Lookup::Current(role) => app.store.current(&gun, role)?.map(|r| (r, false)),
+            Lookup::Checksum(role, hex) => {
+                app.store.by_checksum(&gun, role, hex)?.map(|r| (r, true))
+            }
+            Lookup::Version(role, v) => app.store.version(&gun, role, *v)?.map(|r| (r, true)),
+        })
+    };
+    if let Lookup::Current(role) = &lookup {
+        if role == "timestamp" {
+            match app.store.current_entry(&gun, role) {
+                Ok(Some(ts)) => {
+                    let due = *ts
+                        .refresh_at
+                        .get_or_init(|| validate::timestamp_refresh_at(&ts.raw));
+                    if due.is_none_or(|t| time::OffsetDateTime::now_utc() >= t) {
+                        let a = app.clone();
+                        let g = gun.clone();
+                        if let Err(r) = blocking(move || refresh_timestamp(&a, &g)).await {
+                            return r;
+                        }
+                    }
+                }
+                Ok(None) => return not_found(),
+                Err(e) => return internal(e),
+            }
+        }
+    }
+    match read(&lookup) {
+        Ok(Some((raw, immutable))) => {
+            app.metrics.metadata_served.fetch_add(1, Ordering::Relaxed);
+            metadata(raw, immutable)
+        }
+        Ok(None) => not_found(),
+        Err(e) => internal(e),
+    }
+}
+
+/// Re-sign the timestamp if it is getting old. Failures are logged; the current timestamp
+/// is served regardless. Signing happens outside the write transaction, under the
+/// repository's own lock only (concurrent readers of one stale timestamp sign once).
+fn refresh_timestamp(app: &App, gun: &str) {
+    let res = app
+        .repo_locks
+        .with(gun, || -> Result<bool, validate::UpdateError> {
+            let now = time::OffsetDateTime::now_utc();
+            let state = app.store.state(gun)?;
+            let Some(w) = validate::refresh_timestamp(gun, &state, app.signer.as_ref(), now)?
+            else {
+                return Ok(false);
+            };
+            let writes = [w];
+            validate::verify_outgoing(&state, &writes)?;
+            Ok(app.store.commit(gun, &state, &writes)? == crate::store::Committed::Stored)
+        });
+    match res {
+        Ok(true) => tracing::info!(gun, "re-signed timestamp before expiry"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(gun, error = %e, "could not refresh timestamp"),
+    }
+}
+
+async fn delete(app: &Arc<App>, gun: String) -> Response {
+    // Notary has no cryptographic check on deletion: anyone who can reach
+    // the API could wipe a repository. Off unless explicitly enabled.
+    if !app.opts.allow_delete {
+        return error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "requested access to the resource is denied",
+            json!("remote deletion is disabled on this server (--allow-delete)"),
+        );
+    }
+    let a = app.clone();
+    let g = gun.clone();
+    match blocking(move || a.store.delete(&g)).await {
+        Ok(Ok(_)) => {
+            tracing::info!(gun, "repository deleted");
+            StatusCode::OK.into_response()
+        }
+        Ok(Err(e)) => internal(e),
+        Err(r) => r,
+    }
+}
+
+/// Why a key request failed.
+#[derive(Debug, thiserror::Error)]
+enum KeyError {
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many new server-held keys for this repository; try again later")]
+    RateLimited,
+}
+
+/// The key IDs the current root lists for `role` (none without a root).
+fn listed_keys(store: &Store, gun: &str, role: &str) -> Result<Vec<String>, StoreError> {
+    let Some(raw) = store.current(gun, "root")? else {
+        return Ok(Vec::new());
+    };
+    Ok(crate::tuf::parse::<crate::tuf::Root>(&raw, "Root")
+        .ok()
+        .and_then(|r| r.body.roles.get(role).map(|r| r.keyids.clone()))
+        .unwrap_or_default())
+}
+
+/// GET: the newest key held (created if none); POST: a new key. Creating drops the keys the
+/// current root no longer lists first (so the per-role cap only counts keys in use) and is
+/// rate limited per repository and identity.
+fn get_or_create_key(
+    app: &App,
+    gun: &str,
+    role: &str,
+    rotate: bool,
+    who: &str,
+) -> Result<HeldKey, KeyError> {
+    app.repo_locks.with(gun, || {
+        if !rotate {
+            if let Some(k) = app.signer.keys(gun, role)?.pop() {
+                return Ok(k);
+            }
+        }
+        if !app.key_rate.hit(&format!("{gun}\n{who}")) {
+            return Err(KeyError::RateLimited);
+        }
+        let listed = listed_keys(&app.store, gun, role)?;
+        app.signer.drop_unlisted(gun, role, &listed)?;
+        Ok(app.signer.create_key(gun, role)?)
+    })
+}
+
+async fn key(
+    app: &Arc<App>,
+    gun: String,
+    role: &'static str,
+    rotate: bool,
+    who: String,
+) -> Response {
+    let a = app.clone();
+    let res = blocking(move || get_or_create_key(&a, &gun, role, rotate, &who)).await;
+    match res {
+        Ok(Ok(k)) => text(
+            StatusCode::OK,
+            serde_json::to_string(&k.public).unwrap_or_default(),
+        ),
+        Ok(Err(e @ KeyError::Signer(SignerError::TooManyKeys))) => bad_request("INVALID_UPDATE", e),
+        Ok(Err(e @ KeyError::RateLimited)) => {
+            unavailable(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", e)
+        }
+        Ok(Err(KeyError::Signer(e @ SignerError::Unavailable(_)))) => {
+            tracing::warn!(error = %e, "signer unavailable");
+            unavailable(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "signer unavailable",
+            )
+        }
+        Ok(Err(e)) => internal(e),
+        Err(r) => r,
+    }
+}
+
+async fn changefeed(app: &Arc<App>, gun: Option<String>, query: &str) -> Response {
+    let mut change_id: u64 = 0;
+    let mut records: i64 = 100;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "change_id" => match v.parse() {
+                Ok(n) => change_id = n,
+                Err(_) => {
+                    return bad_request(
+                        "INVALID_UPDATE",
+                        "change_id must be a non-negative integer",
+                    )
+                }
+            },
+            "records" => match v.parse::<i64>() {
+                Ok(n) if n != 0 && n.abs() <= 1000 => records = n,
+                _ => {
+                    return bad_request(
+                        "INVALID_UPDATE",
+                        "records must be a non-zero integer within ±1000",
+                    )
+                }
+            },
+            _ => {}
+        }
+    }
+    let a = app.clone();
+    match blocking(move || a.store.changes(gun.as_deref(), change_id, records)).await {
+        Ok(Ok(recs)) => text(
+            StatusCode::OK,
+            json!({"count": recs.len(), "records": recs}).to_string(),
+        ),
+        Ok(Err(e)) => internal(e),
+        Err(r) => r,
+    }
+}
