@@ -181,11 +181,21 @@ fn docker_login_and_trusted_push_with_token_auth() {
         "pull-only user published:\n{}",
         text(&o)
     );
-    assert!(text(&o).contains("failed to sign"), "{}", text(&o));
+    assert!(
+        text(&o).contains("Signing and pushing trust metadata"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("not authorized"), "{}", text(&o));
     docker.ok(&[], &["logout", &open_reg]);
     let o = docker.docker_env(&env, &["push", &open_image]);
     assert!(!o.status.success(), "anonymous publish:\n{}", text(&o));
-    assert!(text(&o).contains("failed to sign"), "{}", text(&o));
+    assert!(
+        text(&o).contains("Signing and pushing trust metadata"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("not authorized"), "{}", text(&o));
     let open_pull = server_token(&server, TRUST_SERVICE, &open_gun, &["pull"], 300);
     let (code, _) = trust(&format!("/v2/{open_gun}/_trust/tuf/root.json"), &open_pull);
     assert_eq!(code, 404, "trust data stored by a refused publish");
@@ -253,19 +263,18 @@ fn notary_cli_with_notary_auth() {
         .0
     };
 
-    // Wrong password and no credentials: the publish fails and nothing is stored.
+    // Wrong password and no credentials: init and publish fail (the server key request
+    // already needs push) and nothing is stored.
     let wrong = NotaryCli::new(&dir.path().join("wrong"), &server.url(), &server.cert)
         .with_auth("alice", "not-her-password");
-    wrong.ok(&["init", gun]);
-    wrong.ok(&["add", gun, "v1", p]);
-    let out = wrong.fails(&["publish", gun]);
+    let out = wrong.fails(&["init", "-p", gun]);
+    assert!(out.contains("invalid username or password"), "{out}");
+    let nobody = NotaryCli::new(&dir.path().join("nobody"), &server.url(), &server.cert);
+    let out = nobody.fails(&["init", "-p", gun]);
     assert!(
-        out.contains("invalid username or password") || out.contains("unauthorized"),
+        out.contains("not authorized") || out.contains("unauthorized"),
         "{out}"
     );
-    let nobody = NotaryCli::new(&dir.path().join("nobody"), &server.url(), &server.cert);
-    nobody.ok(&["init", gun]);
-    nobody.fails(&["publish", gun]);
     assert_eq!(stored(), 404);
 
     // alice publishes; carol (pull only) reads it but cannot publish.
@@ -282,8 +291,8 @@ fn notary_cli_with_notary_auth() {
     assert!(list.contains("v1"), "{list}");
     // Her own new repository: her token grants pull only, so the publish is refused.
     let hers = "127.0.0.1:5000/team/carols";
-    carol.ok(&["init", hers]);
-    let out = carol.fails(&["publish", hers]);
+    // (Already the server key request of `init` needs push.)
+    let out = carol.fails(&["init", "-p", hers]);
     assert!(out.contains("not authorized"), "{out}");
     let hers_token = server_token(&server, TRUST_SERVICE, hers, &["pull"], 300);
     let (code, _) = curl_get(
