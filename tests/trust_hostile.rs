@@ -266,6 +266,14 @@ fn hostile_load_reproduces_each_audit_finding() {
     let codes = rt.block_on(big_uploads(server.port, &gun, || {
         legit.works("the large uploads")
     }));
+    let count = |codes: &[u16], c: u16| codes.iter().filter(|x| **x == c).count();
+    eprintln!(
+        "large uploads: {} x 400, {} x 503, {} dropped; RSS max {} MB",
+        count(&codes, 400),
+        count(&codes, 503),
+        count(&codes, 0),
+        rss.max() >> 20
+    );
     assert!(codes.iter().all(|c| [0, 400, 503].contains(c)), "{codes:?}");
     assert!(codes.contains(&400), "{codes:?}");
     let m = metrics(&server);
@@ -281,6 +289,11 @@ fn hostile_load_reproduces_each_audit_finding() {
     let (taken, codes) = rt.block_on(trickle(server.port, &gun, || {
         legit.works("the slow-body attack")
     }));
+    eprintln!(
+        "slow bodies: {taken} of 1024 connections taken, {} x 408, {} dropped",
+        count(&codes, 408),
+        count(&codes, 0)
+    );
     assert!(taken <= 64, "one address held {taken} connections");
     assert!(codes.iter().all(|c| [0, 408].contains(c)), "{codes:?}");
     assert!(codes.contains(&408), "{codes:?}");
@@ -366,6 +379,11 @@ fn hostile_load_reproduces_each_audit_finding() {
     assert_eq!(
         curl(&server, &[], &format!("/v2/{gun}/_trust/tuf/1.root.json")).0,
         200
+    );
+    eprintln!(
+        "after 200 publishes: targets v{}, RSS max {} MB",
+        version_of(&server, &gun, "targets"),
+        rss.max() >> 20
     );
     legit.works("after 200 publishes");
     assert!(rss.max() < RSS_LIMIT, "RSS {} MB", rss.max() >> 20);
