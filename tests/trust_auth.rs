@@ -101,6 +101,61 @@ fn outsider_token(aud: &str, name: &str) -> String {
     sign(&k, aud, name, &["pull", "push"], 300)
 }
 
+/// Tokens refused by the trust server and by the real registry alike: another repository,
+/// expired, signed outside the bundle (and, at the trust server, one for the registry).
+fn bad_tokens_refused(server: &TrustServer, reg: &str, gun: &str) {
+    let root = format!("/v2/{gun}/_trust/tuf/root.json");
+    let trust = |path: &str, t: &str| {
+        curl_get(
+            &format!("{}{path}", server.url()),
+            Some(&server.cert),
+            Some(t),
+        )
+    };
+    // Tokens the trust server refuses: another repository, expired, signed outside the bundle.
+    for (what, t) in [
+        (
+            "other repository",
+            server_token(
+                server,
+                TRUST_SERVICE,
+                &format!("{reg}/team/other"),
+                &["pull"],
+                300,
+            ),
+        ),
+        (
+            "expired",
+            server_token(server, TRUST_SERVICE, gun, &["pull"], -3600),
+        ),
+        ("outside the bundle", outsider_token(TRUST_SERVICE, gun)),
+        (
+            "for the registry",
+            server_token(server, "registry", gun, &["pull"], 300),
+        ),
+    ] {
+        let (code, body) = trust(&root, &t);
+        assert_eq!(code, 401, "{what}: {body}");
+    }
+    // The real registry takes our tokens and refuses the same bad ones.
+    let tags = format!("http://{reg}/v2/team/app/tags/list");
+    let good = server_token(server, "registry", "team/app", &["pull"], 300);
+    assert_eq!(curl_get(&tags, None, Some(&good)).0, 200);
+    for (what, t) in [
+        (
+            "expired",
+            server_token(server, "registry", "team/app", &["pull"], -3600),
+        ),
+        ("outside the bundle", outsider_token("registry", "team/app")),
+        (
+            "other repository",
+            server_token(server, "registry", "team/other", &["pull"], 300),
+        ),
+    ] {
+        assert_eq!(curl_get(&tags, None, Some(&t)).0, 401, "registry, {what}");
+    }
+}
+
 #[test]
 fn docker_login_and_trusted_push_with_token_auth() {
     let dir = support::short_tempdir("sga");
@@ -200,48 +255,7 @@ fn docker_login_and_trusted_push_with_token_auth() {
     let (code, _) = trust(&format!("/v2/{open_gun}/_trust/tuf/root.json"), &open_pull);
     assert_eq!(code, 404, "trust data stored by a refused publish");
 
-    // Tokens the trust server refuses: another repository, expired, signed outside the bundle.
-    for (what, t) in [
-        (
-            "other repository",
-            server_token(
-                &server,
-                TRUST_SERVICE,
-                &format!("{reg}/team/other"),
-                &["pull"],
-                300,
-            ),
-        ),
-        (
-            "expired",
-            server_token(&server, TRUST_SERVICE, &gun, &["pull"], -3600),
-        ),
-        ("outside the bundle", outsider_token(TRUST_SERVICE, &gun)),
-        (
-            "for the registry",
-            server_token(&server, "registry", &gun, &["pull"], 300),
-        ),
-    ] {
-        let (code, body) = trust(&root, &t);
-        assert_eq!(code, 401, "{what}: {body}");
-    }
-    // The real registry takes our tokens and refuses the same bad ones.
-    let tags = format!("http://{reg}/v2/team/app/tags/list");
-    let good = server_token(&server, "registry", "team/app", &["pull"], 300);
-    assert_eq!(curl_get(&tags, None, Some(&good)).0, 200);
-    for (what, t) in [
-        (
-            "expired",
-            server_token(&server, "registry", "team/app", &["pull"], -3600),
-        ),
-        ("outside the bundle", outsider_token("registry", "team/app")),
-        (
-            "other repository",
-            server_token(&server, "registry", "team/other", &["pull"], 300),
-        ),
-    ] {
-        assert_eq!(curl_get(&tags, None, Some(&t)).0, 401, "registry, {what}");
-    }
+    bad_tokens_refused(&server, &reg, &gun);
 }
 
 #[test]

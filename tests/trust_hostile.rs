@@ -210,6 +210,192 @@ fn hanging_signer_server(dir: &std::path::Path) -> (TrustServer, std::net::TcpLi
     )
 }
 
+fn count(codes: &[u16], c: u16) -> usize {
+    codes.iter().filter(|x| **x == c).count()
+}
+
+fn check_large_uploads(
+    rt: &tokio::runtime::Runtime,
+    server: &TrustServer,
+    gun: &str,
+    legit: &Legit<'_>,
+    rss: &RssWatch,
+) {
+    // 1. Large uploads: nothing accepted, memory bounded, legitimate clients served after.
+    let codes = rt.block_on(big_uploads(server.port, gun, || {
+        legit.works("the large uploads")
+    }));
+    eprintln!(
+        "large uploads: {} x 400, {} x 503, {} dropped; RSS max {} MB",
+        count(&codes, 400),
+        count(&codes, 503),
+        count(&codes, 0),
+        rss.max() >> 20
+    );
+    assert!(codes.iter().all(|c| [0, 400, 503].contains(c)), "{codes:?}");
+    assert!(codes.contains(&400), "{codes:?}");
+    let m = metrics(server);
+    assert!(m.contains("reason=\"too_large\""), "{m}");
+    assert!(
+        rss.max() < RSS_LIMIT,
+        "RSS {} MB during large uploads",
+        rss.max() >> 20
+    );
+}
+
+fn check_slow_bodies(
+    rt: &tokio::runtime::Runtime,
+    server: &TrustServer,
+    gun: &str,
+    legit: &Legit<'_>,
+) {
+    // 2. Slow bodies on 1,024 connections from one address: the address gets its share
+    // (64), the rest is refused, and each slow body is cut at the body timeout.
+    let (taken, codes) = rt.block_on(trickle(server.port, gun, || {
+        legit.works("the slow-body attack")
+    }));
+    eprintln!(
+        "slow bodies: {taken} of 1024 connections taken, {} x 408, {} dropped",
+        count(&codes, 408),
+        count(&codes, 0)
+    );
+    assert!(taken <= 64, "one address held {taken} connections");
+    assert!(codes.iter().all(|c| [0, 408].contains(c)), "{codes:?}");
+    assert!(codes.contains(&408), "{codes:?}");
+}
+
+fn check_noop_uploads(server: &TrustServer, gun: &str, dir: &std::path::Path, legit: &Legit<'_>) {
+    // 3. Re-posting the public, unchanged root.json adds no version.
+    let (root_code, root) = curl(server, &[], &format!("/v2/{gun}/_trust/tuf/root.json"));
+    assert_eq!(root_code, 200);
+    let root_file = dir.join("root.json");
+    std::fs::write(&root_file, &root).unwrap();
+    let (ts, snap) = (
+        version_of(server, gun, "timestamp"),
+        version_of(server, gun, "snapshot"),
+    );
+    let form = format!("files=@{};filename=root", root_file.display());
+    let tuf = format!("/v2/{gun}/_trust/tuf/");
+    let posts: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..25)
+                        .map(|_| curl(server, &["--interface", "127.0.0.3", "-F", &form], &tuf).0)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(posts.iter().all(|c| *c == 200), "{posts:?}");
+    assert_eq!(version_of(server, gun, "timestamp"), ts);
+    assert_eq!(version_of(server, gun, "snapshot"), snap);
+    legit.works("after the no-op uploads");
+}
+
+fn check_key_creation(server: &TrustServer, gun: &str, owner: &NotaryCli, legit: &Legit<'_>) {
+    // 4. Anonymous key creation: limited per repository and identity, and keys the root does
+    // not list are dropped, so the owner can still rotate.
+    let key_path = format!("/v2/{gun}/_trust/tuf/timestamp.key");
+    let codes: Vec<u16> = (0..63)
+        .map(|_| {
+            curl(
+                server,
+                &["--interface", "127.0.0.4", "-X", "POST"],
+                &key_path,
+            )
+            .0
+        })
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 5, "{codes:?}");
+    assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
+    owner.ok(&["key", "rotate", gun, "timestamp", "-r"]);
+    legit.works("after the key creation attack");
+}
+
+fn check_history(
+    server: &TrustServer,
+    gun: &str,
+    owner: &NotaryCli,
+    dir: &std::path::Path,
+    legit: &Legit<'_>,
+    rss: &RssWatch,
+) {
+    // History: 200 publishes with history 10 keep 10 versions per role, root all of them.
+    let payload = dir.join("payload");
+    std::fs::write(&payload, "x\n").unwrap();
+    for i in 0..200 {
+        owner.ok(&[
+            "add",
+            "-p",
+            gun,
+            &format!("t{i}"),
+            payload.to_str().unwrap(),
+        ]);
+    }
+    for role in ["targets", "snapshot", "timestamp"] {
+        let cur = version_of(server, gun, role);
+        assert!(cur > 200, "{role} v{cur}");
+        let kept = (cur.saturating_sub(15)..=cur)
+            .filter(|v| {
+                curl(
+                    server,
+                    &[],
+                    &format!("/v2/{gun}/_trust/tuf/{v}.{role}.json"),
+                )
+                .0 == 200
+            })
+            .count();
+        assert_eq!(kept, 10, "{role}");
+        assert_eq!(
+            curl(server, &[], &format!("/v2/{gun}/_trust/tuf/1.{role}.json")).0,
+            404
+        );
+    }
+    assert_eq!(
+        curl(server, &[], &format!("/v2/{gun}/_trust/tuf/1.root.json")).0,
+        200
+    );
+    eprintln!(
+        "after 200 publishes: targets v{}, RSS max {} MB",
+        version_of(server, gun, "targets"),
+        rss.max() >> 20
+    );
+    legit.works("after 200 publishes");
+    assert!(rss.max() < RSS_LIMIT, "RSS {} MB", rss.max() >> 20);
+}
+
+fn check_hanging_signer(dir: &std::path::Path) {
+    // 5. A signer that never finishes the TLS handshake: key requests fail at the deadline
+    // (503) instead of hanging, and requests that need no signer are served meanwhile.
+    let (slow, _hang) = hanging_signer_server(&dir.join("hang"));
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..6)
+            .map(|i| {
+                let slow = &slow;
+                s.spawn(move || {
+                    curl(
+                        slow,
+                        &[],
+                        &format!("/v2/127.0.0.1:5000/hang/r{i}/_trust/tuf/timestamp.key"),
+                    )
+                    .0
+                })
+            })
+            .collect();
+        for _ in 0..5 {
+            assert_eq!(curl(&slow, &[], "/_notary_server/health").0, 200);
+            assert_eq!(
+                curl(&slow, &[], "/v2/127.0.0.1:5000/hang/x/_trust/tuf/root.json").0,
+                404
+            );
+        }
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(codes.iter().all(|c| *c == 503), "{codes:?}");
+}
+
 #[test]
 fn hostile_load_reproduces_each_audit_finding() {
     let dir = support::short_tempdir("sgh");
@@ -262,161 +448,15 @@ fn hostile_load_reproduces_each_audit_finding() {
     assert_eq!(mode(&server.data_dir), 0o700);
     assert_eq!(mode(&server.data_dir.join("trust.redb")), 0o600);
 
-    // 1. Large uploads: nothing accepted, memory bounded, legitimate clients served after.
-    let codes = rt.block_on(big_uploads(server.port, &gun, || {
-        legit.works("the large uploads")
-    }));
-    let count = |codes: &[u16], c: u16| codes.iter().filter(|x| **x == c).count();
-    eprintln!(
-        "large uploads: {} x 400, {} x 503, {} dropped; RSS max {} MB",
-        count(&codes, 400),
-        count(&codes, 503),
-        count(&codes, 0),
-        rss.max() >> 20
-    );
-    assert!(codes.iter().all(|c| [0, 400, 503].contains(c)), "{codes:?}");
-    assert!(codes.contains(&400), "{codes:?}");
-    let m = metrics(&server);
-    assert!(m.contains("reason=\"too_large\""), "{m}");
-    assert!(
-        rss.max() < RSS_LIMIT,
-        "RSS {} MB during large uploads",
-        rss.max() >> 20
-    );
-
-    // 2. Slow bodies on 1,024 connections from one address: the address gets its share
-    // (64), the rest is refused, and each slow body is cut at the body timeout.
-    let (taken, codes) = rt.block_on(trickle(server.port, &gun, || {
-        legit.works("the slow-body attack")
-    }));
-    eprintln!(
-        "slow bodies: {taken} of 1024 connections taken, {} x 408, {} dropped",
-        count(&codes, 408),
-        count(&codes, 0)
-    );
-    assert!(taken <= 64, "one address held {taken} connections");
-    assert!(codes.iter().all(|c| [0, 408].contains(c)), "{codes:?}");
-    assert!(codes.contains(&408), "{codes:?}");
-
-    // 3. Re-posting the public, unchanged root.json adds no version.
-    let (root_code, root) = curl(&server, &[], &format!("/v2/{gun}/_trust/tuf/root.json"));
-    assert_eq!(root_code, 200);
-    let root_file = dir.path().join("root.json");
-    std::fs::write(&root_file, &root).unwrap();
-    let (ts, snap) = (
-        version_of(&server, &gun, "timestamp"),
-        version_of(&server, &gun, "snapshot"),
-    );
-    let form = format!("files=@{};filename=root", root_file.display());
-    let tuf = format!("/v2/{gun}/_trust/tuf/");
-    let posts: Vec<u16> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..8)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..25)
-                        .map(|_| curl(&server, &["--interface", "127.0.0.3", "-F", &form], &tuf).0)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-    });
-    assert!(posts.iter().all(|c| *c == 200), "{posts:?}");
-    assert_eq!(version_of(&server, &gun, "timestamp"), ts);
-    assert_eq!(version_of(&server, &gun, "snapshot"), snap);
-    legit.works("after the no-op uploads");
-
-    // 4. Anonymous key creation: limited per repository and identity, and keys the root does
-    // not list are dropped, so the owner can still rotate.
-    let key_path = format!("/v2/{gun}/_trust/tuf/timestamp.key");
-    let codes: Vec<u16> = (0..63)
-        .map(|_| {
-            curl(
-                &server,
-                &["--interface", "127.0.0.4", "-X", "POST"],
-                &key_path,
-            )
-            .0
-        })
-        .collect();
-    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 5, "{codes:?}");
-    assert!(codes[5..].iter().all(|c| *c == 429), "{codes:?}");
+    check_large_uploads(&rt, &server, &gun, &legit, &rss);
+    check_slow_bodies(&rt, &server, &gun, &legit);
+    check_noop_uploads(&server, &gun, dir.path(), &legit);
     let owner = NotaryCli::new(&docker.config.join("trust"), &url, &server.cert);
-    owner.ok(&["key", "rotate", &gun, "timestamp", "-r"]);
-    legit.works("after the key creation attack");
-
-    // History: 200 publishes with history 10 keep 10 versions per role, root all of them.
-    let payload = dir.path().join("payload");
-    std::fs::write(&payload, "x\n").unwrap();
-    for i in 0..200 {
-        owner.ok(&[
-            "add",
-            "-p",
-            &gun,
-            &format!("t{i}"),
-            payload.to_str().unwrap(),
-        ]);
-    }
-    for role in ["targets", "snapshot", "timestamp"] {
-        let cur = version_of(&server, &gun, role);
-        assert!(cur > 200, "{role} v{cur}");
-        let kept = (cur.saturating_sub(15)..=cur)
-            .filter(|v| {
-                curl(
-                    &server,
-                    &[],
-                    &format!("/v2/{gun}/_trust/tuf/{v}.{role}.json"),
-                )
-                .0 == 200
-            })
-            .count();
-        assert_eq!(kept, 10, "{role}");
-        assert_eq!(
-            curl(&server, &[], &format!("/v2/{gun}/_trust/tuf/1.{role}.json")).0,
-            404
-        );
-    }
-    assert_eq!(
-        curl(&server, &[], &format!("/v2/{gun}/_trust/tuf/1.root.json")).0,
-        200
-    );
-    eprintln!(
-        "after 200 publishes: targets v{}, RSS max {} MB",
-        version_of(&server, &gun, "targets"),
-        rss.max() >> 20
-    );
-    legit.works("after 200 publishes");
-    assert!(rss.max() < RSS_LIMIT, "RSS {} MB", rss.max() >> 20);
+    check_key_creation(&server, &gun, &owner, &legit);
+    check_history(&server, &gun, &owner, dir.path(), &legit, &rss);
     drop(rss);
     drop(legit);
-
-    // 5. A signer that never finishes the TLS handshake: key requests fail at the deadline
-    // (503) instead of hanging, and requests that need no signer are served meanwhile.
-    let (slow, _hang) = hanging_signer_server(&dir.path().join("hang"));
-    let codes: Vec<u16> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..6)
-            .map(|i| {
-                let slow = &slow;
-                s.spawn(move || {
-                    curl(
-                        slow,
-                        &[],
-                        &format!("/v2/127.0.0.1:5000/hang/r{i}/_trust/tuf/timestamp.key"),
-                    )
-                    .0
-                })
-            })
-            .collect();
-        for _ in 0..5 {
-            assert_eq!(curl(&slow, &[], "/_notary_server/health").0, 200);
-            assert_eq!(
-                curl(&slow, &[], "/v2/127.0.0.1:5000/hang/x/_trust/tuf/root.json").0,
-                404
-            );
-        }
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    assert!(codes.iter().all(|c| *c == 503), "{codes:?}");
+    check_hanging_signer(dir.path());
 }
 
 #[test]

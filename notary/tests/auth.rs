@@ -306,49 +306,10 @@ async fn routes_need_the_scopes_notary_server_requires() {
     assert_eq!(st, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn bad_tokens_are_refused() {
-    let ca = cert_key("token CA", None, true, (-1, 30));
-    let s = AuthServer::new(&ca.pem, None);
-    let root = format!("/v2/{GUN}/_trust/tuf/root.json");
+/// Tokens the verifier must refuse, each with what is wrong with it.
+fn refused_tokens(s: &AuthServer, ca: &CertKey) -> Vec<(&'static str, String)> {
     let kid_header = json!({"alg": "ES256", "kid": s.signer.kid()});
-    let accepted = |st: StatusCode| st == StatusCode::NOT_FOUND;
-    let try_token = |t: String| {
-        let s = &s;
-        let root = root.clone();
-        async move {
-            let (st, ch, _) = s.get(&root, Some(&t)).await;
-            (st, ch)
-        }
-    };
-    // Leeway: 30 s past exp is accepted, 90 s is not; the same for nbf.
-    let mut c = claims(GUN, &["pull"], -30);
-    assert!(accepted(
-        try_token(jwt(kid_header.clone(), c.clone(), &s.signer.pair))
-            .await
-            .0
-    ));
-    c["exp"] = json!(now() - 90);
-    let (st, ch) = try_token(jwt(kid_header.clone(), c, &s.signer.pair)).await;
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
-    assert!(ch.contains("error=\"invalid_token\""), "{ch}");
-    let mut c = claims(GUN, &["pull"], 300);
-    c["nbf"] = json!(now() + 90);
-    assert_eq!(
-        try_token(jwt(kid_header.clone(), c, &s.signer.pair))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
-    let mut c = claims(GUN, &["pull"], 300);
-    c["nbf"] = json!(now() + 30);
-    assert!(accepted(
-        try_token(jwt(kid_header.clone(), c, &s.signer.pair))
-            .await
-            .0
-    ));
-
-    let refused: Vec<(&str, String)> = vec![
+    vec![
         (
             "expired",
             jwt(
@@ -446,7 +407,7 @@ async fn bad_tokens_are_refused() {
             )
         }),
         ("x5c expired leaf", {
-            let leaf = cert_key("leaf", Some(&ca), false, (-30, -1));
+            let leaf = cert_key("leaf", Some(ca), false, (-30, -1));
             jwt(
                 json!({"alg": "ES256", "x5c": [STANDARD.encode(&leaf.der)]}),
                 claims(GUN, &["pull"], 300),
@@ -454,7 +415,52 @@ async fn bad_tokens_are_refused() {
             )
         }),
         ("not a JWT", "abc.def".to_string()),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused() {
+    let ca = cert_key("token CA", None, true, (-1, 30));
+    let s = AuthServer::new(&ca.pem, None);
+    let root = format!("/v2/{GUN}/_trust/tuf/root.json");
+    let kid_header = json!({"alg": "ES256", "kid": s.signer.kid()});
+    let accepted = |st: StatusCode| st == StatusCode::NOT_FOUND;
+    let try_token = |t: String| {
+        let s = &s;
+        let root = root.clone();
+        async move {
+            let (st, ch, _) = s.get(&root, Some(&t)).await;
+            (st, ch)
+        }
+    };
+    // Leeway: 30 s past exp is accepted, 90 s is not; the same for nbf.
+    let mut c = claims(GUN, &["pull"], -30);
+    assert!(accepted(
+        try_token(jwt(kid_header.clone(), c.clone(), &s.signer.pair))
+            .await
+            .0
+    ));
+    c["exp"] = json!(now() - 90);
+    let (st, ch) = try_token(jwt(kid_header.clone(), c, &s.signer.pair)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(ch.contains("error=\"invalid_token\""), "{ch}");
+    let mut c = claims(GUN, &["pull"], 300);
+    c["nbf"] = json!(now() + 90);
+    assert_eq!(
+        try_token(jwt(kid_header.clone(), c, &s.signer.pair))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut c = claims(GUN, &["pull"], 300);
+    c["nbf"] = json!(now() + 30);
+    assert!(accepted(
+        try_token(jwt(kid_header.clone(), c, &s.signer.pair))
+            .await
+            .0
+    ));
+
+    let refused = refused_tokens(&s, &ca);
     for (what, t) in refused {
         let (st, ch) = try_token(t).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{what}");
