@@ -449,11 +449,12 @@ async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
 
 /// Re-sign the timestamp if it is getting old. Failures are logged; the current timestamp
 /// is served regardless. Signing happens outside the write transaction, under the
-/// repository's own lock only (concurrent readers of one stale timestamp sign once).
+/// repository's own lock only; readers arriving while it is held serve the current timestamp
+/// instead of queueing behind a slow signer.
 fn refresh_timestamp(app: &App, gun: &str) {
     let res = app
         .repo_locks
-        .with(gun, || -> Result<bool, validate::UpdateError> {
+        .try_with(gun, || -> Result<bool, validate::UpdateError> {
             let now = time::OffsetDateTime::now_utc();
             let state = app.store.state(gun)?;
             let Some(w) = validate::refresh_timestamp(gun, &state, app.signer.as_ref(), now)?
@@ -465,9 +466,9 @@ fn refresh_timestamp(app: &App, gun: &str) {
             Ok(app.store.commit(gun, &state, &writes)? == crate::store::Committed::Stored)
         });
     match res {
-        Ok(true) => tracing::info!(gun, "re-signed timestamp before expiry"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(gun, error = %e, "could not refresh timestamp"),
+        Some(Ok(true)) => tracing::info!(gun, "re-signed timestamp before expiry"),
+        Some(Ok(false)) | None => {}
+        Some(Err(e)) => tracing::warn!(gun, error = %e, "could not refresh timestamp"),
     }
 }
 

@@ -162,12 +162,31 @@ impl KeyedLocks {
             let _held = lock(&l);
             f()
         };
+        self.forget_if_idle(name, &l);
+        out
+    }
+
+    /// Run `f` holding the lock for `name` if nobody holds it; `None` without running `f`
+    /// otherwise (the caller has something better to do than queue).
+    pub fn try_with<T>(&self, name: &str, f: impl FnOnce() -> T) -> Option<T> {
+        let l = lock(&self.locks)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let out = match l.try_lock() {
+            Ok(_held) => Some(f()),
+            Err(_) => None,
+        };
+        self.forget_if_idle(name, &l);
+        out
+    }
+
+    fn forget_if_idle(&self, name: &str, l: &Arc<Mutex<()>>) {
         let mut locks = lock(&self.locks);
         // Two references: the map's and ours. Nobody else waits: forget the name.
-        if Arc::strong_count(&l) == 2 {
+        if Arc::strong_count(l) == 2 {
             locks.remove(name);
         }
-        out
     }
 }
 
@@ -212,5 +231,16 @@ mod tests {
         let k = KeyedLocks::default();
         assert_eq!(k.with("a", || 1), 1);
         assert!(lock(&k.locks).is_empty());
+        assert_eq!(k.try_with("a", || 2), Some(2));
+        assert!(lock(&k.locks).is_empty());
+    }
+
+    #[test]
+    fn try_with_does_not_wait_for_a_held_name() {
+        let k = KeyedLocks::default();
+        k.with("a", || {
+            assert_eq!(k.try_with("a", || 1), None);
+            assert_eq!(k.try_with("b", || 2), Some(2));
+        });
     }
 }
