@@ -17,8 +17,9 @@ use crate::signer::{LocalSigner, MasterKey, Signer};
 use crate::store::{Retention, Store, StoreError};
 use crate::validate::Limits;
 
-pub use crate::app::{router, App, Options, Peer};
+pub use crate::app::router;
 pub use crate::signer::MASTER_KEY_ENV;
+pub use crate::state::{App, Options, Peer};
 
 /// `--auth`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{Cache, Current};
+use crate::repo::{RepoState, Write};
 use crate::tuf;
-use crate::validate::{RepoState, Write};
 
 /// "gun\nrole\n{version:020}" → raw bytes
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");

@@ -13,10 +13,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
-use crate::app::{blocking, App};
 use crate::multipart;
 use crate::respond::{bad_request, internal, unavailable};
 use crate::signer::SignerError;
+use crate::state::{blocking, App};
 use crate::store::{Committed, StoreError};
 use crate::validate::{self, UpdateError, Write};
 
