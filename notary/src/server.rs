@@ -254,7 +254,7 @@ fn token_auth(
     }
     let verifier = Verifier::new(&issuer(args), &args.token.token_service, &bundle).map_err(cfg)?;
     tracing::info!(service = %args.token.token_service, "token authentication on");
-    Ok((Some(TokenAuth { verifier, realm }), tokens))
+    Ok((Some(TokenAuth::new(verifier, realm)), tokens))
 }
 
 /// The issuer tokens carry: --token-issuer, or the built-in service's default.

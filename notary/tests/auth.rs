@@ -122,10 +122,10 @@ impl AuthServer {
         let signer = cert_key("token signer", None, false, (-1, 30));
         let bundle = format!("{}{extra_bundle}", signer.pem);
         let verifier = Verifier::new(ISSUER, SERVICE, bundle.as_bytes()).unwrap();
-        let auth = TokenAuth {
+        let auth = TokenAuth::new(
             verifier,
-            realm: Realm::Fixed("https://trust.example/auth/token".into()),
-        };
+            Realm::Fixed("https://trust.example/auth/token".into()),
+        );
         let tokens = service.map(|(users, access, limits)| {
             let users_file = dir.path().join("users");
             std::fs::write(&users_file, users).unwrap();

@@ -247,6 +247,12 @@ impl Verifier {
 
     /// Check `token` at unix time `now`; the claims if it is good.
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        self.verify_until(token, now).map(|(c, _)| c)
+    }
+
+    /// As [`Verifier::verify`], with the time until which the signing key stays valid (the
+    /// earliest `notAfter` of an `x5c` chain; unbounded for a bundle `kid`).
+    fn verify_until(&self, token: &str, now: i64) -> Result<(Claims, i64), TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("token too long".into()));
         }
@@ -264,7 +270,7 @@ impl Verifier {
         if sig.is_empty() {
             return Err(TokenError::Malformed("token has no signature".into()));
         }
-        let key = self.signing_key(&header, now)?;
+        let (key, key_until) = self.signing_key(&header, now)?;
         let signed = &token[..h.len() + 1 + c.len()];
         key.verify(&header.alg, signed.as_bytes(), &sig)?;
         if claims.iss != self.issuer {
@@ -273,33 +279,27 @@ impl Verifier {
         if claims.aud != self.service {
             return Err(TokenError::Audience(claims.aud));
         }
-        if now > claims.exp.saturating_add(LEEWAY_SECS) {
-            return Err(TokenError::Expired(claims.exp));
-        }
-        if let Some(nbf) = claims.nbf {
-            if now < nbf.saturating_sub(LEEWAY_SECS) {
-                return Err(TokenError::NotYetValid(nbf));
-            }
-        }
-        Ok(claims)
+        check_times(&claims, now)?;
+        Ok((claims, key_until))
     }
 
     /// `x5c` first (a chain to the bundle), then `kid` (a bundle certificate's key).
-    fn signing_key(&self, header: &Header, now: i64) -> Result<VerifyKey, TokenError> {
+    fn signing_key(&self, header: &Header, now: i64) -> Result<(VerifyKey, i64), TokenError> {
         if let Some(x5c) = &header.x5c {
             return self.chain_key(x5c, now);
         }
         let kid = header.kid.as_deref().ok_or(TokenError::NoKey)?;
+        // Docker does not check a bundle certificate's dates in kid mode.
         self.bundle
             .iter()
             .find(|b| b.kid == kid)
-            .map(|b| b.key.clone())
+            .map(|b| (b.key.clone(), i64::MAX))
             .ok_or_else(|| TokenError::UntrustedKid(kid.to_string()))
     }
 
     /// The leaf's key if the chain (leaf first, then intermediates) leads to a bundle
     /// certificate, every certificate on the way valid at `now`.
-    fn chain_key(&self, x5c: &[String], now: i64) -> Result<VerifyKey, TokenError> {
+    fn chain_key(&self, x5c: &[String], now: i64) -> Result<(VerifyKey, i64), TokenError> {
         if x5c.is_empty() || x5c.len() > MAX_CHAIN {
             return Err(TokenError::Chain(
                 "x5c must hold 1 to 4 certificates".into(),
@@ -323,6 +323,7 @@ impl Verifier {
             .map(|b| parse_cert(&b.der))
             .collect::<Result<Vec<_>, _>>()?;
         let mut cur = 0usize;
+        let mut until = i64::MAX;
         for _ in 0..=MAX_CHAIN {
             let c = &certs[cur];
             if !valid_at(c, now) {
@@ -330,14 +331,16 @@ impl Verifier {
                     "certificate has expired or is not yet valid".into(),
                 ));
             }
+            until = until.min(c.validity().not_after.timestamp());
             if self.bundle.iter().any(|b| b.der == ders[cur]) {
-                return Ok(verify_key(&certs[0]));
+                return Ok((verify_key(&certs[0]), until));
             }
             let signed_by = |i: &X509Certificate<'_>| {
                 i.subject() == c.issuer() && c.verify_signature(Some(i.public_key())).is_ok()
             };
-            if roots.iter().any(|r| valid_at(r, now) && signed_by(r)) {
-                return Ok(verify_key(&certs[0]));
+            if let Some(r) = roots.iter().find(|r| valid_at(r, now) && signed_by(r)) {
+                let until = until.min(r.validity().not_after.timestamp());
+                return Ok((verify_key(&certs[0]), until));
             }
             match (1..certs.len()).find(|&i| i != cur && certs[i].is_ca() && signed_by(&certs[i])) {
                 Some(next) => cur = next,
@@ -347,6 +350,69 @@ impl Verifier {
         Err(TokenError::Chain(
             "certificate signed by unknown authority".into(),
         ))
+    }
+}
+
+/// `exp` and `nbf` against `now`, with [`LEEWAY_SECS`].
+pub fn check_times(claims: &Claims, now: i64) -> Result<(), TokenError> {
+    if now > claims.exp.saturating_add(LEEWAY_SECS) {
+        return Err(TokenError::Expired(claims.exp));
+    }
+    if let Some(nbf) = claims.nbf {
+        if now < nbf.saturating_sub(LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid(nbf));
+        }
+    }
+    Ok(())
+}
+
+/// A verified token's claims and the time until which its signing key stays valid.
+type Verified = (std::sync::Arc<Claims>, i64);
+
+/// Tokens already verified, by SHA-256 of the token: a client sends the same token on every
+/// request for its lifetime, and its signature, key and issuer/audience checks give the same
+/// answer each time (the bundle is fixed while the server runs). Times (the token's, and an
+/// x5c chain's expiry) are checked on every use. Bounded: past [`TokenCache::MAX`] entries it starts over.
+#[derive(Default)]
+pub struct TokenCache {
+    seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
+}
+
+impl TokenCache {
+    pub const MAX: usize = 16_384;
+
+    /// Verify `token` with `verifier`, or answer from an earlier verification of it.
+    pub fn verify(
+        &self,
+        verifier: &Verifier,
+        token: &str,
+        now: i64,
+    ) -> Result<std::sync::Arc<Claims>, TokenError> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+        let hit = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some((claims, key_until)) = hit {
+            if now > key_until {
+                return Err(TokenError::Chain(
+                    "certificate has expired or is not yet valid".into(),
+                ));
+            }
+            check_times(&claims, now)?;
+            return Ok(claims);
+        }
+        let (claims, key_until) = verifier.verify_until(token, now)?;
+        let claims = std::sync::Arc::new(claims);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= Self::MAX {
+            seen.clear();
+        }
+        seen.insert(id, (claims.clone(), key_until));
+        Ok(claims)
     }
 }
 
@@ -420,6 +486,39 @@ mod tests {
             libtrust_kid(&spki),
             "PYYO:TEWU:V7JH:26JV:AQTZ:LJC3:SXVJ:XGHA:34F2:2LAQ:ZRMK:Z7Q6"
         );
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&kp)
+            .unwrap();
+        let key = SigningKey::new(&kp.serialize_der(), cert.der()).unwrap();
+        let v = Verifier::new("iss", "svc", cert.pem().as_bytes()).unwrap();
+        let now = 1_800_000_000;
+        let claims = Claims {
+            iss: "iss".into(),
+            sub: "u".into(),
+            aud: "svc".into(),
+            exp: now + 300,
+            nbf: Some(now),
+            iat: None,
+            jti: None,
+            access: vec![],
+        };
+        let t = key.sign(&claims).unwrap();
+        let cache = TokenCache::default();
+        assert!(cache.verify(&v, &t, now).is_ok());
+        assert!(cache.verify(&v, &t, now + 300).is_ok(), "from the cache");
+        assert_eq!(
+            cache.verify(&v, &t, now + 400).unwrap_err(),
+            TokenError::Expired(now + 300)
+        );
+        assert!(cache.verify(&v, &t, now - 100).is_err(), "not yet valid");
+        let other = Verifier::new("iss", "other-svc", cert.pem().as_bytes()).unwrap();
+        assert!(TokenCache::default().verify(&other, &t, now).is_err());
     }
 
     #[test]

@@ -51,6 +51,18 @@ pub enum Realm {
 pub struct TokenAuth {
     pub verifier: Verifier,
     pub realm: Realm,
+    /// Tokens verified before (a client reuses one for its lifetime).
+    pub cache: jwt::TokenCache,
+}
+
+impl TokenAuth {
+    pub fn new(verifier: Verifier, realm: Realm) -> Self {
+        TokenAuth {
+            verifier,
+            realm,
+            cache: jwt::TokenCache::default(),
+        }
+    }
 }
 
 /// Who made an authorised request.
@@ -117,7 +129,7 @@ impl TokenAuth {
         let Some(token) = token else {
             return Err(None);
         };
-        let claims = match self.verifier.verify(token, now) {
+        let claims = match self.cache.verify(&self.verifier, token, now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(reason = %e, "bearer token refused");
@@ -134,7 +146,7 @@ impl TokenAuth {
         if !granted {
             return Err(Some("insufficient_scope"));
         }
-        Ok(Identity::User(claims.sub))
+        Ok(Identity::User(claims.sub.clone()))
     }
 
     /// The 401 answer with `WWW-Authenticate: Bearer realm=…,service=…,scope=…[,error=…]`.
