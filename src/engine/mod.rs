@@ -13,6 +13,8 @@
 //! bodiless POST (`Content-Length: 0`, e.g. `swarm leave --force`).
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod request;
 pub mod types;

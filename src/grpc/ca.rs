@@ -52,7 +52,7 @@ impl pb::ca_server::Ca for CaService {
     }
 }
 
-fn availability(a: i32) -> Result<Availability, Status> {
+pub(super) fn availability(a: i32) -> Result<Availability, Status> {
     match pb::node_spec::Availability::try_from(a) {
         Ok(pb::node_spec::Availability::Active) => Ok(Availability::Active),
         Ok(pb::node_spec::Availability::Pause) => Ok(Availability::Pause),

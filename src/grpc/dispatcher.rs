@@ -206,7 +206,7 @@ pub const MAX_DESCRIPTION: usize = MAX_HOSTNAME
     + 2 * MAX_ISSUER_FIELD;
 
 /// The node's own description, bounded and printable, in the Engine API's shape.
-fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
+pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescription, Status> {
     check_len("hostname", d.hostname.len(), MAX_HOSTNAME)?;
     let platform = d.platform.clone().unwrap_or_default();
     check_len(

@@ -8,6 +8,8 @@ pub mod accept;
 pub mod auth;
 pub mod ca;
 pub mod dispatcher;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 
 #[cfg(test)]
