@@ -39,6 +39,72 @@ fn signed_tags(inspect_json: &str) -> Vec<(String, String, Vec<String>)> {
         .collect()
 }
 
+/// `docker trust signer add` + `docker trust sign`, then `docker trust revoke`: a trusted pull
+/// follows the delegation, and fails once the tag's signatures are revoked.
+fn delegation_sign_and_revoke(
+    docker: &Dockerd,
+    env_after: &[(&str, &str)],
+    dir: &std::path::Path,
+    repo: &str,
+) {
+    // Delegation: docker trust signer add + docker trust sign.
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    docker.ok(
+        env_after,
+        &[
+            "trust",
+            "key",
+            "generate",
+            "alice",
+            "--dir",
+            keys.to_str().unwrap(),
+        ],
+    );
+    let pubkey = keys.join("alice.pub");
+    docker.ok(
+        env_after,
+        &[
+            "trust",
+            "signer",
+            "add",
+            "--key",
+            pubkey.to_str().unwrap(),
+            "alice",
+            repo,
+        ],
+    );
+    let signed2 = format!("{repo}:signed2");
+    docker.import_tiny_image(&signed2, "signed by alice\n");
+    let out = docker.ok(env_after, &["trust", "sign", &signed2]);
+    assert!(out.contains("Successfully signed"), "{out}");
+    let inspect = docker.ok(env_after, &["trust", "inspect", repo]);
+    let tags = signed_tags(&inspect);
+    let (_, d2, signers) = tags
+        .iter()
+        .find(|(t, _, _)| t == "signed2")
+        .unwrap_or_else(|| panic!("signed2 missing:\n{inspect}"));
+    assert!(signers.contains(&"alice".to_string()), "{inspect}");
+    docker.ok(&[], &["rmi", &signed2]);
+    let pulled = docker.ok(env_after, &["pull", &signed2]);
+    assert!(pulled.contains(&format!("@sha256:{d2}")), "{pulled}");
+
+    // docker trust revoke: signed2 loses its signatures, a trusted pull fails.
+    docker.ok(env_after, &["trust", "revoke", "--yes", &signed2]);
+    let inspect = docker.ok(env_after, &["trust", "inspect", repo]);
+    assert!(
+        !signed_tags(&inspect).iter().any(|(t, _, _)| t == "signed2"),
+        "{inspect}"
+    );
+    docker.ok(&[], &["rmi", &signed2]);
+    let o = docker.docker_env(env_after, &["pull", &signed2]);
+    assert!(
+        !o.status.success(),
+        "pull of a revoked tag succeeded:\n{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn docker_trust_push_inspect_pull_sign_and_restart() {
     let dir = support::short_tempdir("sgd");
@@ -127,62 +193,7 @@ fn docker_trust_push_inspect_pull_sign_and_restart() {
     );
     assert!(text(&o).contains("trust data for unsigned"), "{}", text(&o));
 
-    // Delegation: docker trust signer add + docker trust sign.
-    let keys = dir.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    docker.ok(
-        &env_after,
-        &[
-            "trust",
-            "key",
-            "generate",
-            "alice",
-            "--dir",
-            keys.to_str().unwrap(),
-        ],
-    );
-    let pubkey = keys.join("alice.pub");
-    docker.ok(
-        &env_after,
-        &[
-            "trust",
-            "signer",
-            "add",
-            "--key",
-            pubkey.to_str().unwrap(),
-            "alice",
-            &repo,
-        ],
-    );
-    let signed2 = format!("{repo}:signed2");
-    docker.import_tiny_image(&signed2, "signed by alice\n");
-    let out = docker.ok(&env_after, &["trust", "sign", &signed2]);
-    assert!(out.contains("Successfully signed"), "{out}");
-    let inspect = docker.ok(&env_after, &["trust", "inspect", &repo]);
-    let tags = signed_tags(&inspect);
-    let (_, d2, signers) = tags
-        .iter()
-        .find(|(t, _, _)| t == "signed2")
-        .unwrap_or_else(|| panic!("signed2 missing:\n{inspect}"));
-    assert!(signers.contains(&"alice".to_string()), "{inspect}");
-    docker.ok(&[], &["rmi", &signed2]);
-    let pulled = docker.ok(&env_after, &["pull", &signed2]);
-    assert!(pulled.contains(&format!("@sha256:{d2}")), "{pulled}");
-
-    // docker trust revoke: signed2 loses its signatures, a trusted pull fails.
-    docker.ok(&env_after, &["trust", "revoke", "--yes", &signed2]);
-    let inspect = docker.ok(&env_after, &["trust", "inspect", &repo]);
-    assert!(
-        !signed_tags(&inspect).iter().any(|(t, _, _)| t == "signed2"),
-        "{inspect}"
-    );
-    docker.ok(&[], &["rmi", &signed2]);
-    let o = docker.docker_env(&env_after, &["pull", &signed2]);
-    assert!(
-        !o.status.success(),
-        "pull of a revoked tag succeeded:\n{}",
-        text(&o)
-    );
+    delegation_sign_and_revoke(&docker, &env_after, dir.path(), &repo);
     server.proc.assert_running();
 }
 

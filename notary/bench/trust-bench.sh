@@ -8,6 +8,9 @@
 #   * trusted `docker push` latency (p50 of N pushes; needs dockerd, registry),
 #     end to end and the trust server's share of it (p50 over N more pushes of
 #     the summed time the client waited on the trust server, via timing-proxy.py)
+#   * GET timestamp.json with token authentication on (a bearer token on every request):
+#     swarmguard trust-server with its built-in token service against notary-server with
+#     `auth: token` trusting that service's certificate; requests/s and CPU per request
 #   * RSS of every server process after the load
 # Usage: notary/bench/trust-bench.sh [path/to/swarmguard]   (release build recommended)
 # Env: DURATION (wrk seconds, default 10), N (publishes/pushes, default 5), SKIP_DOCKER=1
@@ -68,7 +71,7 @@ waitport "$N_PORT"
 
 # ---- swarmguard trust-signer + trust-server
 S_GRPC=$(freeport); S_PORT=$(freeport)
-head -c 32 /dev/urandom | base64 > master.key
+(umask 077; head -c 32 /dev/urandom | base64 > master.key)
 "$BIN" trust-signer --data-dir "$W/sg-signer" --listen 127.0.0.1:"$S_GRPC" --tls-cert signer.crt --tls-key signer.key \
   --client-ca ca.crt --signer-key-file master.key > sg-signer.log 2>&1 & SSIG=$!; PIDS+=($SSIG)
 waitport "$S_GRPC"
@@ -76,6 +79,25 @@ waitport "$S_GRPC"
   --signer-url https://127.0.0.1:"$S_GRPC" --signer-ca ca.crt --signer-client-cert client.crt --signer-client-key client.key \
   > sg-server.log 2>&1 & SSRV=$!; PIDS+=($SSRV)
 waitport "$S_PORT"
+
+# ---- the same two servers with token authentication on (same signers): ours with its
+# built-in token service, notary-server with `auth: token` trusting our token certificate.
+SA_PORT=$(freeport); NA_PORT=$(freeport)
+python3 -c "import crypt; print('bench:' + crypt.crypt('bench-pw', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1024)))" > users.htpasswd
+echo 'bench * push,pull,*' > access.list
+"$BIN" trust-server --data-dir "$W/sg-auth" --listen 127.0.0.1:"$SA_PORT" --tls-cert server.crt --tls-key server.key \
+  --signer-url https://127.0.0.1:"$S_GRPC" --signer-ca ca.crt --signer-client-cert client.crt --signer-client-key client.key \
+  --token-service-users users.htpasswd --token-access access.list > sg-auth.log 2>&1 & SAUTH=$!; PIDS+=($SAUTH)
+waitport "$SA_PORT"
+cat > server-auth.json <<J
+{"server":{"http_addr":"127.0.0.1:$NA_PORT","tls_cert_file":"$W/server.crt","tls_key_file":"$W/server.key"},
+ "trust_service":{"type":"remote","hostname":"127.0.0.1","port":"$NS_GRPC","tls_ca_file":"$W/ca.crt","key_algorithm":"ecdsa","tls_client_cert":"$W/client.crt","tls_client_key":"$W/client.key"},
+ "logging":{"level":"error"},"storage":{"backend":"memory"},
+ "auth":{"type":"token","options":{"realm":"https://127.0.0.1:$SA_PORT/auth/token","service":"notary-bench",
+         "issuer":"swarmguard-token-service","rootcertbundle":"$W/sg-auth/token-signing.crt"}}}
+J
+notary-server -config server-auth.json > notary-server-auth.log 2>&1 & NAUTH=$!; PIDS+=($NAUTH)
+waitport "$NA_PORT"
 
 export NOTARY_ROOT_PASSPHRASE=bench NOTARY_TARGETS_PASSPHRASE=bench NOTARY_SNAPSHOT_PASSPHRASE=bench
 GUN=127.0.0.1:5000/bench/app
@@ -113,8 +135,35 @@ bench_one() { # label port server_pid signer_pid
   RESULT[$label,rss_server_kb]=$(rss_kb "$spid"); RESULT[$label,rss_signer_kb]=$(rss_kb "$gpid")
 }
 
+bench_auth() { # label port server_pid signer_pid service: GET timestamp.json with a token
+  local label=$1 port=$2 spid=$3 gpid=$4 svc=$5 url="https://127.0.0.1:$2"
+  local nt=(notary -d "$W/trust-auth-$label" -s "$url" --tlscacert ca.crt)
+  NOTARY_AUTH=$(printf 'bench:bench-pw' | base64) "${nt[@]}" init -p "$GUN" >/dev/null
+  local ts_url="$url/v2/$GUN/_trust/tuf/timestamp.json"
+  for c in 2 32; do
+    # A fresh 5-minute token for each run, from our token service, as a client would get it.
+    local tok; tok=$(curl -s --cacert ca.crt -u bench:bench-pw \
+      "https://127.0.0.1:$SA_PORT/auth/token?service=$svc&scope=repository:$GUN:pull" |
+      python3 -c 'import sys,json;print(json.load(sys.stdin)["token"])')
+    local code; code=$(curl -s -o /dev/null -w '%{http_code}' --cacert ca.crt -H "Authorization: Bearer $tok" "$ts_url")
+    [ "$code" = 200 ] || { echo "$label: token refused ($code)" >&2; exit 1; }
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --cacert ca.crt "$ts_url")" = 401 ] || { echo "$label: auth is off" >&2; exit 1; }
+    local c0 g0; c0=$(cpu_ticks "$spid"); g0=$(cpu_ticks "$gpid")
+    local out; out=$(wrk -t2 -c"$c" -d"${DURATION}s" --latency -H "Authorization: Bearer $tok" "$ts_url")
+    local c1 g1; c1=$(cpu_ticks "$spid"); g1=$(cpu_ticks "$gpid")
+    local reqs rps non2xx; reqs=$(echo "$out" | awk '/requests in/{print $1}'); rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+    non2xx=$(echo "$out" | awk '/Non-2xx/{print $NF}')
+    [ -z "$non2xx" ] || { echo "$label: $non2xx non-2xx answers under load" >&2; exit 1; }
+    RESULT[$label,timestamp_token_auth,c$c,rps]=$rps
+    RESULT[$label,timestamp_token_auth,c$c,cpu_us_per_req]=$(python3 -c "print(round(((($c1-$c0)+($g1-$g0))/$TICK)*1e6/max(1,$reqs),1))")
+  done
+  RESULT[$label,rss_server_auth_kb]=$(rss_kb "$spid")
+}
+
 bench_one notary "$N_PORT" "$NSRV" "$NSIG"
 bench_one swarmguard "$S_PORT" "$SSRV" "$SSIG"
+bench_auth notary "$NA_PORT" "$NAUTH" "$NSIG" notary-bench
+bench_auth swarmguard "$SA_PORT" "$SAUTH" "$SSIG" swarmguard-trust
 
 # ---- trusted docker push latency (optional)
 if [ "${SKIP_DOCKER:-0}" != 1 ] && command -v dockerd >/dev/null && command -v docker-registry >/dev/null; then

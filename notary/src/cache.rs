@@ -2,7 +2,7 @@
 //! a hot file (`timestamp.json`, `targets.<sha256>.json`, …) is a map lookup and a reference
 //! count instead of a redb read transaction and a copy.
 //!
-//! The [`Store`](crate::store::Store) owns the cache and drops a GUN's entries after every write
+//! The store (`store::Store`) owns the cache and drops a GUN's entries after every write
 //! to that GUN commits. A reader that loaded an entry from redb may only insert it if no write
 //! committed since it started (a generation counter), so a slow reader can never put back the
 //! bytes a concurrent upload just replaced.

@@ -160,6 +160,23 @@ impl TrustSigner for Service {
             .map_err(status)?;
         Ok(Response::new(pb::SignResponse { method, signature }))
     }
+
+    async fn drop_keys(
+        &self,
+        req: Request<pb::DropKeysRequest>,
+    ) -> Result<Response<pb::DropKeysResponse>, Status> {
+        let r = req.into_inner();
+        check_names(&r.gun, &r.role)?;
+        if r.keep.len() > 256 || r.keep.iter().any(|k| k.len() > 128) {
+            return Err(Status::invalid_argument("keep list too large"));
+        }
+        let s = self.signer.clone();
+        let dropped =
+            blocking(move || s.drop_unlisted(&r.gun, &r.role, &r.keep).map_err(status)).await?;
+        Ok(Response::new(pb::DropKeysResponse {
+            dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+        }))
+    }
 }
 
 /// Runs `swarmguard trust-signer` until SIGINT/SIGTERM; the binary owns the process set-up.
@@ -177,7 +194,7 @@ pub async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     if let Some(p) = &args.ready_file {
-        crate::server::write_ready_file(p, local)?;
+        crate::process::write_ready_file(p, local)?;
     }
     tracing::info!(%local, "trust signer listening (mutual TLS)");
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -189,7 +206,7 @@ pub async fn serve_signer(args: SignerArgs) -> Result<(), RemoteError> {
             TrustSignerServer::new(Service { signer })
                 .max_decoding_message_size(2 * MAX_SIGN_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, crate::server::shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, crate::process::shutdown_signal())
         .await?;
     Ok(())
 }
@@ -201,6 +218,8 @@ pub struct RemoteConfig {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// Hard deadline on each call: connecting, the TLS handshake and the answer together.
+    pub deadline: Duration,
 }
 
 /// A [`Signer`] backed by `swarmguard trust-signer` over gRPC + mTLS. Its
@@ -213,6 +232,7 @@ pub struct RemoteSigner {
     /// prefix of the signer's list: every upload would otherwise cost two extra round trips
     /// (one per server-signed role) to learn what it already knows.
     known: Mutex<HashMap<String, Vec<HeldKey>>>,
+    deadline: Duration,
 }
 
 /// Most (GUN, role) key lists remembered; past it the memory starts over.
@@ -237,7 +257,28 @@ impl RemoteSigner {
             client: TrustSignerClient::new(channel),
             handle: tokio::runtime::Handle::current(),
             known: Mutex::default(),
+            deadline: cfg.deadline,
         })
+    }
+
+    /// Run one call on the runtime, bounded by the deadline as a whole: tonic's own connect
+    /// timeout stops at the TCP connection, so a signer that accepts and never finishes the
+    /// TLS handshake would otherwise hold the caller until the request timeout.
+    fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match self
+            .handle
+            .block_on(tokio::time::timeout(self.deadline, fut))
+        {
+            Ok(r) => r.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no answer to {what} within {:?}",
+                self.deadline
+            ))),
+        }
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<HeldKey>>> {
@@ -261,6 +302,9 @@ fn remote_err(s: Status) -> SignerError {
     match s.code() {
         tonic::Code::NotFound => SignerError::UnknownKey(String::new()),
         tonic::Code::ResourceExhausted => SignerError::TooManyKeys,
+        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable => {
+            SignerError::Unavailable(s.message().to_string())
+        }
         _ => SignerError::Storage(format!("remote signer: {}", s.message())),
     }
 }
@@ -291,13 +335,28 @@ impl Signer for RemoteSigner {
             role: role.into(),
         };
         let key = held(
-            self.handle
-                .block_on(c.create_key(req))
-                .map_err(remote_err)?
-                .into_inner(),
+            self.call("CreateKey", c.create_key(req))
+                .map_err(remote_err)?,
         );
         self.forget(gun, role);
         key
+    }
+
+    fn drop_unlisted(&self, gun: &str, role: &str, keep: &[String]) -> Result<usize, SignerError> {
+        let mut c = self.client.clone();
+        let req = pb::DropKeysRequest {
+            gun: gun.into(),
+            role: role.into(),
+            keep: keep.to_vec(),
+        };
+        let r = self.call("DropKeys", c.drop_keys(req));
+        self.forget(gun, role);
+        match r {
+            Ok(r) => Ok(r.dropped as usize),
+            // An older signer without DropKeys keeps its keys (and its cap applies).
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(0),
+            Err(s) => Err(remote_err(s)),
+        }
     }
 
     fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError> {
@@ -307,10 +366,8 @@ impl Signer for RemoteSigner {
             role: role.into(),
         };
         let keys = self
-            .handle
-            .block_on(c.list_keys(req))
+            .call("ListKeys", c.list_keys(req))
             .map_err(remote_err)?
-            .into_inner()
             .keys
             .into_iter()
             .map(held)
@@ -349,8 +406,8 @@ impl Signer for RemoteSigner {
             key_id: key_id.into(),
             message: msg.to_vec(),
         };
-        let r = match self.handle.block_on(c.sign(req)) {
-            Ok(r) => r.into_inner(),
+        let r = match self.call("Sign", c.sign(req)) {
+            Ok(r) => r,
             Err(s) => {
                 if s.code() == tonic::Code::NotFound {
                     // The signer lost a key this server remembered: ask it afresh next time.

@@ -1,26 +1,34 @@
-//! The Notary-compatible HTTPS API.
+//! `swarmguard trust-server`: its options, and the HTTPS listener in front of the API
+//! ([`crate::app`]): TLS, connection caps overall and per peer address, handshake, header and
+//! connection timeouts.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
-use serde_json::json;
-
-use crate::multipart;
-use crate::names;
+use crate::auth::service::{
+    load_or_create_signing_key, LoginLimits, TokenService, SIGNING_CERT_FILE,
+};
+use crate::auth::users::{AccessList, Users};
+use crate::auth::{Realm, TokenAuth, Verifier};
+use crate::guard::PeerConnections;
 use crate::signer::{LocalSigner, MasterKey, Signer};
-use crate::store::{Store, StoreError};
-use crate::validate::{self, Limits, UpdateError};
+use crate::store::{Retention, Store, StoreError};
+use crate::validate::Limits;
 
+pub use crate::app::router;
 pub use crate::signer::MASTER_KEY_ENV;
+pub use crate::state::{App, Options, Peer};
+
+/// `--auth`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No authentication (Notary's default): anyone who reaches the port may publish.
+    None,
+    /// Docker registry token authentication, as notary-server's `auth: token`.
+    Token,
+}
 
 /// `swarmguard trust-server` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -67,6 +75,87 @@ pub struct ServerArgs {
     /// PEM private key of --signer-client-cert.
     #[arg(long)]
     pub signer_client_key: Option<PathBuf>,
+    /// Hard deadline, in seconds, on each call to the remote signer (connect, TLS handshake
+    /// and answer together).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub signer_timeout_secs: u64,
+
+    /// Token authentication.
+    #[command(flatten)]
+    pub token: Box<TokenArgs>,
+    /// Resource bounds.
+    #[command(flatten)]
+    pub bounds: Box<BoundArgs>,
+}
+
+/// Token authentication options (boxed: they make the arguments large).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Authentication of requests. `token` needs --token-realm, --token-service,
+    /// --token-issuer and --token-root-bundle, unless --token-service-users runs the built-in
+    /// token service, which supplies them.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Where clients get tokens (the challenge's realm). Default with the built-in token
+    /// service: https://<the request's Host>/auth/token.
+    #[arg(long)]
+    pub token_realm: Option<String>,
+    /// The service name tokens must be issued for (their `aud`).
+    #[arg(long, default_value = "swarmguard-trust")]
+    pub token_service: String,
+    /// The issuer tokens must name (`iss`).
+    #[arg(long)]
+    pub token_issuer: Option<String>,
+    /// PEM certificates whose keys may sign tokens (x5c chains or kid). The built-in token
+    /// service's certificate is added to it.
+    #[arg(long)]
+    pub token_root_bundle: Option<PathBuf>,
+    /// Run the built-in token service at /auth/token with these users (htpasswd, bcrypt).
+    /// Its signing certificate is written to <data-dir>/token-signing.crt, for a
+    /// docker-registry's `rootcertbundle`.
+    #[arg(long)]
+    pub token_service_users: Option<PathBuf>,
+    /// Access list for the built-in token service: lines `<user|*|anonymous> <repository
+    /// prefix|*> <pull,push,*>`. Without it every user may push and pull everything.
+    #[arg(long, requires = "token_service_users")]
+    pub token_access: Option<PathBuf>,
+    /// Failed logins allowed per user name in 5 minutes.
+    #[arg(long, default_value_t = 10)]
+    pub login_failures_per_user: u32,
+    /// Failed logins allowed per peer address in 5 minutes.
+    #[arg(long, default_value_t = 30)]
+    pub login_failures_per_peer: u32,
+}
+
+/// Resource bounds.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BoundArgs {
+    /// Versions kept per role (root: all); older ones are pruned as new ones are stored.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history: u64,
+    /// Largest database; uploads are refused (507) once it is reached.
+    #[arg(long, default_value_t = 8 << 30)]
+    pub max_storage_bytes: u64,
+    /// Upload body bytes held in memory at once over all connections; uploads past it are
+    /// refused (503).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub upload_budget_bytes: usize,
+    /// Seconds allowed for receiving one upload body.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub body_timeout_secs: u64,
+    /// Open connections overall.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Open connections per peer address.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_peer: usize,
+    /// New server-held keys one identity may have created per repository and hour.
+    #[arg(long, default_value_t = 10)]
+    pub key_creations_per_hour: u32,
+    /// New repository names one identity (token subject, else peer address) may create per
+    /// hour.
+    #[arg(long, default_value_t = 50)]
+    pub new_repos_per_hour: u32,
 }
 
 /// Server startup errors.
@@ -84,471 +173,195 @@ pub enum ServerError {
     Tls(String),
 }
 
-#[derive(Default)]
-struct Metrics {
-    requests: AtomicU64,
-    uploads_accepted: AtomicU64,
-    uploads_rejected: AtomicU64,
-    metadata_served: AtomicU64,
-    not_found: AtomicU64,
-}
-
-/// Shared server state.
-pub struct App {
-    store: Store,
-    signer: Arc<dyn Signer>,
-    limits: Limits,
-    max_body: usize,
-    allow_delete: bool,
-    metrics: Metrics,
-    key_lock: std::sync::Mutex<()>,
-}
-
-impl App {
-    /// Build the application over a store and signer.
-    pub fn new(
-        store: Store,
-        signer: Arc<dyn Signer>,
-        limits: Limits,
-        allow_delete: bool,
-    ) -> Arc<App> {
-        let max_body = limits.max_metadata_bytes.saturating_mul(4).max(1 << 20);
-        Arc::new(App {
-            store,
-            signer,
-            limits,
-            max_body,
-            allow_delete,
-            metrics: Metrics::default(),
-            key_lock: Default::default(),
-        })
-    }
-}
-
-/// The axum router serving the whole API.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new().fallback(dispatch).with_state(app)
-}
-
-fn error(status: StatusCode, code: &str, message: &str, detail: serde_json::Value) -> Response {
-    // Field order as notary-server writes it: code, message, detail.
-    let text = format!(
-        "{{\"errors\":[{{\"code\":{},\"message\":{},\"detail\":{}}}]}}\n",
-        json!(code),
-        json!(message),
-        detail
-    );
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        text,
-    )
-        .into_response()
-}
-
-fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "METADATA_NOT_FOUND",
-        "You have requested metadata that does not exist.",
-        json!({}),
-    )
-}
-
-fn bad_request(code: &str, detail: impl std::fmt::Display) -> Response {
-    let message = match code {
-        "MALFORMED_UPLOAD" => "The body of your request is malformed.",
-        "NAME_INVALID" => "The repository name (GUN) is invalid.",
-        "INVALID_ROLE" => "The role you are attempting to operate on is invalid.",
-        _ => "Update sent by the client is invalid.",
+fn signer(args: &ServerArgs, store: &Store) -> Result<Arc<dyn Signer>, ServerError> {
+    let Some(url) = &args.signer_url else {
+        return Ok(Arc::new(LocalSigner::new(
+            store.database(),
+            MasterKey::load(args.signer_key_file.as_deref())?,
+        )?));
     };
-    error(
-        StatusCode::BAD_REQUEST,
-        code,
-        message,
-        json!(detail.to_string()),
-    )
-}
-
-fn internal(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %e, "internal error");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "UNKNOWN",
-        "unknown error",
-        json!({}),
-    )
-}
-
-fn text(status: StatusCode, body: impl Into<Body>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body.into(),
-    )
-        .into_response()
-}
-
-fn metadata(raw: bytes::Bytes, immutable: bool) -> Response {
-    let cache = if immutable {
-        "public, max-age=2592000, s-maxage=2592000"
-    } else {
-        "public, max-age=300, s-maxage=300, must-revalidate"
+    let need = |p: &Option<PathBuf>, what: &str| {
+        p.clone()
+            .ok_or_else(|| ServerError::Config(format!("--signer-url needs {what}")))
     };
-    let mut r = text(StatusCode::OK, raw);
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    r
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)
-}
-
-async fn dispatch(State(app): State<Arc<App>>, req: Request) -> Response {
-    app.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let resp = route(&app, &method, &path, &query, req).await;
-    if resp.status() == StatusCode::NOT_FOUND {
-        app.metrics.not_found.fetch_add(1, Ordering::Relaxed);
-    }
-    tracing::debug!(%method, path = %path.chars().take(300).collect::<String>(), status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
-    resp
-}
-
-async fn route(app: &Arc<App>, method: &Method, path: &str, query: &str, req: Request) -> Response {
-    let get = method == Method::GET;
-    match path {
-        "/_notary_server/health" if get => return text(StatusCode::OK, "{}"),
-        "/metrics" if get => return metrics(app),
-        "/v2/" if get => return text(StatusCode::OK, "{}"),
-        "/v2/_trust/changefeed" if get => return changefeed(app, None, query).await,
-        _ => {}
-    }
-    let Some(rest) = path.strip_prefix("/v2/") else {
-        return not_found();
+    let cfg = crate::remote::RemoteConfig {
+        url: url.clone(),
+        ca: need(&args.signer_ca, "--signer-ca")?,
+        client_cert: need(&args.signer_client_cert, "--signer-client-cert")?,
+        client_key: need(&args.signer_client_key, "--signer-client-key")?,
+        deadline: Duration::from_secs(args.signer_timeout_secs),
     };
-    if let Some(gun) = rest.strip_suffix("/_trust/changefeed") {
-        if !get {
-            return not_found();
-        }
-        if !names::valid_gun(gun) {
-            return bad_request("NAME_INVALID", "invalid GUN");
-        }
-        return changefeed(app, Some(gun.to_string()), query).await;
+    tracing::info!(%url, "using remote trust signer");
+    Ok(Arc::new(
+        crate::remote::RemoteSigner::new(&cfg).map_err(|e| ServerError::Config(e.to_string()))?,
+    ))
+}
+
+/// The token verifier and, with --token-service-users, the built-in token service.
+fn token_auth(
+    args: &ServerArgs,
+) -> Result<(Option<TokenAuth>, Option<Arc<TokenService>>), ServerError> {
+    let cfg = |e: String| ServerError::Config(e);
+    let builtin = args.token.token_service_users.is_some();
+    if !builtin && args.token.auth != Some(AuthMode::Token) {
+        return Ok((None, None));
     }
-    let Some(i) = rest.find("/_trust/tuf/") else {
-        return not_found();
+    if args.token.auth == Some(AuthMode::None) {
+        return Err(cfg(
+            "--token-service-users needs token auth; drop --auth none".into(),
+        ));
+    }
+    let mut bundle = Vec::new();
+    if let Some(p) = &args.token.token_root_bundle {
+        bundle = std::fs::read(p).map_err(|e| cfg(format!("{}: {e}", p.display())))?;
+        bundle.push(b'\n');
+    }
+    let tokens = match &args.token.token_service_users {
+        Some(users) => {
+            let key = load_or_create_signing_key(&args.data_dir).map_err(cfg)?;
+            let cert = args.data_dir.join(SIGNING_CERT_FILE);
+            bundle
+                .extend(std::fs::read(&cert).map_err(|e| cfg(format!("{}: {e}", cert.display())))?);
+            let access = match &args.token.token_access {
+                Some(p) => AccessList::load(p).map_err(cfg)?,
+                None => AccessList::everyone_push_pull(),
+            };
+            let limits = LoginLimits {
+                failures_per_user: args.token.login_failures_per_user,
+                failures_per_peer: args.token.login_failures_per_peer,
+                ..LoginLimits::default()
+            };
+            tracing::info!(kid = key.kid(), "built-in token service on /auth/token");
+            Some(Arc::new(TokenService::new(
+                Users::load(users).map_err(cfg)?,
+                access,
+                key,
+                &issuer(args),
+                limits,
+            )))
+        }
+        None => None,
     };
-    let (gun, tail) = (&rest[..i], &rest[i + "/_trust/tuf/".len()..]);
-    if !names::valid_gun(gun) {
-        return bad_request("NAME_INVALID", "invalid GUN");
-    }
-    let gun = gun.to_string();
-    match (method, tail) {
-        (&Method::POST, "") => upload(app, gun, req).await,
-        (&Method::DELETE, "") => delete(app, gun).await,
-        (&Method::GET, "timestamp.key") | (&Method::GET, "snapshot.key") => {
-            key(app, gun, tail.trim_end_matches(".key"), false).await
-        }
-        (&Method::POST, "timestamp.key") | (&Method::POST, "snapshot.key") => {
-            key(app, gun, tail.trim_end_matches(".key"), true).await
-        }
-        (&Method::GET, _) => get_metadata(app, gun, tail).await,
-        _ => not_found(),
-    }
-}
-
-fn metrics(app: &App) -> Response {
-    let m = &app.metrics;
-    let body = format!(
-        "# TYPE swarmguard_trust_requests_total counter\nswarmguard_trust_requests_total {}\n\
-         # TYPE swarmguard_trust_uploads_total counter\nswarmguard_trust_uploads_total{{result=\"accepted\"}} {}\n\
-         swarmguard_trust_uploads_total{{result=\"rejected\"}} {}\n\
-         # TYPE swarmguard_trust_metadata_served_total counter\nswarmguard_trust_metadata_served_total {}\n\
-         # TYPE swarmguard_trust_not_found_total counter\nswarmguard_trust_not_found_total {}\n",
-        m.requests.load(Ordering::Relaxed),
-        m.uploads_accepted.load(Ordering::Relaxed),
-        m.uploads_rejected.load(Ordering::Relaxed),
-        m.metadata_served.load(Ordering::Relaxed),
-        m.not_found.load(Ordering::Relaxed),
-    );
-    let mut r = text(StatusCode::OK, body);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
-}
-
-enum Lookup {
-    Current(String),
-    Checksum(String, String),
-    Version(String, u64),
-}
-
-fn parse_lookup(tail: &str) -> Option<Lookup> {
-    let s = tail.strip_suffix(".json")?;
-    if let Some((role, hex)) = s.rsplit_once('.') {
-        if matches!(hex.len(), 64 | 96 | 128)
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            && names::valid_role(role)
-        {
-            return Some(Lookup::Checksum(role.to_string(), hex.to_string()));
-        }
-    }
-    if let Some((v, role)) = s.split_once('.') {
-        if !v.is_empty()
-            && v.len() <= 19
-            && v.bytes().all(|b| b.is_ascii_digit())
-            && names::valid_role(role)
-        {
-            return v.parse().ok().map(|v| Lookup::Version(role.to_string(), v));
-        }
-    }
-    names::valid_role(s).then(|| Lookup::Current(s.to_string()))
-}
-
-async fn get_metadata(app: &Arc<App>, gun: String, tail: &str) -> Response {
-    let Some(lookup) = parse_lookup(tail) else {
-        return not_found();
+    let realm = match (&args.token.token_realm, builtin) {
+        (Some(u), _) => Realm::Fixed(u.clone()),
+        (None, true) => Realm::ThisServer,
+        (None, false) => return Err(cfg("--auth token needs --token-realm".into())),
     };
-    // Reads are served from the store's in-memory copy of each role's current version, or
-    // else a short redb read transaction (no fsync, no signing): run them inline rather than
-    // paying a blocking-pool handoff per request. Only a timestamp that needs re-signing goes
-    // to the blocking pool.
-    let read = |lookup: &Lookup| -> Result<Option<(bytes::Bytes, bool)>, StoreError> {
-        Ok(match lookup {
-            Lookup::Current(role) => app.store.current(&gun, role)?.map(|r| (r, false)),
-            Lookup::Checksum(role, hex) => {
-                app.store.by_checksum(&gun, role, hex)?.map(|r| (r, true))
-            }
-            Lookup::Version(role, v) => app.store.version(&gun, role, *v)?.map(|r| (r, true)),
-        })
+    if !builtin && (args.token.token_issuer.is_none() || args.token.token_root_bundle.is_none()) {
+        return Err(cfg(
+            "--auth token needs --token-issuer and --token-root-bundle".into(),
+        ));
+    }
+    let verifier = Verifier::new(&issuer(args), &args.token.token_service, &bundle).map_err(cfg)?;
+    tracing::info!(service = %args.token.token_service, "token authentication on");
+    Ok((Some(TokenAuth::new(verifier, realm)), tokens))
+}
+
+/// The issuer tokens carry: --token-issuer, or the built-in service's default.
+fn issuer(args: &ServerArgs) -> String {
+    args.token
+        .token_issuer
+        .clone()
+        .unwrap_or_else(|| "swarmguard-token-service".to_string())
+}
+
+/// Runs the trust server until SIGINT/SIGTERM. The caller (the binary) owns the process set-up:
+/// logging, the rustls crypto provider and the tokio runtime.
+pub async fn serve(args: ServerArgs) -> Result<(), ServerError> {
+    let tls = tls_config(&args)?;
+    let retention = Retention {
+        history: args.bounds.history,
+        max_bytes: args.bounds.max_storage_bytes,
     };
-    if let Lookup::Current(role) = &lookup {
-        if role == "timestamp" {
-            match app.store.current_entry(&gun, role) {
-                Ok(Some(ts)) => {
-                    let due = *ts
-                        .refresh_at
-                        .get_or_init(|| validate::timestamp_refresh_at(&ts.raw));
-                    if due.is_none_or(|t| time::OffsetDateTime::now_utc() >= t) {
-                        let a = app.clone();
-                        let g = gun.clone();
-                        if let Err(r) = blocking(move || refresh_timestamp(&a, &g)).await {
-                            return r;
-                        }
-                    }
-                }
-                Ok(None) => return not_found(),
-                Err(e) => return internal(e),
-            }
-        }
-    }
-    match read(&lookup) {
-        Ok(Some((raw, immutable))) => {
-            app.metrics.metadata_served.fetch_add(1, Ordering::Relaxed);
-            metadata(raw, immutable)
-        }
-        Ok(None) => not_found(),
-        Err(e) => internal(e),
-    }
-}
-
-/// Re-sign the timestamp if it is getting old. Failures are logged; the
-/// current timestamp is served regardless.
-fn refresh_timestamp(app: &App, gun: &str) {
-    let now = time::OffsetDateTime::now_utc();
-    let signer = app.signer.clone();
-    let res = app
-        .store
-        .update(gun, |state| -> Result<Vec<validate::Write>, UpdateError> {
-            let writes: Vec<_> = validate::refresh_timestamp(gun, state, signer.as_ref(), now)?
-                .into_iter()
-                .collect();
-            validate::verify_outgoing(state, &writes)?;
-            Ok(writes)
-        });
-    match res {
-        Ok(w) if !w.is_empty() => tracing::info!(gun, "re-signed timestamp before expiry"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(gun, error = %e, "could not refresh timestamp"),
-    }
-}
-
-impl From<StoreError> for UpdateError {
-    fn from(e: StoreError) -> Self {
-        UpdateError::Invalid(format!("storage failure: {e}"))
-    }
-}
-
-async fn upload(app: &Arc<App>, gun: String, req: Request) -> Response {
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let boundary = match multipart::boundary(&ct) {
-        Ok(b) => b,
-        Err(e) => return reject(app, "MALFORMED_UPLOAD", e),
+    let store = Store::open_with(&args.data_dir, retention)?;
+    let signer = signer(&args, &store)?;
+    let (auth, tokens) = token_auth(&args)?;
+    let limits = Limits {
+        max_metadata_bytes: args.max_metadata_bytes,
+        max_targets: args.max_targets,
+        ..Limits::default()
     };
-    // Refuse a declared oversized body before reading it (and before
-    // answering `Expect: 100-continue`).
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > app.max_body as u64) {
-        return reject(app, "MALFORMED_UPLOAD", "request body too large");
-    }
-    let body = match axum::body::to_bytes(req.into_body(), app.max_body).await {
-        Ok(b) => b,
-        Err(_) => {
-            return reject(
-                app,
-                "MALFORMED_UPLOAD",
-                "request body too large or unreadable",
-            )
-        }
+    let opts = Options {
+        upload_budget: args.bounds.upload_budget_bytes,
+        body_timeout: Duration::from_secs(args.bounds.body_timeout_secs),
+        key_creations_per_hour: args.bounds.key_creations_per_hour,
+        new_repos_per_hour: args.bounds.new_repos_per_hour,
+        ..Options::for_limits(&limits, args.allow_delete)
     };
-    let parts = match multipart::parse(&body, &boundary, app.limits.max_roles) {
-        Ok(p) => p,
-        Err(e) => return reject(app, "MALFORMED_UPLOAD", e),
-    };
-    drop(body);
-    let a = app.clone();
-    let g = gun.clone();
-    let res = blocking(move || {
-        let now = time::OffsetDateTime::now_utc();
-        let parts: BTreeMap<String, Vec<u8>> = parts;
-        a.store.update(&g, |state| {
-            let writes =
-                validate::validate_update(&g, state, &parts, a.signer.as_ref(), now, &a.limits)?;
-            validate::verify_outgoing(state, &writes)?;
-            Ok(writes)
-        })
-    })
-    .await;
-    match res {
-        Ok(Ok(writes)) => {
-            app.metrics.uploads_accepted.fetch_add(1, Ordering::Relaxed);
-            let roles: Vec<String> = writes
-                .iter()
-                .map(|w| format!("{} v{}", w.role, w.version))
-                .collect();
-            tracing::info!(gun, ?roles, "update accepted");
-            StatusCode::OK.into_response()
-        }
-        Ok(Err(UpdateError::Signer(e))) => internal(e),
-        Ok(Err(e)) => {
-            tracing::info!(gun, reason = %e, "update rejected");
-            reject(app, "INVALID_UPDATE", e)
-        }
-        Err(r) => r,
+    let app = App::with(store, signer, limits, opts, auth, tokens);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let local = listener.local_addr()?;
+    if let Some(p) = &args.ready_file {
+        crate::process::write_ready_file(p, local)?;
     }
+    tracing::info!(%local, "trust server listening");
+    accept_loop(listener, tls, app, &args).await
 }
 
-fn reject(app: &App, code: &str, detail: impl std::fmt::Display) -> Response {
-    app.metrics.uploads_rejected.fetch_add(1, Ordering::Relaxed);
-    bad_request(code, detail)
-}
-
-async fn delete(app: &Arc<App>, gun: String) -> Response {
-    // Notary has no cryptographic check on deletion: anyone who can reach
-    // the API could wipe a repository. Off unless explicitly enabled.
-    if !app.allow_delete {
-        return error(
-            StatusCode::FORBIDDEN,
-            "DENIED",
-            "requested access to the resource is denied",
-            json!("remote deletion is disabled on this server (--allow-delete)"),
-        );
-    }
-    let a = app.clone();
-    let g = gun.clone();
-    match blocking(move || a.store.delete(&g)).await {
-        Ok(Ok(_)) => {
-            tracing::info!(gun, "repository deleted");
-            StatusCode::OK.into_response()
-        }
-        Ok(Err(e)) => internal(e),
-        Err(r) => r,
-    }
-}
-
-async fn key(app: &Arc<App>, gun: String, role: &str, rotate: bool) -> Response {
-    let a = app.clone();
-    let role = role.to_string();
-    let res = blocking(move || {
-        let _guard = a.key_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let existing = if rotate {
-            None
-        } else {
-            a.signer.keys(&gun, &role)?.pop()
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: rustls::ServerConfig,
+    app: Arc<App>,
+    args: &ServerArgs,
+) -> Result<(), ServerError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let router = router(app.clone());
+    let conns = Arc::new(tokio::sync::Semaphore::new(args.bounds.max_connections));
+    let peers = PeerConnections::new(args.bounds.max_connections_per_peer);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
         };
-        match existing {
-            Some(k) => Ok(k),
-            None => a.signer.create_key(&gun, &role),
-        }
-    })
-    .await;
-    match res {
-        Ok(Ok(k)) => text(
-            StatusCode::OK,
-            serde_json::to_string(&k.public).unwrap_or_default(),
-        ),
-        Ok(Err(e @ crate::signer::SignerError::TooManyKeys)) => bad_request("INVALID_UPDATE", e),
-        Ok(Err(e)) => internal(e),
-        Err(r) => r,
+        // One address cannot take the connections everyone else needs.
+        let Some(slot) = peers.admit(peer.ip()) else {
+            app.connection_refused();
+            continue;
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            app.connection_refused();
+            continue;
+        };
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            router.clone(),
+            (permit, slot),
+        ));
     }
+    tracing::info!("trust server stopping");
+    Ok(())
 }
 
-async fn changefeed(app: &Arc<App>, gun: Option<String>, query: &str) -> Response {
-    let mut change_id: u64 = 0;
-    let mut records: i64 = 100;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "change_id" => match v.parse() {
-                Ok(n) => change_id = n,
-                Err(_) => {
-                    return bad_request(
-                        "INVALID_UPDATE",
-                        "change_id must be a non-negative integer",
-                    )
-                }
-            },
-            "records" => match v.parse::<i64>() {
-                Ok(n) if n != 0 && n.abs() <= 1000 => records = n,
-                _ => {
-                    return bad_request(
-                        "INVALID_UPDATE",
-                        "records must be a non-zero integer within ±1000",
-                    )
-                }
-            },
-            _ => {}
-        }
-    }
-    let a = app.clone();
-    match blocking(move || a.store.changes(gun.as_deref(), change_id, records)).await {
-        Ok(Ok(recs)) => text(
-            StatusCode::OK,
-            json!({"count": recs.len(), "records": recs}).to_string(),
-        ),
-        Ok(Err(e)) => internal(e),
-        Err(r) => r,
-    }
+/// One connection: TLS handshake within 10 s, headers within 10 s, at most 120 s in all.
+async fn serve_connection<G: Send + 'static>(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    _held: G,
+) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+    else {
+        return;
+    };
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Peer(peer));
+        tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+    let _ = tokio::time::timeout(Duration::from_secs(120), conn).await;
 }
 
 fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
@@ -573,108 +386,4 @@ fn tls_config(args: &ServerArgs) -> Result<rustls::ServerConfig, ServerError> {
     .map_err(|e| ServerError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
-}
-
-/// Atomically write the bound address to `path` (for --ready-file).
-pub fn write_ready_file(path: &std::path::Path, local: SocketAddr) -> std::io::Result<()> {
-    swarmguard_secrets::atomic::write_atomic(
-        path,
-        local.to_string().as_bytes(),
-        0o644,
-        swarmguard_secrets::atomic::Placement::Replace,
-    )
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Runs the trust server until SIGINT/SIGTERM. The caller (the binary) owns the process set-up:
-/// logging, the rustls crypto provider and the tokio runtime.
-pub async fn serve(args: ServerArgs) -> Result<(), ServerError> {
-    let tls = tls_config(&args)?;
-    let store = Store::open(&args.data_dir)?;
-    let signer: Arc<dyn Signer> = match &args.signer_url {
-        Some(url) => {
-            let need = |p: &Option<PathBuf>, what: &str| {
-                p.clone()
-                    .ok_or_else(|| ServerError::Config(format!("--signer-url needs {what}")))
-            };
-            let cfg = crate::remote::RemoteConfig {
-                url: url.clone(),
-                ca: need(&args.signer_ca, "--signer-ca")?,
-                client_cert: need(&args.signer_client_cert, "--signer-client-cert")?,
-                client_key: need(&args.signer_client_key, "--signer-client-key")?,
-            };
-            tracing::info!(%url, "using remote trust signer");
-            Arc::new(
-                crate::remote::RemoteSigner::new(&cfg)
-                    .map_err(|e| ServerError::Config(e.to_string()))?,
-            )
-        }
-        None => Arc::new(LocalSigner::new(
-            store.database(),
-            MasterKey::load(args.signer_key_file.as_deref())?,
-        )?),
-    };
-    let limits = Limits {
-        max_metadata_bytes: args.max_metadata_bytes,
-        max_targets: args.max_targets,
-        ..Limits::default()
-    };
-    let app = App::new(store, signer, limits, args.allow_delete);
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let local = listener.local_addr()?;
-    if let Some(p) = &args.ready_file {
-        write_ready_file(p, local)?;
-    }
-    tracing::info!(%local, "trust server listening");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let router = router(app);
-    let conns = Arc::new(tokio::sync::Semaphore::new(1024));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let (tcp, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tcp.set_nodelay(true);
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                return;
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(router);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-            let _ = tokio::time::timeout(Duration::from_secs(120), conn).await;
-        });
-    }
-    tracing::info!("trust server stopping");
-    Ok(())
 }

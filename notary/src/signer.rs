@@ -30,10 +30,14 @@ pub enum SignerError {
     Storage(String),
     #[error("too many server-held keys for this repository and role")]
     TooManyKeys,
+    /// A remote signer did not answer within its deadline, or could not be reached.
+    #[error("signer unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// Most keys kept per repository and role. Keys are never dropped (the
-/// current root may still list an old one); past this, creation is refused.
+/// Most keys kept per repository and role. Keys the current root lists are never dropped;
+/// the trust server drops the others ([`Signer::drop_unlisted`]) before it asks for a new one,
+/// so only keys in use count towards this cap.
 pub const MAX_KEYS_PER_ROLE: usize = 64;
 
 fn storage(e: impl std::fmt::Display) -> SignerError {
@@ -51,6 +55,13 @@ pub struct HeldKey {
 pub trait Signer: Send + Sync {
     /// Create a new key for `gun`/`role` and return its public part.
     fn create_key(&self, gun: &str, role: &str) -> Result<HeldKey, SignerError>;
+    /// Drop the keys held for `gun`/`role` whose IDs are not in `keep`, except the newest
+    /// (a client may have just fetched it and be about to list it in a new root). Returns how
+    /// many were dropped. A signer that cannot drop keys keeps them.
+    fn drop_unlisted(&self, gun: &str, role: &str, keep: &[String]) -> Result<usize, SignerError> {
+        let _ = (gun, role, keep);
+        Ok(0)
+    }
     /// All keys held for `gun`/`role`, oldest first.
     fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError>;
     /// The newest key held for `gun`/`role` whose ID is one of `keyids` (the role's keys in
@@ -110,12 +121,11 @@ impl MasterKey {
         Ok(MasterKey(DataKey::from_bytes(k)))
     }
 
-    /// Read from a file (which should be mode 0600).
+    /// Read from a file, refused (like the manager's DEK file) unless it is a regular file
+    /// that group and others cannot read.
     pub fn from_file(path: &Path) -> Result<Self, SignerError> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| SignerError::MasterKey(format!("{}: {e}", path.display())))?,
-        );
+        let text = swarmguard_secrets::keyfile::read_private_text(path)
+            .map_err(|e| SignerError::MasterKey(e.to_string()))?;
         Self::decode(&text)
     }
 }
@@ -232,6 +242,36 @@ impl Signer for LocalSigner {
         tx.commit().map_err(storage)?;
         tracing::info!(gun, role, key_id = %id, "created server-held key");
         Ok(HeldKey { id, public })
+    }
+
+    fn drop_unlisted(&self, gun: &str, role: &str, keep: &[String]) -> Result<usize, SignerError> {
+        let tx = self.db.begin_write().map_err(storage)?;
+        let dropped;
+        {
+            let mut t = tx.open_table(KEYS).map_err(storage)?;
+            let key = slot(gun, role);
+            let mut all: Vec<StoredKey> = match t.get(key.as_str()).map_err(storage)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+                None => return Ok(0),
+            };
+            let before = all.len();
+            let newest = all.last().map(|k| k.id.clone());
+            all.retain(|k| keep.contains(&k.id) || Some(&k.id) == newest.as_ref());
+            dropped = before - all.len();
+            if dropped == 0 {
+                return Ok(0);
+            }
+            let bytes = serde_json::to_vec(&all).map_err(storage)?;
+            t.insert(key.as_str(), bytes.as_slice()).map_err(storage)?;
+        }
+        tx.commit().map_err(storage)?;
+        tracing::info!(
+            gun,
+            role,
+            dropped,
+            "dropped server-held keys the root no longer lists"
+        );
+        Ok(dropped)
     }
 
     fn keys(&self, gun: &str, role: &str) -> Result<Vec<HeldKey>, SignerError> {

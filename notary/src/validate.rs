@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::names;
+pub use crate::repo::{RepoState, Write};
 use crate::signer::{HeldKey, Signer, SignerError};
 use crate::tuf::{self, Envelope, FileMeta, Parsed, Root, Snapshot, Targets, Timestamp, TufError};
 
@@ -44,7 +45,7 @@ impl Default for Limits {
 }
 
 /// Why an upload was refused. Every variant is a client error (400) except
-/// [`UpdateError::Signer`].
+/// [`UpdateError::Signer`] and [`UpdateError::Storage`], which are server faults.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     #[error("{role}: {source}")]
@@ -61,6 +62,9 @@ pub enum UpdateError {
     TooLarge(String),
     #[error("signer: {0}")]
     Signer(#[from] SignerError),
+    /// The store failed: a server fault (500), never the client's.
+    #[error(transparent)]
+    Storage(#[from] crate::store::StoreError),
 }
 
 fn inv(msg: impl Into<String>) -> UpdateError {
@@ -72,21 +76,6 @@ fn tuf_err(role: &str) -> impl Fn(TufError) -> UpdateError + '_ {
         role: role.to_string(),
         source,
     }
-}
-
-/// The stored current version of each role of one repository.
-#[derive(Debug, Default, Clone)]
-pub struct RepoState {
-    /// role → (version, raw bytes as stored)
-    pub roles: BTreeMap<String, (u64, Vec<u8>)>,
-}
-
-/// One file to store.
-#[derive(Debug, Clone)]
-pub struct Write {
-    pub role: String,
-    pub version: u64,
-    pub raw: Vec<u8>,
 }
 
 /// Lifetimes of server-generated metadata (Notary's defaults).
@@ -187,6 +176,50 @@ pub fn validate_update(
     now: OffsetDateTime,
     limits: &Limits,
 ) -> Result<Vec<Write>, UpdateError> {
+    check_upload_names(uploads, limits)?;
+    let mut u = Update {
+        gun,
+        state,
+        uploads,
+        limits,
+        now,
+        writes: Vec::new(),
+        after: state
+            .roles
+            .iter()
+            .map(|(r, (_, raw))| (r.clone(), raw.clone()))
+            .collect(),
+    };
+    if u.after.len() + uploads.len() > limits.max_roles {
+        return Err(UpdateError::TooLarge("number of roles".into()));
+    }
+    let root = u.root()?;
+    u.current_targets_still_accepted(&root)?;
+    u.targets_and_delegations(&root)?;
+    if !u.after.contains_key("targets") {
+        return Err(inv("repository has no targets: upload targets.json"));
+    }
+    // An upload that changes no role (an unchanged root re-posted) stores nothing: re-signing
+    // snapshot and timestamp for it would let anyone grow the history without a key.
+    let client_snapshot = uploads.contains_key("snapshot");
+    if u.writes.is_empty() && !client_snapshot {
+        return Ok(Vec::new());
+    }
+    let snapshot_raw = match uploads.get("snapshot") {
+        Some(raw) => u.client_snapshot(&root, raw)?,
+        None => u.server_snapshot(&root, signer)?,
+    };
+    u.after.insert("snapshot".into(), snapshot_raw.clone());
+    let ts = make_timestamp(gun, &root, state, &snapshot_raw, signer, now)?;
+    u.writes.push(ts);
+    Ok(u.writes)
+}
+
+/// Names and sizes of the uploaded files, before any of them is parsed.
+fn check_upload_names(
+    uploads: &BTreeMap<String, Vec<u8>>,
+    limits: &Limits,
+) -> Result<(), UpdateError> {
     if uploads.is_empty() {
         return Err(inv("no metadata in upload"));
     }
@@ -203,73 +236,113 @@ pub fn validate_update(
             return Err(UpdateError::TooLarge(format!("{role} metadata")));
         }
     }
-    let mut writes: Vec<Write> = Vec::new();
-    // The repository as it will be after this update: role → raw bytes.
-    let mut after: BTreeMap<String, Vec<u8>> = state
-        .roles
-        .iter()
-        .map(|(r, (_, raw))| (r.clone(), raw.clone()))
-        .collect();
-    if after.len() + uploads.len() > limits.max_roles {
-        return Err(UpdateError::TooLarge("number of roles".into()));
+    Ok(())
+}
+
+/// One upload being validated, role by role (as Notary's `validateUpdate` delegates per
+/// role): what is stored, what was uploaded, and what will be stored afterwards.
+struct Update<'a> {
+    gun: &'a str,
+    state: &'a RepoState,
+    uploads: &'a BTreeMap<String, Vec<u8>>,
+    limits: &'a Limits,
+    now: OffsetDateTime,
+    /// Files to store, in order.
+    writes: Vec<Write>,
+    /// The repository as it will be after this update: role → raw bytes.
+    after: BTreeMap<String, Vec<u8>>,
+}
+
+impl Update<'_> {
+    /// The root this update is checked against: the uploaded one (validated against the
+    /// stored one) or the stored one.
+    fn root(&mut self) -> Result<Parsed<Root>, UpdateError> {
+        let old_root = match self.state.roles.get("root") {
+            Some((_, raw)) => Some(parse_root(raw, self.limits)?),
+            None => None,
+        };
+        let Some(raw) = self.uploads.get("root") else {
+            return old_root.ok_or_else(|| inv("repository has no root: upload root.json first"));
+        };
+        let new = parse_root(raw, self.limits)?;
+        let unchanged = self
+            .state
+            .roles
+            .get("root")
+            .is_some_and(|(_, old)| old == raw);
+        if !unchanged {
+            validate_new_root(self.gun, old_root.as_ref(), &new, self.now)?;
+            self.writes.push(Write {
+                role: "root".into(),
+                version: new.body.version,
+                raw: raw.clone(),
+            });
+            self.after.insert("root".into(), raw.clone());
+        }
+        Ok(new)
     }
 
-    // ---- root
-    let old_root = match state.roles.get("root") {
-        Some((_, raw)) => Some(parse_root(raw, limits)?),
-        None => None,
-    };
-    let root = match uploads.get("root") {
-        Some(raw) => {
-            let new = parse_root(raw, limits)?;
-            let unchanged = state.roles.get("root").is_some_and(|(_, old)| old == raw);
-            if !unchanged {
-                validate_new_root(gun, old_root.as_ref(), &new, now)?;
-                writes.push(Write {
-                    role: "root".into(),
-                    version: new.body.version,
-                    raw: raw.clone(),
-                });
-                after.insert("root".into(), raw.clone());
-            }
-            new
+    /// A new root that changes the targets keys must come with a targets file they signed:
+    /// the stored one has to verify under the new root.
+    fn current_targets_still_accepted(&self, root: &Parsed<Root>) -> Result<(), UpdateError> {
+        if !self.uploads.contains_key("root") || self.uploads.contains_key("targets") {
+            return Ok(());
         }
-        None => old_root
-            .clone()
-            .ok_or_else(|| inv("repository has no root: upload root.json first"))?,
-    };
-
-    // A new root that changes the targets keys must come with a targets file
-    // they signed: the stored one has to verify under the new root.
-    if uploads.contains_key("root") && !uploads.contains_key("targets") {
-        if let Some((_, raw)) = state.roles.get("targets") {
-            let t = parse_targets("targets", raw, limits)?;
+        if let Some((_, raw)) = self.state.roles.get("targets") {
+            let t = parse_targets("targets", raw, self.limits)?;
             let r = &root.body.roles["targets"];
             tuf::verify_threshold("targets", &t.envelope, &r.keyids, r.threshold, &root.body.keys).map_err(|e| {
                 inv(format!("new root does not accept the current targets (upload a re-signed targets.json): {e}"))
             })?;
         }
+        Ok(())
     }
 
-    // ---- targets and delegations, parents before children
-    let mut parsed_targets: BTreeMap<String, Parsed<Targets>> = BTreeMap::new();
-    let mut upload_roles: Vec<&String> = uploads
-        .keys()
-        .filter(|r| *r == "targets" || names::is_delegation(r))
-        .collect();
-    upload_roles.sort_by_key(|r| r.matches('/').count());
-    if let Some((_, raw)) = state.roles.get("targets") {
-        if !uploads.contains_key("targets") {
-            parsed_targets.insert("targets".into(), parse_targets("targets", raw, limits)?);
+    /// Targets and delegations, parents before children.
+    fn targets_and_delegations(&mut self, root: &Parsed<Root>) -> Result<(), UpdateError> {
+        let mut parsed: BTreeMap<String, Parsed<Targets>> = BTreeMap::new();
+        let mut upload_roles: Vec<&String> = self
+            .uploads
+            .keys()
+            .filter(|r| *r == "targets" || names::is_delegation(r))
+            .collect();
+        upload_roles.sort_by_key(|r| r.matches('/').count());
+        if let Some((_, raw)) = self.state.roles.get("targets") {
+            if !self.uploads.contains_key("targets") {
+                parsed.insert(
+                    "targets".into(),
+                    parse_targets("targets", raw, self.limits)?,
+                );
+            }
         }
+        for role in upload_roles {
+            let raw = &self.uploads[role];
+            let p = self.targets_file(role, raw)?;
+            if role == "targets" {
+                let r = &root.body.roles["targets"];
+                tuf::verify_threshold(role, &p.envelope, &r.keyids, r.threshold, &root.body.keys)
+                    .map_err(tuf_err(role))?;
+            } else {
+                check_delegation(role, &p, &mut parsed, self.state, self.limits)?;
+            }
+            self.writes.push(Write {
+                role: role.clone(),
+                version: p.body.version,
+                raw: raw.clone(),
+            });
+            self.after.insert(role.clone(), raw.clone());
+            parsed.insert(role.clone(), p);
+        }
+        Ok(())
     }
-    for role in upload_roles {
-        let raw = &uploads[role];
-        let p = parse_targets(role, raw, limits)?;
-        if let Some((cur, _)) = state.roles.get(role.as_str()) {
+
+    /// Parse one uploaded targets or delegation file; check version and expiry.
+    fn targets_file(&self, role: &str, raw: &[u8]) -> Result<Parsed<Targets>, UpdateError> {
+        let p = parse_targets(role, raw, self.limits)?;
+        if let Some((cur, _)) = self.state.roles.get(role) {
             if p.body.version <= *cur {
                 return Err(UpdateError::OldVersion {
-                    role: role.clone(),
+                    role: role.to_string(),
                     got: p.body.version,
                     current: *cur,
                 });
@@ -278,119 +351,123 @@ pub fn validate_update(
         if p.body.version == 0 {
             return Err(inv(format!("{role}: version must be at least 1")));
         }
-        tuf::check_expiry(role, &p.body.expires, now).map_err(tuf_err(role))?;
-        if role == "targets" {
-            let r = &root.body.roles["targets"];
-            tuf::verify_threshold(role, &p.envelope, &r.keyids, r.threshold, &root.body.keys)
-                .map_err(tuf_err(role))?;
-        } else {
-            // Walk the chain targets → … → role, checking declaration, keys and paths.
-            let chain = delegation_chain(role, &mut parsed_targets, state, limits)?;
-            let (keys, entry) = chain
-                .last()
-                .cloned()
-                .ok_or_else(|| inv(format!("{role}: no parent")))?;
-            tuf::verify_threshold(role, &p.envelope, &entry.keyids, entry.threshold, &keys)
-                .map_err(tuf_err(role))?;
-            for name in p.body.targets.keys() {
-                if !chain.iter().all(|(_, e)| hash_prefix_ok(name, &e.paths)) {
-                    return Err(inv(format!(
-                        "{role}: target {name:?} is outside the delegated paths"
-                    )));
-                }
-            }
-            // Child delegations must stay inside this role's paths.
-            for child in &p.body.delegations.roles {
-                for path in &child.paths {
-                    if !hash_prefix_ok(path, &entry.paths) {
-                        return Err(inv(format!(
-                            "{role}: delegation {} widens the delegated paths",
-                            child.name
-                        )));
-                    }
-                }
+        tuf::check_expiry(role, &p.body.expires, self.now).map_err(tuf_err(role))?;
+        Ok(p)
+    }
+
+    fn current_snapshot_version(&self) -> u64 {
+        self.state
+            .roles
+            .get("snapshot")
+            .map(|(v, _)| *v)
+            .unwrap_or(0)
+    }
+
+    /// A snapshot signed by the client: newer, unexpired, at threshold, naming exactly the
+    /// repository's files.
+    fn client_snapshot(&mut self, root: &Parsed<Root>, raw: &[u8]) -> Result<Vec<u8>, UpdateError> {
+        let snap_role = &root.body.roles["snapshot"];
+        let current = self.current_snapshot_version();
+        let p: Parsed<Snapshot> = tuf::parse(raw, "Snapshot").map_err(tuf_err("snapshot"))?;
+        check_sig_count("snapshot", &p.envelope, self.limits)?;
+        if p.body.version <= current {
+            return Err(UpdateError::OldVersion {
+                role: "snapshot".into(),
+                got: p.body.version,
+                current,
+            });
+        }
+        tuf::check_expiry("snapshot", &p.body.expires, self.now).map_err(tuf_err("snapshot"))?;
+        tuf::verify_threshold(
+            "snapshot",
+            &p.envelope,
+            &snap_role.keyids,
+            snap_role.threshold,
+            &root.body.keys,
+        )
+        .map_err(tuf_err("snapshot"))?;
+        check_snapshot_meta(&p.body.meta, &self.after)?;
+        self.writes.push(Write {
+            role: "snapshot".into(),
+            version: p.body.version,
+            raw: raw.to_vec(),
+        });
+        Ok(raw.to_vec())
+    }
+
+    /// A snapshot built and signed by the server, which must hold a key the root lists.
+    fn server_snapshot(
+        &mut self,
+        root: &Parsed<Root>,
+        signer: &dyn Signer,
+    ) -> Result<Vec<u8>, UpdateError> {
+        let snap_role = &root.body.roles["snapshot"];
+        let key = held_key(signer, self.gun, "snapshot", &snap_role.keyids)?
+            .ok_or_else(|| {
+                inv("no snapshot in upload and the server does not hold the repository's snapshot key")
+            })?
+            .id;
+        let mut meta = serde_json::Map::new();
+        for (role, raw) in &self.after {
+            if role != "snapshot" && role != "timestamp" {
+                meta.insert(
+                    role.clone(),
+                    serde_json::to_value(tuf::file_meta(raw)).map_err(|e| inv(e.to_string()))?,
+                );
             }
         }
-        writes.push(Write {
-            role: role.clone(),
-            version: p.body.version,
+        let version = self.current_snapshot_version() + 1;
+        let signed = json!({
+            "_type": "Snapshot",
+            "expires": tuf::format_time(self.now + SNAPSHOT_LIFETIME),
+            "meta": Value::Object(meta),
+            "version": version,
+        });
+        let raw = sign_document(signer, self.gun, "snapshot", &key, signed)?;
+        self.writes.push(Write {
+            role: "snapshot".into(),
+            version,
             raw: raw.clone(),
         });
-        after.insert(role.clone(), raw.clone());
-        parsed_targets.insert(role.clone(), p);
+        Ok(raw)
     }
-    if !after.contains_key("targets") {
-        return Err(inv("repository has no targets: upload targets.json"));
+}
+
+/// A delegation: declared by its parent, signed at threshold by the keys the parent lists,
+/// its targets and child delegations inside the paths delegated along the whole chain.
+fn check_delegation(
+    role: &str,
+    p: &Parsed<Targets>,
+    parsed: &mut BTreeMap<String, Parsed<Targets>>,
+    state: &RepoState,
+    limits: &Limits,
+) -> Result<(), UpdateError> {
+    let chain = delegation_chain(role, parsed, state, limits)?;
+    let (keys, entry) = chain
+        .last()
+        .cloned()
+        .ok_or_else(|| inv(format!("{role}: no parent")))?;
+    tuf::verify_threshold(role, &p.envelope, &entry.keyids, entry.threshold, &keys)
+        .map_err(tuf_err(role))?;
+    for name in p.body.targets.keys() {
+        if !chain.iter().all(|(_, e)| hash_prefix_ok(name, &e.paths)) {
+            return Err(inv(format!(
+                "{role}: target {name:?} is outside the delegated paths"
+            )));
+        }
     }
-
-    // ---- snapshot
-    let snap_role = &root.body.roles["snapshot"];
-    let current_snapshot_version = state.roles.get("snapshot").map(|(v, _)| *v).unwrap_or(0);
-    let snapshot_raw = match uploads.get("snapshot") {
-        Some(raw) => {
-            let p: Parsed<Snapshot> = tuf::parse(raw, "Snapshot").map_err(tuf_err("snapshot"))?;
-            check_sig_count("snapshot", &p.envelope, limits)?;
-            if p.body.version <= current_snapshot_version {
-                return Err(UpdateError::OldVersion {
-                    role: "snapshot".into(),
-                    got: p.body.version,
-                    current: current_snapshot_version,
-                });
+    // Child delegations must stay inside this role's paths.
+    for child in &p.body.delegations.roles {
+        for path in &child.paths {
+            if !hash_prefix_ok(path, &entry.paths) {
+                return Err(inv(format!(
+                    "{role}: delegation {} widens the delegated paths",
+                    child.name
+                )));
             }
-            tuf::check_expiry("snapshot", &p.body.expires, now).map_err(tuf_err("snapshot"))?;
-            tuf::verify_threshold(
-                "snapshot",
-                &p.envelope,
-                &snap_role.keyids,
-                snap_role.threshold,
-                &root.body.keys,
-            )
-            .map_err(tuf_err("snapshot"))?;
-            check_snapshot_meta(&p.body.meta, &after)?;
-            writes.push(Write {
-                role: "snapshot".into(),
-                version: p.body.version,
-                raw: raw.clone(),
-            });
-            raw.clone()
         }
-        None => {
-            let key = held_key(signer, gun, "snapshot", &snap_role.keyids)?
-                .ok_or_else(|| {
-                    inv("no snapshot in upload and the server does not hold the repository's snapshot key")
-                })?
-                .id;
-            let mut meta = serde_json::Map::new();
-            for (role, raw) in &after {
-                if role != "snapshot" && role != "timestamp" {
-                    meta.insert(
-                        role.clone(),
-                        serde_json::to_value(tuf::file_meta(raw))
-                            .map_err(|e| inv(e.to_string()))?,
-                    );
-                }
-            }
-            let signed = json!({
-                "_type": "Snapshot",
-                "expires": tuf::format_time(now + SNAPSHOT_LIFETIME),
-                "meta": Value::Object(meta),
-                "version": current_snapshot_version + 1,
-            });
-            let raw = sign_document(signer, gun, "snapshot", &key, signed)?;
-            writes.push(Write {
-                role: "snapshot".into(),
-                version: current_snapshot_version + 1,
-                raw: raw.clone(),
-            });
-            raw
-        }
-    };
-    after.insert("snapshot".into(), snapshot_raw.clone());
-
-    // ---- timestamp
-    let ts = make_timestamp(gun, &root, state, &snapshot_raw, signer, now)?;
-    writes.push(ts);
-    Ok(writes)
+    }
+    Ok(())
 }
 
 /// Build a new timestamp over `snapshot_raw`, version = current + 1.

@@ -720,8 +720,9 @@ async fn key_endpoints_get_is_stable_post_rotates() {
     let c: swarmguard_notary::tuf::PublicKey = serde_json::from_slice(&body).unwrap();
     assert_ne!(a, c);
     assert_eq!(s.server_key(GUN, "timestamp").await, c);
-    // Rotation is bounded (keys are never dropped): past the cap, a clear 400.
-    for _ in 2..swarmguard_notary::signer::MAX_KEYS_PER_ROLE {
+    // Key creation is rate limited per repository (10 an hour by default; the first GET
+    // and the POST above were two): past the limit, a clear 429.
+    for _ in 2..10 {
         let (st, _) = s
             .request(
                 "POST",
@@ -740,7 +741,7 @@ async fn key_endpoints_get_is_stable_post_rotates() {
             vec![],
         )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     let (st, _) = s.get(&format!("/v2/{GUN}/_trust/tuf/targets.key")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = s.get("/v2/").await;
@@ -768,15 +769,11 @@ async fn key_endpoints_get_is_stable_post_rotates() {
     assert_eq!(st, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn structurally_invalid_metadata_refused() {
-    let s = Server::new();
-    let repo = Repo::create(&s, GUN).await;
-    let before = snap(&s, GUN).await;
+/// Targets files with structural problems, each correctly signed by the targets key.
+fn malformed_targets(repo: &Repo) -> Vec<(&'static str, Vec<u8>)> {
     let alice = TestKey::new();
     let (aid, akv) = key_entry(&alice.public);
 
-    // Targets-level problems, each correctly signed by the targets key.
     let mut many_sigs: Value = serde_json::from_slice(&repo.targets_v(2, json!({}))).unwrap();
     let sig = many_sigs["signatures"][0].clone();
     many_sigs["signatures"] = Value::Array(vec![sig; 33]);
@@ -785,7 +782,7 @@ async fn structurally_invalid_metadata_refused() {
     for i in 0..257 {
         many_roles.push(json!({"keyids": [aid], "name": format!("targets/r{i}"), "paths": [""], "threshold": 1}));
     }
-    let cases: Vec<(&str, Vec<u8>)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("33 signatures", serde_json::to_vec(&many_sigs).unwrap()),
         (
             "nesting deeper than the parser allows",
@@ -858,6 +855,14 @@ async fn structurally_invalid_metadata_refused() {
                 &[&repo.targets],
             ),
         ),
+    ];
+    cases.extend(malformed_target_entries(repo));
+    cases
+}
+
+/// Targets files whose entries or header are malformed, correctly signed.
+fn malformed_target_entries(repo: &Repo) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
         (
             "target without hashes",
             doc(
@@ -894,13 +899,11 @@ async fn structurally_invalid_metadata_refused() {
                 &[&repo.targets],
             ),
         ),
-    ];
-    for (what, raw) in cases {
-        let (st, b) = s.post(GUN, &[("targets", &raw)]).await;
-        refused(&s, GUN, st, &b, &before, what).await;
-    }
+    ]
+}
 
-    // Root-level problems, each correctly signed by the root key.
+/// Root files with structural problems, each correctly signed by the root key.
+fn malformed_roots(repo: &Repo) -> Vec<(&'static str, Value)> {
     let base = || {
         root_signed(
             2,
@@ -929,13 +932,25 @@ async fn structurally_invalid_metadata_refused() {
         .unwrap();
     wrong_id["keys"]["ab".repeat(32)] = moved;
     wrong_id["roles"]["targets"]["keyids"] = json!(["ab".repeat(32)]);
-    for (what, signed) in [
+    vec![
         ("root without a snapshot role", missing_role),
         ("root with an extra role", extra_role),
         ("root role naming an unknown key", unknown_key),
         ("root role with threshold 0", zero_threshold),
         ("root key under a wrong ID", wrong_id),
-    ] {
+    ]
+}
+
+#[tokio::test]
+async fn structurally_invalid_metadata_refused() {
+    let s = Server::new();
+    let repo = Repo::create(&s, GUN).await;
+    let before = snap(&s, GUN).await;
+    for (what, raw) in malformed_targets(&repo) {
+        let (st, b) = s.post(GUN, &[("targets", &raw)]).await;
+        refused(&s, GUN, st, &b, &before, what).await;
+    }
+    for (what, signed) in malformed_roots(&repo) {
         let (st, b) = s.post(GUN, &[("root", &doc(signed, &[&repo.root]))]).await;
         refused(&s, GUN, st, &b, &before, what).await;
     }

@@ -86,6 +86,14 @@ pub fn load_or_create_dek(path: &Path) -> Result<DataKey, KeyFileError> {
 
 /// Loads an existing DEK file, checking its permissions and format.
 pub fn load_dek(path: &Path) -> Result<DataKey, KeyFileError> {
+    let text = read_private_text(path)?;
+    parse(path, &text)
+}
+
+/// Reads a small secret text file (at most 4 KiB) that must be a regular file readable by its
+/// owner only (no group/other bits), as the DEK file must be. Other key files (the trust
+/// signer's master key) go through the same check.
+pub fn read_private_text(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
     let lmeta = fs::symlink_metadata(path).map_err(io_err(path))?;
     if !lmeta.file_type().is_file() {
         return Err(KeyFileError::NotRegularFile {
@@ -130,7 +138,7 @@ pub fn load_dek(path: &Path) -> Result<DataKey, KeyFileError> {
             len: text.len() as u64,
         });
     }
-    parse(path, &text)
+    Ok(text)
 }
 
 fn format_err(path: &Path, reason: impl Into<String>) -> KeyFileError {

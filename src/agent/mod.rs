@@ -168,31 +168,24 @@ pub fn validate(
     verifier
         .verify_server_cert(&certs[0], &certs[1..], &name, &[], UnixTime::now())
         .map_err(|e| bad(format!("does not chain to the cluster root: {e}")))?;
-    let (_, x) = X509Certificate::from_der(certs[0].as_ref()).map_err(|e| bad(e.to_string()))?;
-    let s = x.subject();
-    let first =
-        |mut it: Box<dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>> + '_>| {
-            it.next()
-                .and_then(|a| a.as_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
-    let cn = first(Box::new(s.iter_common_name()));
-    let ou = first(Box::new(s.iter_organizational_unit()));
-    let org = first(Box::new(s.iter_organization()));
-    if cn != node_id || org.is_empty() {
-        return Err(bad(format!("subject names CN={cn} O={org}")));
+    // The subject rules are the CA crate's, the same the manager applies.
+    let id =
+        swarmguard_ca::read_node_certificate(certs[0].as_ref()).map_err(|e| bad(e.to_string()))?;
+    if id.node_id != node_id {
+        return Err(bad(format!(
+            "subject names CN={} O={}",
+            id.node_id, id.cluster_id
+        )));
     }
-    let role = NodeRole::from_ou(&ou).ok_or_else(|| bad(format!("unknown OU {ou:?}")))?;
     Ok(Credentials {
-        node_id: cn,
-        role,
-        cluster_id: org,
+        node_id: id.node_id,
+        role: id.role,
+        cluster_id: id.cluster_id,
         root_pem: root_pem.to_vec(),
         cert_pem: cert_pem.to_vec(),
         key_pem,
-        not_before: x.validity().not_before.to_datetime().into(),
-        not_after: x.validity().not_after.to_datetime().into(),
+        not_before: id.not_before,
+        not_after: id.not_after,
     })
 }
 
@@ -267,22 +260,10 @@ pub fn load(dir: &Path) -> Result<(Credentials, SocketAddr), AgentError> {
             path: p,
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no manager address"),
         })?;
-    let (_, x) = {
-        let der = crate::tls::certs_from_pem(&cert, "swarm-node.crt")
-            .map_err(|e| AgentError::BadCertificate(e.to_string()))?;
-        let der = der[0].as_ref().to_vec();
-        let (_, x) = X509Certificate::from_der(&der)
-            .map_err(|e| AgentError::BadCertificate(e.to_string()))?;
-        let cn = x
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|a| a.as_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        ((), cn)
-    };
-    Ok((validate(&root, &cert, key, &x)?, manager))
+    let node_id = swarmguard_ca::read_node_certificate(&cert)
+        .map_err(|e| AgentError::BadCertificate(e.to_string()))?
+        .node_id;
+    Ok((validate(&root, &cert, key, &node_id)?, manager))
 }
 
 /// How a running agent behaves; tests shorten the renewal point.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dockerd;
+pub mod hostile;
 pub mod manager;
 pub mod notary_cli;
 pub mod registry;
@@ -164,7 +165,7 @@ pub fn wait_ready_file(proc: &mut Proc, path: &Path) -> u16 {
     port
 }
 
-/// Write a fresh random 32-byte signer master key (hex) to `path`.
+/// Write a fresh random 32-byte signer master key (hex) to `path`, mode 0600.
 pub fn write_master_key(path: &Path) {
     let mut raw = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw).unwrap();
@@ -173,6 +174,8 @@ pub fn write_master_key(path: &Path) {
         raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     )
     .unwrap();
+    // Key files readable by group or others are refused.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// Run a command to completion with a timeout; returns its output.

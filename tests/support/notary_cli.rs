@@ -14,6 +14,8 @@ pub struct NotaryCli {
     pub trust_dir: PathBuf,
     server: String,
     ca: PathBuf,
+    /// NOTARY_AUTH (base64 of user:password), if set.
+    auth: Option<String>,
 }
 
 impl NotaryCli {
@@ -24,7 +26,16 @@ impl NotaryCli {
             trust_dir: trust_dir.to_path_buf(),
             server: server.into(),
             ca: ca.into(),
+            auth: None,
         }
+    }
+
+    /// Log in to the trust server's token service as `user` (NOTARY_AUTH).
+    pub fn with_auth(mut self, user: &str, password: &str) -> NotaryCli {
+        use base64::Engine as _;
+        self.auth =
+            Some(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        self
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
@@ -35,8 +46,11 @@ impl NotaryCli {
             .env("NOTARY_ROOT_PASSPHRASE", PASSPHRASE)
             .env("NOTARY_TARGETS_PASSPHRASE", PASSPHRASE)
             .env("NOTARY_SNAPSHOT_PASSPHRASE", PASSPHRASE)
-            .env("NOTARY_DELEGATION_PASSPHRASE", PASSPHRASE)
-            .arg("-d")
+            .env("NOTARY_DELEGATION_PASSPHRASE", PASSPHRASE);
+        if let Some(a) = &self.auth {
+            c.env("NOTARY_AUTH", a);
+        }
+        c.arg("-d")
             .arg(&self.trust_dir)
             .arg("-s")
             .arg(&self.server)

@@ -13,6 +13,27 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path) -> Registry {
+        Self::start_cfg(dir, "")
+    }
+
+    /// With `auth: token` against a token service (docker-registry 2.8's option keys).
+    pub fn start_token(
+        dir: &Path,
+        realm: &str,
+        service: &str,
+        issuer: &str,
+        bundle: &Path,
+    ) -> Registry {
+        Self::start_cfg(
+            dir,
+            &format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                bundle.display()
+            ),
+        )
+    }
+
+    fn start_cfg(dir: &Path, extra: &str) -> Registry {
         let bin = require_bin("docker-registry");
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         for _attempt in 0..5 {
@@ -21,7 +42,7 @@ impl Registry {
             std::fs::write(
                 &cfg,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                     dir.join("storage").display()
                 ),
             )

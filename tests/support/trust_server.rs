@@ -16,6 +16,8 @@ pub struct TrustServer {
     dir: PathBuf,
     restarts: u32,
     extra: Vec<String>,
+    /// Pass --signer-key-file (the in-process signer) besides `extra`.
+    local_key: bool,
 }
 
 impl TrustServer {
@@ -26,6 +28,12 @@ impl TrustServer {
 
     /// Start with extra command-line arguments (e.g. a remote signer).
     pub fn start_with(dir: &Path, extra: Vec<String>) -> TrustServer {
+        let local_key = extra.is_empty();
+        Self::start_opts(dir, extra, local_key)
+    }
+
+    /// Start with extra arguments, and the in-process signer's key file when `local_key`.
+    pub fn start_opts(dir: &Path, extra: Vec<String>, local_key: bool) -> TrustServer {
         std::fs::create_dir_all(dir).unwrap();
         let (cert, key) = super::make_server_cert(dir, &["tls-probe.invalid"]);
         let master_key = dir.join("signer.key");
@@ -40,6 +48,7 @@ impl TrustServer {
             dir: dir.to_path_buf(),
             restarts: 0,
             extra,
+            local_key,
         };
         s.proc = s.spawn(0, 0);
         s.port = s.wait_ready(0);
@@ -61,11 +70,10 @@ impl TrustServer {
             .arg("--ready-file")
             .arg(self.dir.join(format!("ready-{n}")))
             .env("RUST_LOG", "info");
-        if self.extra.is_empty() {
+        if self.local_key {
             cmd.arg("--signer-key-file").arg(&self.master_key);
-        } else {
-            cmd.args(&self.extra);
         }
+        cmd.args(&self.extra);
         Proc::spawn(
             "trust-server",
             cmd,
@@ -75,6 +83,16 @@ impl TrustServer {
 
     fn wait_ready(&mut self, n: u32) -> u16 {
         wait_ready_file(&mut self.proc, &self.dir.join(format!("ready-{n}")))
+    }
+
+    /// The built-in token service's signing certificate (a registry's rootcertbundle).
+    pub fn token_cert(&self) -> PathBuf {
+        self.data_dir.join("token-signing.crt")
+    }
+
+    /// The built-in token service's realm on this server.
+    pub fn realm(&self) -> String {
+        format!("{}/auth/token", self.url())
     }
 
     pub fn url(&self) -> String {

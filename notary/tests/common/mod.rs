@@ -176,6 +176,24 @@ impl Server {
         Self::with_options(limits, true)
     }
 
+    /// With a given retention and server options (auth off).
+    pub fn custom(
+        retention: swarmguard_notary::store::Retention,
+        tune: impl FnOnce(&mut swarmguard_notary::server::Options),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), retention).unwrap();
+        let master = MasterKey::decode(&B64.encode([0x42u8; 32])).unwrap();
+        let signer = Arc::new(LocalSigner::new(store.database(), master).unwrap());
+        let limits = Limits::default();
+        let mut opts = swarmguard_notary::server::Options::for_limits(&limits, true);
+        tune(&mut opts);
+        Server {
+            router: router(App::with(store, signer, limits, opts, None, None)),
+            _dir: dir,
+        }
+    }
+
     pub fn with_options(limits: Limits, allow_delete: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
