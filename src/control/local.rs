@@ -174,7 +174,7 @@ impl LocalIdentity {
 
     /// NotBefore and NotAfter of this node's certificate.
     pub fn certificate_validity(data_dir: &Path) -> io::Result<(SystemTime, SystemTime)> {
-        let pem = fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))?;
+        let pem = Self::read_certificate(data_dir)?;
         let id = swarmguard_ca::read_node_certificate(&pem).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("swarm-node.crt: {e}"))
         })?;
@@ -202,11 +202,16 @@ impl LocalIdentity {
         Ok(identity)
     }
 
+    /// This node's certificate as it is on disk now.
+    pub fn read_certificate(data_dir: &Path) -> io::Result<Vec<u8>> {
+        fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))
+    }
+
     /// This node's certificate and key as they are on disk now.
     pub fn read_pair(data_dir: &Path) -> io::Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)> {
-        let dir = data_dir.join(CERT_DIR);
-        let cert = fs::read(dir.join("swarm-node.crt"))?;
-        let key = zeroize::Zeroizing::new(fs::read(dir.join("swarm-node.key"))?);
+        let cert = Self::read_certificate(data_dir)?;
+        let key =
+            zeroize::Zeroizing::new(fs::read(data_dir.join(CERT_DIR).join("swarm-node.key"))?);
         Ok((cert, key))
     }
 

@@ -137,12 +137,16 @@ impl Security {
         let Some(cluster) = records::get::<ClusterRecord>(store, CLUSTER_KEY)? else {
             return Ok(false);
         };
-        let (cert, key) = LocalIdentity::read_pair(data_dir)
+        // The supervisor asks several times a second: the certificate decides, and the key is
+        // read (and parsed into a TLS config) only when something changed.
+        let cert = LocalIdentity::read_certificate(data_dir)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root_pem = cluster.record.root_ca_pem.as_bytes();
         if fingerprint(root_pem, &cert) == current.fingerprint {
             return Ok(false);
         }
+        let (cert, key) = LocalIdentity::read_pair(data_dir)
+            .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root = if root_pem == current.root_pem.as_slice() {
             current.root.clone()
         } else {
