@@ -46,12 +46,7 @@ pub struct PortContext {
 impl PortContext {
     /// The cluster record and its version.
     pub fn cluster(&self) -> Result<ClusterView, Status> {
-        self.control.cluster().map_err(|e| match e {
-            ControlError::NotManager => {
-                Status::failed_precondition("this manager is not part of a swarm")
-            }
-            other => status(other),
-        })
+        self.control.cluster().map_err(status)
     }
 }
 
