@@ -138,6 +138,9 @@ pub enum CaError {
     /// The key does not belong to the certificate.
     #[error("root CA key does not match the certificate's public key; supply the key that was used to create this root")]
     KeyMismatch,
+    /// The root is trusted only: its key is held by an external CA.
+    #[error("this cluster's root CA key is held by an external CA; certificates are signed there")]
+    NoRootKey,
     /// A node certificate could not be read.
     #[error("node certificate rejected: {0}")]
     BadNodeCertificate(&'static str),
@@ -147,4 +150,57 @@ pub enum CaError {
     /// A node certificate is outside its validity window.
     #[error("node certificate is expired or not yet valid; renew it or check the clock")]
     CertificateNotValidNow,
+}
+
+/// Why a certificate an external CA returned was refused (see `check_issued_certificate`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CertCheckError {
+    /// Larger than any node certificate.
+    #[error("the certificate is larger than 64 KiB")]
+    TooLarge,
+    /// Not exactly one PEM CERTIFICATE block.
+    #[error("expected exactly one PEM certificate")]
+    NotOneCertificate,
+    /// Not a well-formed X.509 certificate.
+    #[error("not a well-formed X.509 certificate")]
+    Malformed,
+    /// Issued by another CA than the cluster root.
+    #[error("issued by {found:?}, not by the cluster's root CA")]
+    WrongIssuer {
+        /// The issuer name found.
+        found: String,
+    },
+    /// The issuer name matches but the root's key did not sign it.
+    #[error("its signature does not verify with the cluster root's key")]
+    BadSignature,
+    /// It certifies another key than the node's CSR.
+    #[error("it certifies a different public key than the node's CSR")]
+    WrongKey,
+    /// Subject other than exactly O=cluster, OU=role, CN=node.
+    #[error("subject {found:?} is not the one asked for (O=cluster ID, OU=role, CN=node ID)")]
+    WrongSubject {
+        /// The subject found.
+        found: String,
+    },
+    /// SANs other than exactly the DNS names asked for.
+    #[error("subject alternative names [{found}] are not the ones asked for")]
+    WrongSans {
+        /// The names found.
+        found: String,
+    },
+    /// Lacks serverAuth or clientAuth.
+    #[error("missing the serverAuth and clientAuth extended key usages")]
+    MissingEku,
+    /// A CA certificate where a node certificate was asked for.
+    #[error("it is a CA certificate")]
+    IsCa,
+    /// Expired or not yet valid.
+    #[error("it is expired or not yet valid")]
+    NotValidNow,
+    /// Valid beyond the cluster's certificate expiry (or beyond the root).
+    #[error("it is valid until {not_after}, beyond the cluster's certificate expiry")]
+    TooLong {
+        /// NotAfter found.
+        not_after: String,
+    },
 }

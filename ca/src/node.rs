@@ -83,7 +83,7 @@ pub struct NodeIdentity {
 }
 
 /// A cluster ID is an ID, or `FIPS.` + an ID in FIPS-mandated clusters.
-fn is_valid_cluster_id(id: &str) -> bool {
+pub(crate) fn is_valid_cluster_id(id: &str) -> bool {
     is_valid_id(id.strip_prefix("FIPS.").unwrap_or(id))
 }
 
@@ -102,6 +102,7 @@ impl RootCa {
         cluster_id: &str,
         expiry: StdDuration,
     ) -> Result<IssuedCertificate, CaError> {
+        let issuer = self.issuer.as_ref().ok_or(CaError::NoRootKey)?;
         if !is_valid_id(node_id) {
             return Err(CaError::InvalidNodeId);
         }
@@ -147,7 +148,7 @@ impl RootCa {
         params.use_authority_key_identifier_extension = true;
         params.key_identifier_method = KeyIdMethod::PreSpecified(key.ski.clone());
 
-        let cert = params.signed_by(&key.spki, &self.issuer).map_err(signing)?;
+        let cert = params.signed_by(&key.spki, issuer).map_err(signing)?;
         Ok(IssuedCertificate {
             cert_pem: pem::encode("CERTIFICATE", cert.der()).to_vec(),
             not_after: not_after.into(),

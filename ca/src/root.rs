@@ -38,7 +38,8 @@ pub struct RootCa {
     pub(crate) spki_der: Vec<u8>,
     pub(crate) not_after: OffsetDateTime,
     pub(crate) digest: [u8; 32],
-    pub(crate) issuer: Issuer<'static, P256Key>,
+    /// `None` for a root whose key lives elsewhere (an external CA): trust only.
+    pub(crate) issuer: Option<Issuer<'static, P256Key>>,
 }
 
 impl RootCa {
@@ -105,6 +106,38 @@ impl RootCa {
         Self::assemble(cert_pem.to_vec(), der, key)
     }
 
+    /// Loads a root whose key this manager never holds (an external CA's certificate): it is
+    /// trusted and pinned by tokens, and [`RootCa::issue_node_certificate`] answers
+    /// [`CaError::NoRootKey`]. Checks: exactly one PEM certificate, self-signed, CA:TRUE, valid
+    /// now. The key may be ECDSA or RSA, as cfssl CAs often are.
+    pub fn from_cert_pem(cert_pem: &[u8]) -> Result<RootCa, CaError> {
+        let bad = CaError::BadRootCertificate;
+        let der = match pem::single_block(cert_pem, SectionKind::Certificate) {
+            Single::Found(der) => der.to_vec(),
+            _ => return Err(bad("expected exactly one PEM CERTIFICATE block")),
+        };
+        let (rest, cert) =
+            X509Certificate::from_der(&der).map_err(|_| bad("not a valid X.509 certificate"))?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes after the certificate"));
+        }
+        check_root_shape(&cert)?;
+        Ok(RootCa {
+            digest: sha256(cert_pem),
+            cert_pem: cert_pem.to_vec(),
+            subject_der: cert.tbs_certificate.subject.as_raw().to_vec(),
+            spki_der: cert.public_key().raw.to_vec(),
+            not_after: cert.validity().not_after.to_datetime(),
+            cert_der: der,
+            issuer: None,
+        })
+    }
+
+    /// Whether this manager holds the root's key (an internal CA) or only trusts it.
+    pub fn has_key(&self) -> bool {
+        self.issuer.is_some()
+    }
+
     fn assemble(cert_pem: Vec<u8>, cert_der: Vec<u8>, key: P256Key) -> Result<RootCa, CaError> {
         let bad = CaError::BadRootCertificate;
         let (rest, cert) = X509Certificate::from_der(&cert_der)
@@ -112,18 +145,7 @@ impl RootCa {
         if !rest.is_empty() {
             return Err(bad("trailing bytes after the certificate"));
         }
-        match cert.basic_constraints() {
-            Ok(Some(bc)) if bc.value.ca => {}
-            _ => return Err(bad("not a CA certificate (needs BasicConstraints CA:TRUE)")),
-        }
-        if cert.tbs_certificate.issuer.as_raw() != cert.tbs_certificate.subject.as_raw()
-            || cert.verify_signature(None).is_err()
-        {
-            return Err(bad("not self-signed; only root certificates can be loaded"));
-        }
-        if !cert.validity().is_valid() {
-            return Err(bad("expired or not yet valid"));
-        }
+        check_root_shape(&cert)?;
         let has_ski = cert.iter_extensions().any(|e| {
             matches!(
                 e.parsed_extension(),
@@ -160,7 +182,7 @@ impl RootCa {
             subject_der,
             spki_der,
             not_after,
-            issuer,
+            issuer: Some(issuer),
         };
         root.check_issuer_name()?;
         Ok(root)
@@ -170,12 +192,15 @@ impl RootCa {
     /// SwarmKit nodes) match issuer to root by raw bytes, so prove once that
     /// what we write as issuer is byte-identical to the root's subject.
     fn check_issuer_name(&self) -> Result<(), CaError> {
+        let Some(issuer) = &self.issuer else {
+            return Ok(());
+        };
         let probe = P256Key::generate()?;
         let mut params = CertificateParams::default();
         params.not_before = OffsetDateTime::now_utc();
         params.not_after = params.not_before + Duration::minutes(1);
         params.serial_number = Some(SerialNumber::from_slice(&[1]));
-        let cert = params.signed_by(&probe, &self.issuer).map_err(signing)?;
+        let cert = params.signed_by(&probe, issuer).map_err(signing)?;
         let (_, parsed) = X509Certificate::from_der(cert.der())
             .map_err(|_| CaError::Signing("probe certificate unreadable".into()))?;
         if parsed.tbs_certificate.issuer.as_raw() != self.subject_der.as_slice() {
@@ -200,8 +225,11 @@ impl RootCa {
 
     /// A copy of the private key as PKCS#8 DER, to be stored encrypted
     /// (e.g. in the replicated cluster state). Zeroized when dropped.
-    pub fn key_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(self.issuer.key().pkcs8().to_vec())
+    /// `None` for a trust-only root ([`RootCa::from_cert_pem`]).
+    pub fn key_pkcs8_der(&self) -> Option<Zeroizing<Vec<u8>>> {
+        self.issuer
+            .as_ref()
+            .map(|i| Zeroizing::new(i.key().pkcs8().to_vec()))
     }
 
     /// SHA-256 of [`RootCa::cert_pem`]: the digest in join tokens.
@@ -231,9 +259,34 @@ impl fmt::Debug for RootCa {
         f.debug_struct("RootCa")
             .field("digest", &digest)
             .field("not_after", &self.not_after)
-            .field("key", &"[redacted]")
+            .field(
+                "key",
+                &if self.issuer.is_some() {
+                    "[redacted]"
+                } else {
+                    "none (trust only)"
+                },
+            )
             .finish()
     }
+}
+
+/// What every root must be: a self-signed CA certificate, valid now.
+fn check_root_shape(cert: &X509Certificate<'_>) -> Result<(), CaError> {
+    let bad = CaError::BadRootCertificate;
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        _ => return Err(bad("not a CA certificate (needs BasicConstraints CA:TRUE)")),
+    }
+    if cert.tbs_certificate.issuer.as_raw() != cert.tbs_certificate.subject.as_raw()
+        || cert.verify_signature(None).is_err()
+    {
+        return Err(bad("not self-signed; only root certificates can be loaded"));
+    }
+    if !cert.validity().is_valid() {
+        return Err(bad("expired or not yet valid"));
+    }
+    Ok(())
 }
 
 /// Key identifier as cfssl's `ComputeSKI`: SHA-1 over the public key bits.

@@ -119,7 +119,7 @@ fn openssl_accepts_created_root() {
 #[test]
 fn round_trip_through_pem_and_der_keys() {
     let root = RootCa::create().unwrap();
-    let der_key = root.key_pkcs8_der();
+    let der_key = root.key_pkcs8_der().unwrap();
     let again = RootCa::from_pem(root.cert_pem(), &der_key).unwrap();
     assert_eq!(again.digest(), root.digest());
     assert_eq!(again.cert_der(), root.cert_der());
@@ -159,7 +159,7 @@ fn imports_openssl_made_root_keeping_exact_bytes() {
 #[test]
 fn import_rejections() {
     let root = RootCa::create().unwrap();
-    let key = root.key_pkcs8_der();
+    let key = root.key_pkcs8_der().unwrap();
     let other_key = fixture("other-ca.key");
 
     // Key from another root.
@@ -214,7 +214,7 @@ fn debug_never_shows_key_material() {
     let root = RootCa::create().unwrap();
     let dbg = format!("{root:?}");
     assert!(dbg.contains("redacted"), "{dbg}");
-    let key = root.key_pkcs8_der();
+    let key = root.key_pkcs8_der().unwrap();
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     assert!(!dbg.contains(&hex[hex.len() - 40..]));
     assert!(!dbg.contains(&format!("{:?}", &key[key.len() - 8..])));
