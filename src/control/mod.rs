@@ -8,6 +8,7 @@
 //! in here and map [`ControlError`] to their own answers; this layer never sees HTTP or gRPC.
 
 pub mod error;
+pub mod external;
 pub mod filters;
 pub mod local;
 pub mod nodes;
@@ -272,7 +273,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let key = control.root_ca().unwrap().key_pkcs8_der();
+        let key = control.root_ca().unwrap().key_pkcs8_der().unwrap();
         store.shutdown().await.unwrap();
         drop(control);
 

@@ -434,15 +434,18 @@ impl Control {
         let (key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
         let checked = swarmguard_ca::check_csr(&csr)
             .map_err(|e| ControlError::internal("this manager's own CSR", e))?;
+        // Through the signer, so a manager of an external-CA cluster renews at the external CA.
         let issued = material
-            .root
-            .issue_node_certificate(
-                &checked,
-                &node_id,
-                NodeRole::Manager,
-                &material.cluster_id,
-                self.node_cert_expiry(),
-            )
+            .signer
+            .sign(super::signer::SignRequest {
+                csr: checked,
+                csr_pem: csr,
+                node_id: node_id.clone(),
+                role: NodeRole::Manager,
+                cluster_id: material.cluster_id.clone(),
+                expiry: self.node_cert_expiry(),
+            })
+            .await
             .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
         LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
             .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;

@@ -16,10 +16,11 @@ use swarmguard_ca::RootCa;
 use zeroize::Zeroizing;
 
 use super::error::ControlError;
+use super::external;
 use super::local::{self, LocalIdentity};
 use super::records::{self, ClusterRecord, RootCaRecord, CLUSTER_KEY, ROOT_CA_KEY};
-use super::signer::{InternalCa, NodeSigner};
-use super::types::TlsInfo;
+use super::signer::NodeSigner;
+use super::types::{Spec, TlsInfo};
 use crate::store::Store;
 
 /// One consistent set of security material. Replaced whole, never edited.
@@ -52,10 +53,18 @@ pub struct Security {
     current: RwLock<Option<Arc<Material>>>,
 }
 
-fn fingerprint(root_pem: &[u8], cert_pem: &[u8]) -> [u8; 32] {
+/// What the material is built from: the root, this manager's certificate and the external CA
+/// configuration (a `swarm update --external-ca` changes the signer).
+fn fingerprint(root_pem: &[u8], cert_pem: &[u8], spec: &Spec) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(root_pem);
-    ctx.update(cert_pem);
+    for part in [
+        root_pem,
+        cert_pem,
+        &serde_json::to_vec(&spec.ca_config.external_cas).unwrap_or_default(),
+    ] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
     let mut fp = [0u8; 32];
     fp.copy_from_slice(ctx.finish().as_ref());
     fp
@@ -91,22 +100,29 @@ impl Security {
         *self.current.write().expect("security lock") = None;
     }
 
-    /// Builds the material from its parts, checking that the key is the certificate's.
+    /// Builds the material from its parts, checking that the key is the certificate's; the
+    /// signer is the spec's external CAs for this root if any, else the internal CA.
     pub fn build(
         cluster_id: String,
         identity: LocalIdentity,
         root: Arc<RootCa>,
         cert_pem: Vec<u8>,
         key_pem: &[u8],
+        spec: &Spec,
     ) -> Result<Material, ControlError> {
         let root_pem = root.cert_pem().to_vec();
         let server_config = crate::tls::server_config(&root_pem, &cert_pem, key_pem)
             .map_err(|e| ControlError::internal("cannot build the cluster port's TLS", e))?;
+        let signer = external::signer_for(
+            spec,
+            &root,
+            (cert_pem.clone(), Zeroizing::new(key_pem.to_vec())),
+        );
         Ok(Material {
             cluster_id,
             identity,
-            fingerprint: fingerprint(&root_pem, &cert_pem),
-            signer: Arc::new(InternalCa(root.clone())),
+            fingerprint: fingerprint(&root_pem, &cert_pem, spec),
+            signer,
             root,
             root_pem,
             cert_pem,
@@ -125,7 +141,15 @@ impl Security {
             .map_err(|e| ControlError::internal("cannot load this manager's identity", e))?;
         let (cert, key) = LocalIdentity::read_pair(data_dir)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
-        Self::build(cluster.record.id.clone(), identity, root, cert, &key).map(Some)
+        Self::build(
+            cluster.record.id.clone(),
+            identity,
+            root,
+            cert,
+            &key,
+            &cluster.record.spec,
+        )
+        .map(Some)
     }
 
     /// Rebuilds the material if the root in the store or this manager's certificate on disk
@@ -142,7 +166,7 @@ impl Security {
         let cert = LocalIdentity::read_certificate(data_dir)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root_pem = cluster.record.root_ca_pem.as_bytes();
-        if fingerprint(root_pem, &cert) == current.fingerprint {
+        if fingerprint(root_pem, &cert, &cluster.record.spec) == current.fingerprint {
             return Ok(false);
         }
         let (cert, key) = LocalIdentity::read_pair(data_dir)
@@ -158,14 +182,17 @@ impl Security {
             root,
             cert,
             &key,
+            &cluster.record.spec,
         )?;
         self.install(material);
-        tracing::info!("security material reloaded (root or this manager's certificate changed)");
+        tracing::info!(
+            "security material reloaded (root, this manager's certificate or the external CAs changed)"
+        );
         Ok(true)
     }
 }
 
-/// The root CA with its key, from the `ca/root` record.
+/// The root CA with its key (or without, for an external CA), from the `ca/root` record.
 fn load_root_ca(store: &Store) -> Result<RootCa, ControlError> {
     let raw = store.get(ROOT_CA_KEY).ok_or_else(|| {
         ControlError::internal(
@@ -176,6 +203,11 @@ fn load_root_ca(store: &Store) -> Result<RootCa, ControlError> {
     let value = Zeroizing::new(raw.value);
     let record: RootCaRecord = serde_json::from_slice(&value)
         .map_err(|e| ControlError::internal("cannot decode the root CA record", e))?;
+    if record.key_pkcs8_b64.is_empty() {
+        // An external CA holds the key: the root is trusted only.
+        return RootCa::from_cert_pem(record.cert_pem.as_bytes())
+            .map_err(|e| ControlError::internal("cannot load the root CA", e));
+    }
     let key = Zeroizing::new(
         B64.decode(record.key_pkcs8_b64.as_bytes())
             .map_err(|e| ControlError::internal("cannot decode the root CA key", e))?,

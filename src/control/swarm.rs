@@ -9,6 +9,7 @@ use swarmguard_ca::{IssuedCertificate, JoinToken, NodeRole, RootCa};
 use zeroize::Zeroizing;
 
 use super::error::{Code, ControlError};
+use super::external;
 use super::local::{self, LocalIdentity};
 use super::records::{
     self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
@@ -67,7 +68,7 @@ impl Control {
         let (listen, advertise) = self
             .config
             .resolve_addrs(&req.listen_addr, &req.advertise_addr)?;
-        let new = new_cluster(&spec)?;
+        let new = new_cluster(&spec).await?;
         let cluster = cluster_record(&new, spec, req);
         let node = own_node_record(&new, availability, advertise);
 
@@ -92,6 +93,7 @@ impl Control {
             Arc::new(new.ca),
             cert_pem,
             &new.node_key_pem,
+            &cluster.spec,
         )?;
         self.security.install(material);
         // Whatever the port did before belongs to an earlier membership.
@@ -110,7 +112,12 @@ impl Control {
     ) -> Result<(), ControlError> {
         let root_record = RootCaRecord {
             cert_pem: cluster.root_ca_pem.clone(),
-            key_pkcs8_b64: B64.encode(new.ca.key_pkcs8_der().as_slice()),
+            // Empty when an external CA holds the key: the manager never has it.
+            key_pkcs8_b64: new
+                .ca
+                .key_pkcs8_der()
+                .map(|k| B64.encode(k.as_slice()))
+                .unwrap_or_default(),
         };
         let txn = Txn {
             checks: vec![Check::Absent {
@@ -218,19 +225,50 @@ impl Control {
     }
 }
 
-/// The root CA, the IDs and this manager's certificate for a new cluster.
-fn new_cluster(spec: &Spec) -> Result<NewCluster, ControlError> {
-    let ca =
-        RootCa::create().map_err(|e| ControlError::internal("cannot create the root CA", e))?;
+/// The root CA, the IDs and this manager's certificate for a new cluster. With cfssl external
+/// CAs in the spec, the root is the external CA's certificate (no key here) and this manager's
+/// certificate is signed by cfssl like every other node's.
+async fn new_cluster(spec: &Spec) -> Result<NewCluster, ControlError> {
+    let external = external::learn_root(spec).await?;
     let cluster_id = swarmguard_ca::new_id();
     let node_id = swarmguard_ca::new_id();
     let expiry = std::time::Duration::from_nanos(spec.ca_config.node_cert_expiry as u64);
     let (node_key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
     let checked = swarmguard_ca::check_csr(&csr)
         .map_err(|e| ControlError::internal("this manager's own CSR", e))?;
-    let issued = ca
-        .issue_node_certificate(&checked, &node_id, NodeRole::Manager, &cluster_id, expiry)
-        .map_err(|e| ControlError::internal("cannot issue this manager's certificate", e))?;
+    let (ca, issued) = match external {
+        None => {
+            let ca = RootCa::create()
+                .map_err(|e| ControlError::internal("cannot create the root CA", e))?;
+            let issued = ca
+                .issue_node_certificate(&checked, &node_id, NodeRole::Manager, &cluster_id, expiry)
+                .map_err(|e| {
+                    ControlError::internal("cannot issue this manager's certificate", e)
+                })?;
+            (ca, issued)
+        }
+        Some(ca) => {
+            let entries = external::entries_for(spec, ca.cert_pem());
+            let client = external::client_for(&entries, ca.cert_pem(), None)
+                .map_err(external::config_error)?;
+            let want = swarmguard_ca::Expected {
+                node_id: &node_id,
+                role: NodeRole::Manager,
+                cluster_id: &cluster_id,
+                csr: &checked,
+                expiry,
+            };
+            let issued = client.sign(&ca, &csr, &want).await.map_err(|e| {
+                ControlError::Unavailable(format!(
+                    "cannot get this manager's certificate from the external CA: {e}"
+                ))
+            })?;
+            tracing::info!(
+                "swarm root is the external CA's certificate; this manager holds no root key"
+            );
+            (ca, issued)
+        }
+    };
     Ok(NewCluster {
         ca,
         cluster_id,

@@ -16,7 +16,7 @@ use super::request::{bool_value, json_body, parse_bool, parse_version};
 use super::types as api;
 use super::API_VERSION;
 use crate::control::filters::Filters;
-use crate::control::records::{ClusterRecord, NodeRecord};
+use crate::control::records::{CertState, ClusterRecord, NodeRecord};
 use crate::control::swarm::InitOptions;
 use crate::control::types::{Availability, NodeSpec, Role};
 use crate::control::{ClusterPort, ClusterView, Control, ControlError, NodeView, Rotate};
@@ -299,7 +299,7 @@ fn node_json(view: &NodeView, local: Option<&str>) -> api::Node {
         updated_at: r.updated_at.clone(),
         spec: r.spec.clone(),
         description: r.description.clone(),
-        status: r.status.clone(),
+        status: node_status(r),
         manager_status: r.manager_addr.as_ref().map(|addr| api::ManagerStatus {
             // A single-voter store: the local manager is the Raft leader.
             leader: local == Some(r.id.as_str()),
@@ -307,6 +307,23 @@ fn node_json(view: &NodeView, local: Option<&str>) -> api::Node {
             addr: addr.clone(),
         }),
     }
+}
+
+/// The node's status, with why its certificate waits or failed (an external CA unreachable,
+/// cfssl's refusal) as the message `docker node inspect` shows, when nothing else is said.
+fn node_status(r: &NodeRecord) -> crate::control::types::NodeStatus {
+    let mut status = r.status.clone();
+    let cert = &r.certificate;
+    let waiting = cert.state.needs_signing() || cert.state == CertState::Failed;
+    if status.message.is_empty() && waiting && !cert.err.is_empty() {
+        let state = if cert.state == CertState::Failed {
+            "failed"
+        } else {
+            "pending"
+        };
+        status.message = format!("certificate {state}: {}", cert.err);
+    }
+    status
 }
 
 fn go_arch() -> &'static str {

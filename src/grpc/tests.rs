@@ -783,7 +783,7 @@ async fn expired_client_certificate_fails_the_handshake_and_changes_nothing() {
     let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
     // Our own root signs a worker certificate for this very node that expired in 2020.
     let ca = env.control.root_ca().unwrap();
-    let root_key = rcgen::KeyPair::try_from(ca.key_pkcs8_der().as_slice()).unwrap();
+    let root_key = rcgen::KeyPair::try_from(ca.key_pkcs8_der().unwrap().as_slice()).unwrap();
     let issuer =
         rcgen::Issuer::from_ca_cert_pem(std::str::from_utf8(ca.cert_pem()).unwrap(), root_key)
             .unwrap();
