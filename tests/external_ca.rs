@@ -379,6 +379,23 @@ fn certificates_from_another_ca_or_an_out_of_policy_profile_are_refused() {
     m.init_swarm(&["--external-ca", &flag]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let token = token.trim().to_string();
+    // An update that would leave the cfssl root without an external CA for it is refused.
+    for flag in [
+        external_ca_flag(
+            &good.url("sign"),
+            &format!(",cacert={}", other.cert.display()),
+        ),
+        external_ca_flag("http://192.0.2.1/api/v1/cfssl/sign", ""),
+    ] {
+        let out = m.docker(&["swarm", "update", "--external-ca", &flag]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "update accepted {flag}");
+        assert!(
+            err.contains("at least one valid, reachable external CA"),
+            "{err}"
+        );
+    }
+    assert!(m.docker_ok(&["info"]).contains(&good.url("sign")));
     for (server, why) in [
         (&foreign, "not by the cluster's root CA"),
         (&server_only, "serverAuth and clientAuth"),

@@ -130,6 +130,24 @@ pub async fn learn_root(spec: &Spec) -> Result<Option<RootCa>, ControlError> {
         .map_err(|e| ControlError::InvalidArgument(format!("external CA certificate: {e}")))
 }
 
+/// `swarm update`: a root whose key an external CA holds keeps at least one usable external CA
+/// for it (SwarmKit's text), so no update can leave the cluster unable to sign.
+pub fn check_update(spec: &Spec, root: &Arc<RootCa>) -> Result<(), ControlError> {
+    if root.has_key() {
+        return Ok(());
+    }
+    let entries = entries_for(spec, root.cert_pem());
+    let usable = !entries.is_empty() && client_for(&entries, root.cert_pem(), None).is_ok();
+    if usable {
+        Ok(())
+    } else {
+        Err(ControlError::rpc(
+            super::error::Code::InvalidArgument,
+            "there must be at least one valid, reachable external CA corresponding to the desired CA certificate",
+        ))
+    }
+}
+
 pub fn config_error(e: CfsslError) -> ControlError {
     ControlError::InvalidArgument(e.to_string())
 }

@@ -158,6 +158,7 @@ impl Control {
             ));
         }
         let material = self.security.current().ok_or(ControlError::NotManager)?;
+        external::check_update(&spec, &material.root)?;
         let mut record = current.record.clone();
         record.spec = spec;
         if rotate.worker_token {
