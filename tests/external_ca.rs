@@ -88,7 +88,7 @@ fn assert_key_absent(dir: &Path, key_pem: &[u8]) {
     let needles: Vec<Vec<u8>> = vec![
         scalar.to_vec(),
         hex.into_bytes(),
-        body[..40].as_bytes().to_vec(),
+        body.as_bytes()[..40].to_vec(),
         base64::engine::general_purpose::STANDARD
             .encode(scalar)
             .into_bytes(),

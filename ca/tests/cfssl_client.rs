@@ -81,7 +81,7 @@ async fn a_silent_peer_is_cut_off_by_the_timeout_and_the_next_ca_is_tried() {
         br#"{"success":false,"result":null,"errors":[{"code":400,"message":"invalid token"}],"messages":[]}"#,
     )))
     .await;
-    let c = client(&[silent.clone()], Duration::from_millis(300)).unwrap();
+    let c = client(std::slice::from_ref(&silent), Duration::from_millis(300)).unwrap();
     let start = Instant::now();
     let e = sign(&c).await.unwrap_err();
     assert!(matches!(e, CfsslError::Timeout { .. }), "{e}");

@@ -120,10 +120,12 @@ fn another_ca_is_refused() {
     );
 }
 
+type Edit = Box<dyn Fn(&mut CertificateParams)>;
+
 #[test]
 fn another_subject_is_refused() {
     let c = case();
-    let edits: Vec<Box<dyn Fn(&mut CertificateParams)>> = vec![
+    let edits: Vec<Edit> = vec![
         Box::new(|p| {
             p.distinguished_name
                 .push(DnType::CommonName, new_id().as_str())
