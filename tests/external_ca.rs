@@ -374,7 +374,7 @@ fn certificates_from_another_ca_or_an_out_of_policy_profile_are_refused() {
     drop(m2);
 
     let mdir = tempfile::tempdir().unwrap();
-    let m = Manager::start(mdir.path());
+    let mut m = Manager::start(mdir.path());
     let flag = external_ca_flag(&good.url("sign"), &format!(",cacert={}", ca.cert.display()));
     m.init_swarm(&["--external-ca", &flag]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
@@ -430,4 +430,27 @@ fn certificates_from_another_ca_or_an_out_of_policy_profile_are_refused() {
             "cfssl signed once, and the manager refused it"
         );
     }
+
+    // After kill -9 and a restart, the keyless root loads from the store and cfssl signs again.
+    m.docker_ok(&[
+        "swarm",
+        "update",
+        "--external-ca",
+        &external_ca_flag(&good.url("sign"), ""),
+    ]);
+    m.kill9();
+    m.restart();
+    assert_eq!(
+        m.docker_ok(&["swarm", "ca"]).trim(),
+        String::from_utf8_lossy(&ca.cert_pem()).trim()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent_join(&m, &token, dir.path(), None).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = std::fs::read(dir.path().join("certificates/swarm-node.crt")).unwrap();
+    assert_issued_by(&cert, &ca.cert_pem(), "swarm-worker");
 }
