@@ -123,7 +123,7 @@ enum Look {
 pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.subscribe();
     // Node ID → (CSR being signed, when to try next, current backoff).
-    let mut backoff: HashMap<String, (String, Instant, Duration)> = HashMap::new();
+    let mut backoff: Backoff = HashMap::new();
     let mut look = Look::All;
     loop {
         reconcile_once(&control, &mut backoff, look).await;
@@ -175,11 +175,13 @@ fn waiting(control: &Control, look: &Look) -> Vec<NodeRecord> {
         .collect()
 }
 
-async fn reconcile_once(
-    control: &Control,
-    backoff: &mut HashMap<String, (String, Instant, Duration)>,
-    look: Look,
-) {
+/// Signatures in flight at once: an external CA answers in milliseconds but each answer is a
+/// network round trip; signing one node at a time would cap joins at one per round trip.
+const MAX_IN_FLIGHT: usize = 16;
+
+type Backoff = HashMap<String, (String, Instant, Duration)>;
+
+async fn reconcile_once(control: &Arc<Control>, backoff: &mut Backoff, look: Look) {
     if matches!(&look, Look::Keys(k) if k.is_empty()) {
         return;
     }
@@ -196,43 +198,70 @@ async fn reconcile_once(
         });
     }
     let now = Instant::now();
-    for node in waiting {
-        if backoff.get(&node.id).is_some_and(|(_, at, _)| *at > now) {
-            continue;
+    let due: Vec<NodeRecord> = waiting
+        .into_iter()
+        .filter(|n| !backoff.get(&n.id).is_some_and(|(_, at, _)| *at > now))
+        .collect();
+    let mut due = due.into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.len() < MAX_IN_FLIGHT {
+            let Some(node) = due.next() else { break };
+            let (control, signer) = (control.clone(), material.signer.clone());
+            let cluster_id = material.cluster_id.clone();
+            tasks.spawn(async move { sign_one(&control, &*signer, &cluster_id, node).await });
         }
-        let csr_b64 = node.certificate.csr_b64.clone();
-        let outcome = match request_for(control, &material.cluster_id, &node) {
-            Ok(req) => material.signer.sign(req).await,
-            Err(e) => Err(e),
+        let Some(done) = tasks.join_next().await else {
+            return;
         };
-        if outcome.is_ok() || matches!(outcome, Err(SignError::Refused(_))) {
-            backoff.remove(&node.id);
-        }
-        if let Err(SignError::Unavailable(why)) = &outcome {
-            let delay = backoff
-                .get(&node.id)
-                .map(|(_, _, d)| (*d * 2).min(LAST_RETRY))
-                .unwrap_or(FIRST_RETRY);
-            tracing::warn!(node_id = %node.id, retry_in = ?delay, "certificate signer unavailable: {why}");
-            backoff.insert(node.id.clone(), (csr_b64.clone(), now + delay, delay));
-        }
-        let written = records::update(
-            control.store(),
-            &node_key(&node.id),
-            "node",
-            |n: &mut NodeRecord| {
-                // Only the request that was signed: a newer CSR waits for its own turn.
-                if n.certificate.state.needs_signing() && n.certificate.csr_b64 == csr_b64 {
-                    record_outcome(n, outcome.clone());
-                }
-                Ok(())
-            },
-        )
-        .await;
-        if let Err(e) = written {
-            tracing::warn!(node_id = %node.id, error = %e, "cannot record a signed certificate");
+        let Ok((node_id, csr_b64, outcome)) = done else {
+            continue;
+        };
+        match outcome {
+            Err(SignError::Unavailable(why)) => {
+                let delay = backoff
+                    .get(&node_id)
+                    .map(|(_, _, d)| (*d * 2).min(LAST_RETRY))
+                    .unwrap_or(FIRST_RETRY);
+                tracing::warn!(node_id = %node_id, retry_in = ?delay, "certificate signer unavailable: {why}");
+                backoff.insert(node_id, (csr_b64, Instant::now() + delay, delay));
+            }
+            _ => {
+                backoff.remove(&node_id);
+            }
         }
     }
+}
+
+/// Signs one waiting node and records the outcome in its record (only for the CSR that was
+/// signed: a newer CSR waits for its own turn). Returns what happened, for the backoff.
+async fn sign_one(
+    control: &Control,
+    signer: &dyn NodeSigner,
+    cluster_id: &str,
+    node: NodeRecord,
+) -> (String, String, Result<(), SignError>) {
+    let csr_b64 = node.certificate.csr_b64.clone();
+    let outcome = match request_for(control, cluster_id, &node) {
+        Ok(req) => signer.sign(req).await,
+        Err(e) => Err(e),
+    };
+    let written = records::update(
+        control.store(),
+        &node_key(&node.id),
+        "node",
+        |n: &mut NodeRecord| {
+            if n.certificate.state.needs_signing() && n.certificate.csr_b64 == csr_b64 {
+                record_outcome(n, outcome.clone());
+            }
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(node_id = %node.id, error = %e, "cannot record a signed certificate");
+    }
+    (node.id, csr_b64, outcome.map(|_| ()))
 }
 
 /// The signing request for a stored node: its CSR checked again (it came from the network),
