@@ -323,3 +323,56 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
     out
 }
+
+impl RootCa {
+    /// Re-signs `new`'s root certificate with this root's key (SwarmKit's
+    /// `CrossSignCACertificate`, the first step of a root rotation): same subject, public key,
+    /// validity, CA:TRUE and SKI as `new`, issued by this root. A leaf signed by `new`'s key
+    /// followed by this certificate verifies against this (old) root, so old and new nodes
+    /// trust each other while a rotation converges. Returns the PEM.
+    ///
+    /// Refused when this root has no key, or when `new`'s subject cannot be reproduced byte for
+    /// byte (the cross-signed certificate must carry exactly the new root's name).
+    pub fn cross_sign(&self, new: &RootCa) -> Result<Vec<u8>, CaError> {
+        let issuer = self.issuer.as_ref().ok_or(CaError::NoRootKey)?;
+        let new_key = new.issuer.as_ref().ok_or(CaError::NoRootKey)?.key();
+        let (_, parsed) = X509Certificate::from_der(&new.cert_der)
+            .map_err(|_| CaError::BadRootCertificate("not a valid X.509 certificate"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        for attr in parsed.subject().iter_attributes() {
+            let value = attr
+                .as_str()
+                .map_err(|_| CaError::BadRootCertificate("subject attribute is not text"))?;
+            let ty = if attr.attr_type() == &x509_parser::oid_registry::OID_X509_COMMON_NAME {
+                DnType::CommonName
+            } else if attr.attr_type() == &x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+                DnType::OrganizationName
+            } else {
+                return Err(CaError::BadRootCertificate(
+                    "only CN and O subjects can be cross-signed",
+                ));
+            };
+            dn.push(ty, printable(value)?);
+        }
+        params.distinguished_name = dn;
+        params.not_before = parsed.validity().not_before.to_datetime();
+        params.not_after = new.not_after;
+        params.serial_number = Some(SerialNumber::from_slice(&crate::rand::serial()?));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(new_key.public_point()));
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(new_key, issuer).map_err(signing)?;
+        let (_, check) = X509Certificate::from_der(cert.der())
+            .map_err(|_| CaError::Signing("cross-signed certificate unreadable".into()))?;
+        if check.tbs_certificate.subject.as_raw() != new.subject_der.as_slice()
+            || check.public_key().raw != new.spki_der.as_slice()
+        {
+            return Err(CaError::BadRootCertificate(
+                "the new root's subject cannot be reproduced byte for byte",
+            ));
+        }
+        Ok(pem::encode("CERTIFICATE", cert.der()).to_vec())
+    }
+}

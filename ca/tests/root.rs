@@ -219,3 +219,59 @@ fn debug_never_shows_key_material() {
     assert!(!dbg.contains(&hex[hex.len() - 40..]));
     assert!(!dbg.contains(&format!("{:?}", &key[key.len() - 8..])));
 }
+
+/// Rotation groundwork: a leaf from the new root's key, followed by the cross-signed new root,
+/// verifies against the old root (and the leaf alone against the new root), with webpki as any
+/// TLS peer checks it.
+#[test]
+fn cross_signed_new_root_bridges_old_and_new() {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let old = RootCa::create().unwrap();
+    let new = RootCa::create().unwrap();
+    let cross_pem = old.cross_sign(&new).unwrap();
+    let (_, csr) = swarmguard_ca::generate_node_key_and_csr();
+    let leaf = new
+        .issue_node_certificate(
+            &swarmguard_ca::check_csr(&csr).unwrap(),
+            &swarmguard_ca::new_id(),
+            swarmguard_ca::NodeRole::Worker,
+            &swarmguard_ca::new_id(),
+            swarmguard_ca::DEFAULT_NODE_CERT_EXPIRY,
+        )
+        .unwrap();
+    let der = |pem: &[u8]| {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem).unwrap();
+        CertificateDer::from(p.contents)
+    };
+    let (leaf_der, cross_der) = (der(&leaf.cert_pem), der(&cross_pem));
+    let (_, cross) = X509Certificate::from_der(&cross_der).unwrap();
+    assert_eq!(cross.subject().as_raw(), new.subject_der());
+    assert_eq!(cross.public_key().raw, new.spki_der());
+    assert_eq!(cross.issuer().as_raw(), old.subject_der());
+    let verify = |anchor: &RootCa, intermediates: &[CertificateDer<'_>]| {
+        let anchor_der = CertificateDer::from(anchor.cert_der().to_vec());
+        let anchors = [webpki::anchor_from_trusted_cert(&anchor_der).unwrap()];
+        let cert = webpki::EndEntityCert::try_from(&leaf_der).unwrap();
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
+    };
+    verify(&old, std::slice::from_ref(&cross_der))
+        .expect("leaf + cross-signed verifies against the old root");
+    verify(&new, &[]).expect("leaf verifies against the new root");
+    assert!(
+        verify(&old, &[]).is_err(),
+        "without the cross-signed certificate the old root does not vouch"
+    );
+    // A root without its key cannot cross-sign, nor be cross-signed into.
+    let trust_only = RootCa::from_cert_pem(old.cert_pem()).unwrap();
+    assert!(trust_only.cross_sign(&new).is_err());
+    assert!(old.cross_sign(&trust_only).is_err());
+}
