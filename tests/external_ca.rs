@@ -168,6 +168,34 @@ fn cfssl_root_signs_the_manager_a_stock_dockerd_worker_and_an_agent() {
     assert_issued_by(&worker_cert, &ca_pem, "swarm-worker");
     let worker_root = std::fs::read(certs.join("swarm-root-ca.crt")).unwrap();
     assert_eq!(first_der(&worker_root), first_der(&ca_pem));
+    // docker node inspect shows the cfssl CA as the issuer of every node's certificate.
+    let ca_der = first_der(&ca_pem);
+    let (_, ca_cert) = x509_parser::certificate::X509Certificate::from_der(&ca_der).unwrap();
+    let subject_b64 = base64::engine::general_purpose::STANDARD.encode(ca_cert.subject().as_raw());
+    let mut seen = String::new();
+    let issuer_shown = (0..100).any(|_| {
+        seen = m.docker_ok(&[
+            "node",
+            "inspect",
+            "--format",
+            "{{json .Description.TLSInfo}}",
+            &worker_id,
+        ]);
+        std::thread::sleep(Duration::from_millis(100));
+        seen.contains(&subject_b64)
+    });
+    assert!(
+        issuer_shown,
+        "want {subject_b64}, node inspect shows {seen}"
+    );
+    let own_issuer = m.docker_ok(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{json .Description.TLSInfo}}",
+        "self",
+    ]);
+    assert!(own_issuer.contains(&subject_b64), "{own_issuer}");
 
     // An agent joins from the same namespace.
     let adir = tempfile::tempdir().unwrap();
