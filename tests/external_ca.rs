@@ -459,13 +459,30 @@ fn certificates_from_another_ca_or_an_out_of_policy_profile_are_refused() {
         );
     }
 
-    // After kill -9 and a restart, the keyless root loads from the store and cfssl signs again.
+    // Several CAs are tried in order: a dead one first, then the good one signs.
+    let dead = format!(
+        "http://127.0.0.1:{}/api/v1/cfssl/sign",
+        support::free_port()
+    );
     m.docker_ok(&[
         "swarm",
         "update",
         "--external-ca",
+        &external_ca_flag(&dead, ""),
+        "--external-ca",
         &external_ca_flag(&good.url("sign"), ""),
     ]);
+    let before = good.signed();
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent_join(&m, &token, dir.path(), None).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(good.signed(), before + 1);
+
+    // After kill -9 and a restart, the keyless root loads from the store and cfssl signs again.
     m.kill9();
     m.restart();
     assert_eq!(
