@@ -4,7 +4,8 @@
 //! by this bench to the same cfssl (same request body, a fresh connection each, 4 threads).
 //!
 //! Run: `cargo bench --bench external_ca`. `JOINS=<n>` sets the certificates per row (default
-//! 300). Prints a markdown table and the overhead ratio (raw rate / swarmguard rate).
+//! 300). Prints a markdown table and the overhead ratio (raw rate / swarmguard rate), and the same joins
+//! with the internal CA for the breakdown.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -118,6 +119,15 @@ fn main() {
     assert_eq!(cf.signed() - before, joins, "one cfssl signature per join");
     let raw2 = raw_rate(cf.port, joins);
     let raw = (raw1 + raw2) / 2.0;
+    drop(m);
+
+    // The same joins with the internal CA: the join path without cfssl, for the breakdown.
+    let idir = tempfile::tempdir().unwrap();
+    let internal = Manager::start(idir.path());
+    internal.init_swarm(&[]);
+    let itoken = internal.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let ri = storm(&internal.cluster_addr, itoken.trim(), joins);
+    drop(internal);
 
     println!(
         "External CA (cfssl serve, http loopback), {joins} certificates per row, {CLIENTS} clients"
@@ -132,11 +142,16 @@ fn main() {
         r["p99_ms"].as_f64().unwrap()
     );
     println!("| raw cfssl sign, run 2 | {raw2:.0} | | |");
+    println!(
+        "| swarmguard join, internal CA (no cfssl) | {:.0} | {:.1} | {:.1} |",
+        ri["certs_per_second"].as_f64().unwrap(),
+        ri["p50_ms"].as_f64().unwrap(),
+        ri["p99_ms"].as_f64().unwrap()
+    );
     println!();
     println!(
         "overhead ratio (raw / through swarmguard): {:.2}x",
         raw / through
     );
-    drop(m);
     drop(cf);
 }

@@ -6,7 +6,7 @@
 //! and [`reconcile`] signs it outside any store write, retrying with backoff and recording in the
 //! certificate's `err` why it is still waiting, so `docker node inspect` and the logs can say.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,37 +119,126 @@ enum Look {
     Keys(Vec<String>),
 }
 
-/// Signs every PENDING or RENEW certificate that the fast path left, until `stop`.
+/// Signs every PENDING or RENEW certificate that the fast path left, until `stop`. Signatures
+/// run concurrently (up to [`MAX_IN_FLIGHT`]) while new store events keep arriving, so a slow
+/// external CA delays each join by its own round trip, not by everyone's.
 pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.subscribe();
-    // Node ID → (CSR being signed, when to try next, current backoff).
-    let mut backoff: Backoff = HashMap::new();
-    let mut look = Look::All;
+    let mut signing = Signing::default();
+    let mut look = Some(Look::All);
     loop {
-        reconcile_once(&control, &mut backoff, look).await;
+        if let Some(l) = look.take() {
+            signing.look(&control, l);
+        }
+        signing.start(&control);
         // With nothing waiting for a retry, a full scan is only a safety net for missed
         // events; with retries due, it comes when the first one is.
-        let next = backoff
+        let next = signing
+            .backoff
             .values()
             .map(|(_, at, _)| *at)
             .min()
             .map(|at| at.min(Instant::now() + LOOK_EVERY))
             .unwrap_or_else(|| Instant::now() + SAFETY_SCAN);
-        look = tokio::select! {
+        tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep_until(next) => Look::All,
-            ev = events.recv() => match ev {
-                Ok(applied) => Look::Keys(
+            _ = tokio::time::sleep_until(next) => look = Some(Look::All),
+            Some(done) = signing.tasks.join_next(), if !signing.tasks.is_empty() => {
+                if let Ok(done) = done {
+                    signing.finished(done);
+                }
+            }
+            ev = events.recv() => look = match ev {
+                Ok(applied) => Some(Look::Keys(
                     applied
                         .keys
                         .into_iter()
                         .filter(|k| k.starts_with(NODE_PREFIX))
                         .collect(),
-                ),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Look::All,
+                )),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(Look::All),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
+        }
+    }
+}
+
+/// What one signature task reports: node ID, the CSR it signed, and how it went.
+type Done = (String, String, Result<(), SignError>);
+
+/// The reconcile loop's state: retry times, signatures in flight, and due ones waiting for a slot.
+#[derive(Default)]
+struct Signing {
+    backoff: Backoff,
+    tasks: tokio::task::JoinSet<Done>,
+    in_flight: HashSet<String>,
+    queue: VecDeque<NodeRecord>,
+}
+
+impl Signing {
+    /// Queues the nodes among `look` that wait for a signature and are due.
+    fn look(&mut self, control: &Control, look: Look) {
+        if matches!(&look, Look::Keys(k) if k.is_empty()) {
+            return;
+        }
+        let waiting = waiting(control, &look);
+        if let Look::All = look {
+            // Forget backoff for nodes that no longer wait (signed, removed, or a newer CSR).
+            self.backoff.retain(|id, (csr, _, _)| {
+                waiting
+                    .iter()
+                    .any(|n| &n.id == id && &n.certificate.csr_b64 == csr)
+            });
+        }
+        let now = Instant::now();
+        for node in waiting {
+            let due = !self
+                .backoff
+                .get(&node.id)
+                .is_some_and(|(_, at, _)| *at > now);
+            if due && !self.in_flight.contains(&node.id) {
+                self.queue.retain(|q| q.id != node.id);
+                self.queue.push_back(node);
+            }
+        }
+    }
+
+    /// Starts queued signatures while there is room.
+    fn start(&mut self, control: &Arc<Control>) {
+        let Some(material) = control.security().current() else {
+            return;
         };
+        while self.tasks.len() < MAX_IN_FLIGHT {
+            let Some(node) = self.queue.pop_front() else {
+                return;
+            };
+            if !self.in_flight.insert(node.id.clone()) {
+                continue;
+            }
+            let (control, signer) = (control.clone(), material.signer.clone());
+            let cluster_id = material.cluster_id.clone();
+            self.tasks
+                .spawn(async move { sign_one(&control, &*signer, &cluster_id, node).await });
+        }
+    }
+
+    fn finished(&mut self, (node_id, csr_b64, outcome): Done) {
+        self.in_flight.remove(&node_id);
+        match outcome {
+            Err(SignError::Unavailable(why)) => {
+                let delay = self
+                    .backoff
+                    .get(&node_id)
+                    .map(|(_, _, d)| (*d * 2).min(LAST_RETRY))
+                    .unwrap_or(FIRST_RETRY);
+                tracing::warn!(node_id = %node_id, retry_in = ?delay, "certificate signer unavailable: {why}");
+                self.backoff
+                    .insert(node_id, (csr_b64, Instant::now() + delay, delay));
+            }
+            _ => {
+                self.backoff.remove(&node_id);
+            }
+        }
     }
 }
 
@@ -181,58 +270,6 @@ const MAX_IN_FLIGHT: usize = 16;
 
 type Backoff = HashMap<String, (String, Instant, Duration)>;
 
-async fn reconcile_once(control: &Arc<Control>, backoff: &mut Backoff, look: Look) {
-    if matches!(&look, Look::Keys(k) if k.is_empty()) {
-        return;
-    }
-    let Some(material) = control.security().current() else {
-        return;
-    };
-    let waiting = waiting(control, &look);
-    if let Look::All = look {
-        // Forget backoff for nodes that no longer wait (signed, removed, or a newer CSR).
-        backoff.retain(|id, (csr, _, _)| {
-            waiting
-                .iter()
-                .any(|n| &n.id == id && &n.certificate.csr_b64 == csr)
-        });
-    }
-    let now = Instant::now();
-    let due: Vec<NodeRecord> = waiting
-        .into_iter()
-        .filter(|n| !backoff.get(&n.id).is_some_and(|(_, at, _)| *at > now))
-        .collect();
-    let mut due = due.into_iter();
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.len() < MAX_IN_FLIGHT {
-            let Some(node) = due.next() else { break };
-            let (control, signer) = (control.clone(), material.signer.clone());
-            let cluster_id = material.cluster_id.clone();
-            tasks.spawn(async move { sign_one(&control, &*signer, &cluster_id, node).await });
-        }
-        let Some(done) = tasks.join_next().await else {
-            return;
-        };
-        let Ok((node_id, csr_b64, outcome)) = done else {
-            continue;
-        };
-        match outcome {
-            Err(SignError::Unavailable(why)) => {
-                let delay = backoff
-                    .get(&node_id)
-                    .map(|(_, _, d)| (*d * 2).min(LAST_RETRY))
-                    .unwrap_or(FIRST_RETRY);
-                tracing::warn!(node_id = %node_id, retry_in = ?delay, "certificate signer unavailable: {why}");
-                backoff.insert(node_id, (csr_b64, Instant::now() + delay, delay));
-            }
-            _ => {
-                backoff.remove(&node_id);
-            }
-        }
-    }
-}
-
 /// Signs one waiting node and records the outcome in its record (only for the CSR that was
 /// signed: a newer CSR waits for its own turn). Returns what happened, for the backoff.
 async fn sign_one(
@@ -240,7 +277,7 @@ async fn sign_one(
     signer: &dyn NodeSigner,
     cluster_id: &str,
     node: NodeRecord,
-) -> (String, String, Result<(), SignError>) {
+) -> Done {
     let csr_b64 = node.certificate.csr_b64.clone();
     let outcome = match request_for(control, cluster_id, &node) {
         Ok(req) => signer.sign(req).await,
