@@ -192,10 +192,10 @@ impl Signing {
         }
         let now = Instant::now();
         for node in waiting {
-            let due = !self
+            let due = self
                 .backoff
                 .get(&node.id)
-                .is_some_and(|(_, at, _)| *at > now);
+                .is_none_or(|(_, at, _)| *at <= now);
             if due && !self.in_flight.contains(&node.id) {
                 self.queue.retain(|q| q.id != node.id);
                 self.queue.push_back(node);
