@@ -73,7 +73,12 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
 
-    let store = Store::open(&data_dir)
+    // A fresh manager gets its raft group at `swarm init`, or joins one at `swarm join`.
+    let opts = crate::store::StoreOptions {
+        bootstrap: false,
+        ..Default::default()
+    };
+    let store = Store::open_with(&data_dir, opts)
         .await
         .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
     let config = ManagerConfig {

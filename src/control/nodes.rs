@@ -480,6 +480,7 @@ fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) 
             addr: req.addr.clone(),
         },
         manager_addr: None,
+        raft_id: None,
         software: NodeSoftware::Unrecorded,
         certificate: CertificateRecord {
             state: CertState::Pending,

@@ -69,7 +69,7 @@ impl Control {
             .resolve_addrs(&req.listen_addr, &req.advertise_addr)?;
         let new = new_cluster(&spec)?;
         let cluster = cluster_record(&new, spec, req);
-        let node = own_node_record(&new, availability, advertise);
+        let node = own_node_record(&new, availability, advertise, self.store.node_id());
 
         // The identity goes to disk first: a crash before the commit leaves files the next init
         // overwrites, while a commit without files would leave a cluster nobody can serve.
@@ -83,6 +83,12 @@ impl Control {
             advertise,
         )
         .map_err(|e| ControlError::internal("cannot write this manager's certificate", e))?;
+        // A manager started without a raft group gets a one-voter group here, reachable at
+        // the address other managers will dial.
+        self.store
+            .bootstrap(&advertise.to_string(), std::time::Duration::from_secs(15))
+            .await
+            .map_err(|e| ControlError::Store(e.to_string()))?;
         self.commit_new_cluster(&cluster, &new, &node).await?;
         let (cluster_id, node_id) = (new.cluster_id.clone(), new.node_id.clone());
         let cert_pem = new.issued.cert_pem.clone();
@@ -272,6 +278,7 @@ fn own_node_record(
     new: &NewCluster,
     availability: Availability,
     advertise: SocketAddr,
+    raft_id: u64,
 ) -> NodeRecord {
     let now = now_rfc3339();
     NodeRecord {
@@ -292,6 +299,7 @@ fn own_node_record(
             addr: advertise.ip().to_string(),
         },
         manager_addr: Some(advertise.to_string()),
+        raft_id: Some(raft_id),
         software: NodeSoftware::SwarmguardManager,
         certificate: CertificateRecord {
             state: CertState::Issued,
