@@ -65,10 +65,11 @@ fn node_id(m: &Manager) -> String {
 
 /// The index of the manager `docker node ls` on a live manager names Leader.
 fn leader_index(managers: &[Manager], ids: &[String], alive: &[bool]) -> Option<usize> {
-    let probe = (0..managers.len()).find(|i| alive[*i])?;
-    let ls = node_ls_soft(&managers[probe])?;
-    let leader = ls.iter().find(|(_, s)| *s == "Leader")?.0.clone();
-    ids.iter().position(|id| *id == leader).filter(|i| alive[*i])
+    (0..managers.len()).filter(|i| alive[*i]).find_map(|probe| {
+        let ls = node_ls_soft(&managers[probe])?;
+        let leader = ls.iter().find(|(_, s)| *s == "Leader")?.0.clone();
+        ids.iter().position(|id| *id == leader).filter(|i| alive[*i])
+    })
 }
 
 fn node_ls_soft(m: &Manager) -> Option<BTreeMap<String, String>> {
@@ -230,21 +231,26 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
         if value == 0 {
             // Nothing written yet: no acknowledged write of that register may precede the read.
             if let Some(w) = ops.iter().find(|w| {
-                w.client == register && w.outcome == Outcome::Ok && w.complete < r.invoke
+                w.client == register
+                    && w.outcome == Outcome::Ok
+                    && matches!(w.kind, Kind::Write(_))
+                    && w.complete < r.invoke
             }) {
                 return Err(format!("read of r{register} saw nothing after {w:?} was acknowledged"));
             }
             continue;
         }
-        let Some(write) = ops
+        // A value is retried after a definite failure, so several writes may carry it.
+        let writes: Vec<&Op> = ops
             .iter()
-            .find(|w| w.client == register && w.kind == Kind::Write(value))
-        else {
+            .filter(|w| w.client == register && w.kind == Kind::Write(value))
+            .collect();
+        if writes.is_empty() {
             return Err(format!("read of r{register} returned {value}, never written"));
-        };
-        if write.outcome == Outcome::Fail {
-            return Err(format!("read returned {value} of r{register}, whose write failed"));
         }
+        let Some(write) = writes.iter().find(|w| w.outcome != Outcome::Fail) else {
+            return Err(format!("read returned {value} of r{register}, whose writes all failed"));
+        };
         if write.invoke > r.complete {
             return Err(format!("read returned {value} of r{register} before it was written"));
         }
@@ -367,7 +373,18 @@ fn leader_kills_lose_no_acknowledged_write() {
     }
     let ops = history.lock().unwrap().clone();
     let finals = final_values(&managers[0], CLIENTS);
-    let acked = check_history(&ops, &finals).unwrap_or_else(|e| panic!("history check: {e}"));
+    for (i, m) in managers.iter().enumerate() {
+        eprintln!("final values on manager {i}: {:?}", final_values(m, CLIENTS));
+    }
+    let acked = check_history(&ops, &finals).unwrap_or_else(|e| {
+        if let Some(c) = e.split("of client ").nth(1).and_then(|t| t.split(' ').next()) {
+            let c: usize = c.parse().unwrap_or(usize::MAX);
+            for op in ops.iter().filter(|o| o.client == c && matches!(o.kind, Kind::Write(_))).take(20) {
+                eprintln!("{op:?}");
+            }
+        }
+        panic!("history check: {e}")
+    });
     assert!(acked > 100, "too few acknowledged writes to mean anything: {acked}");
 
     // All three restarted from disk keep every acknowledged write.

@@ -246,7 +246,11 @@ impl Transport for Dialer {
                     })
                 }
                 Err(s) => {
-                    self.drop_channel(addr);
+                    // A broken connection cannot be re-dialled by its channel (the connector
+                    // hands out one stream); a slow answer keeps it.
+                    if !matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) {
+                        self.drop_channel(addr);
+                    }
                     Err(TransportError::Refused {
                         addr: addr.to_owned(),
                         reason: format!("{:?}: {}", s.code(), s.message()),

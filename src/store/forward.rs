@@ -49,6 +49,8 @@ pub(crate) enum ForwardReply {
     ReadIndex(Option<u64>),
     NotLeader,
     NoQuorum { reachable: usize, managers: usize },
+    /// Sent, but its outcome is not known.
+    Unknown(String),
     Failed(String),
 }
 
@@ -172,11 +174,11 @@ impl Store {
             Ok(Ok(resp)) => resp.data.outcome.ok_or_else(|| {
                 StoreError::Raft("state machine returned no outcome for a transaction".into())
             }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(StoreError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
+            // This manager led when it proposed: the entry may still commit under the next
+            // leader, so a retry could apply it twice. The caller must read before retrying.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
+                StoreError::Unknown("leadership changed while the write was pending".into()),
+            ),
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
                 Err(StoreError::Raft(e.to_string()))
             }
@@ -250,6 +252,22 @@ impl Store {
                 other => Err(reply_error(other)),
             },
             None => Err(self.no_quorum()),
+        }
+    }
+
+    /// The leader's read index, confirmed by a quorum round; a round that timed out under
+    /// load is tried again within [`QUORUM_GRACE`]. Applied here once it returns.
+    pub(crate) async fn leader_read_index(&self) -> Result<Option<u64>, StoreError> {
+        let start = Instant::now();
+        loop {
+            match self.inner.raft.ensure_linearizable().await {
+                Ok(id) => return Ok(id.map(|l| l.index)),
+                Err(_) if !self.is_leader() => return Err(StoreError::NotLeader { leader: None }),
+                Err(_) if start.elapsed() < QUORUM_GRACE => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => return Err(self.no_quorum()),
+            }
         }
     }
 
@@ -339,10 +357,7 @@ impl Store {
             Forwarded::AddManager { id, addr } => self.add_as_leader(id, addr).await,
             Forwarded::RemoveManager { id } => self.remove_as_leader(id).await,
             Forwarded::Members => Ok(ForwardReply::Members(self.members())),
-            Forwarded::ReadIndex => match self.inner.raft.ensure_linearizable().await {
-                Ok(id) => Ok(ForwardReply::ReadIndex(id.map(|l| l.index))),
-                Err(_) => Err(self.no_quorum()),
-            },
+            Forwarded::ReadIndex => self.leader_read_index().await.map(ForwardReply::ReadIndex),
         };
         match res {
             Ok(r) => r,
@@ -354,6 +369,7 @@ impl Store {
                 reachable,
                 managers,
             },
+            Err(StoreError::Unknown(m)) => ForwardReply::Unknown(m),
             Err(e) => ForwardReply::Failed(e.to_string()),
         }
     }
@@ -427,6 +443,7 @@ fn reply_error(r: ForwardReply) -> StoreError {
             reachable,
             managers,
         },
+        ForwardReply::Unknown(m) => StoreError::Unknown(m),
         ForwardReply::Failed(m) => StoreError::Raft(m),
         ForwardReply::Outcome(_) | ForwardReply::Done
         | ForwardReply::Members(_)

@@ -359,13 +359,12 @@ impl Store {
     /// committed before the call, confirmed by a quorum through the leader.
     pub async fn read_barrier(&self) -> Result<(), StoreError> {
         if self.is_leader() {
-            return self
-                .inner
-                .raft
-                .ensure_linearizable()
-                .await
-                .map(|_| ())
-                .map_err(|_| self.no_quorum());
+            match self.leader_read_index().await {
+                Ok(_) => return Ok(()),
+                // Lost leadership meanwhile: ask the new leader.
+                Err(StoreError::NotLeader { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         // A follower asks the leader for its read index (the leader confirms it still leads
         // with a quorum round), then waits until it applied that far itself.
