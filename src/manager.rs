@@ -36,6 +36,16 @@ pub struct ManagerArgs {
     /// Address other nodes use to reach this manager, when `docker swarm init` gives none.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+
+    /// Raft leader heartbeat (ms); also how long one AppendEntries may take. Keep well below
+    /// the election timeout.
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub raft_heartbeat_ms: u64,
+
+    /// Raft election timeout (ms): a follower campaigns after a random time between this and
+    /// twice this without a heartbeat. Failover takes about this long.
+    #[arg(long, default_value_t = 450, value_parser = clap::value_parser!(u64).range(30..=60_000))]
+    pub raft_election_ms: u64,
 }
 
 enum Endpoint {
@@ -74,8 +84,17 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
 
     // A fresh manager gets its raft group at `swarm init`, or joins one at `swarm join`.
+    if args.raft_election_ms < 3 * args.raft_heartbeat_ms {
+        bail!(
+            "--raft-election-ms {} must be at least 3 times --raft-heartbeat-ms {}, or followers campaign against a live leader",
+            args.raft_election_ms,
+            args.raft_heartbeat_ms
+        );
+    }
     let opts = crate::store::StoreOptions {
         bootstrap: false,
+        heartbeat_ms: args.raft_heartbeat_ms,
+        election_ms: (args.raft_election_ms, 2 * args.raft_election_ms),
         ..Default::default()
     };
     let store = Store::open_with(&data_dir, opts)

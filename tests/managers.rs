@@ -438,3 +438,47 @@ fn quorum_loss_refuses_writes_fast() {
     // The 2 s target is a benchmark figure, not an assertion; the log shows it.
     eprintln!("write refused after {took:?} without quorum");
 }
+
+/// Membership with dockerd's texts: leave refused on a manager, a demotion that would break
+/// quorum refused, a dead manager demoted and removed, writes going on with the two left.
+#[test]
+fn demote_leave_and_remove_follow_dockerd() {
+    let (_dirs, mut managers) = form(3);
+    let ids: Vec<String> = managers.iter().map(node_id).collect();
+    let out = managers[1].docker(&["swarm", "leave"]);
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("You are attempting to leave the swarm on a node that is participating as a manager. The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message."),
+        "{}",
+        support::text(&out)
+    );
+    // A manager, live or dead, cannot be removed before it is demoted.
+    let out = managers[0].docker(&["node", "rm", "--force", &ids[2]]);
+    assert!(support::text(&out).contains(&format!("node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", ids[2])), "{}", support::text(&out));
+
+    managers[2].kill9();
+    support::wait_until("the dead manager shows Unreachable", Duration::from_secs(10), || {
+        node_ls_soft(&managers[0]).is_some_and(|ls| ls.get(&ids[2]).is_some_and(|s| s == "Unreachable"))
+    });
+    for target in [&ids[0], &ids[1]] {
+        let out = managers[0].docker(&["node", "demote", target]);
+        assert!(!out.status.success());
+        assert!(
+            support::text(&out).contains("rpc error: code = FailedPrecondition desc = can't remove member from the raft: this would result in a loss of quorum"),
+            "{}",
+            support::text(&out)
+        );
+    }
+    let out = managers[0].docker_ok(&["node", "demote", &ids[2]]);
+    assert!(out.contains("demoted in the swarm"), "{out}");
+    let ls = node_ls(&managers[1]);
+    assert_eq!(ls.get(&ids[2]).map(String::as_str), Some(""), "{ls:?}");
+    let info = managers[1].docker_ok(&["info", "--format", "{{.Swarm.Managers}}"]);
+    assert_eq!(info.trim(), "2");
+    managers[0].docker_ok(&["node", "rm", "--force", &ids[2]]);
+    // Two of two: writes go on through the follower.
+    managers[1].docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let a = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let b = managers[1].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    assert_eq!(a, b);
+}

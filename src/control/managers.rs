@@ -144,6 +144,65 @@ impl Control {
         .map(|_| ())
     }
 
+    /// `swarm leave` on one of several managers. Without `force`, dockerd's refusal (naming the
+    /// quorum it would break). With it, this manager stops serving and stops talking to the
+    /// others, but stays a member of the group, as dockerd's does: the others show it
+    /// Unreachable until it is demoted. The swarm's state is not touched.
+    pub(super) fn leave_group(&self, force: bool) -> Result<(), ControlError> {
+        if !force {
+            let members = self.store.members();
+            let voters = members.iter().filter(|m| m.voter).count();
+            let reachable = members.iter().filter(|m| m.voter && m.reachable).count();
+            let left = reachable.saturating_sub(1);
+            let quorum = if left <= voters / 2 {
+                format!("Removing this node leaves {left} managers out of {voters}. Without a Raft quorum your swarm will be inaccessible. ")
+            } else {
+                String::new()
+            };
+            return Err(ControlError::Unavailable(format!(
+                "You are attempting to leave the swarm on a node that is participating as a manager. {quorum}The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message."
+            )));
+        }
+        self.store.set_transport(None);
+        self.security.clear();
+        self.membership_changed.notify_one();
+        LocalIdentity::remove(&self.config.data_dir)
+            .map_err(|e| ControlError::internal("cannot remove this manager's certificate", e))?;
+        tracing::warn!("left the swarm; this manager stays a raft member until it is demoted, and this data dir cannot join another swarm");
+        Ok(())
+    }
+
+    /// Removes a manager from the Raft group, unless the managers left reachable would be no
+    /// majority of the group without it (dockerd's refusal and text).
+    pub(super) async fn remove_from_group(&self, raft_id: u64) -> Result<(), ControlError> {
+        let members = self
+            .store
+            .members_from_leader()
+            .await
+            .map_err(records::store_error)?;
+        let Some(target) = members.iter().find(|m| m.id == raft_id) else {
+            return Err(ControlError::rpc(
+                Code::FailedPrecondition,
+                "can't find manager in raft memberlist",
+            ));
+        };
+        let voters_after = members.iter().filter(|m| m.voter && m.id != raft_id).count();
+        let reachable_after = members
+            .iter()
+            .filter(|m| m.voter && m.reachable && m.id != raft_id)
+            .count();
+        if target.voter && reachable_after <= voters_after / 2 {
+            return Err(ControlError::rpc(
+                Code::FailedPrecondition,
+                "can't remove member from the raft: this would result in a loss of quorum",
+            ));
+        }
+        self.store
+            .remove_manager(raft_id)
+            .await
+            .map_err(records::store_error)
+    }
+
     /// Read barrier for the Engine API's reads: everything committed before the call is
     /// applied here (read index through the leader). Without a leader: dockerd's error.
     pub async fn read_barrier(&self) -> Result<(), ControlError> {

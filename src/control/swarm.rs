@@ -194,6 +194,9 @@ impl Control {
         if self.store.get(CLUSTER_KEY).is_none() {
             return Err(ControlError::NotInSwarm);
         }
+        if self.store.member_addrs().len() > 1 {
+            return self.leave_group(force);
+        }
         if !force {
             return Err(ControlError::Unavailable(
                 "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ".into(),

@@ -104,10 +104,11 @@ impl Default for StoreOptions {
             compact_log_after_purged: 10_000,
             bootstrap: true,
             write_timeout: Duration::from_secs(10),
-            // On a LAN a heartbeat round trip is well under a millisecond: a follower notices a
-            // dead leader after 300–600 ms, so failover stays under a second.
-            heartbeat_ms: 100,
-            election_ms: (300, 600),
+            // A follower notices a dead leader 450–900 ms after its last heartbeat, so failover
+            // stays under a second; a heartbeat (also the AppendEntries timeout) of 150 ms
+            // leaves room for a loaded manager without false elections.
+            heartbeat_ms: 150,
+            election_ms: (450, 900),
         }
     }
 }
@@ -213,6 +214,9 @@ impl Store {
             election_timeout_max: opts.election_ms.1,
             // Snapshot chunks travel in one gRPC message each, under the cluster port's limit.
             snapshot_max_chunk_size: 1 << 20,
+            // openraft gives one AppendEntries a heartbeat interval to answer: a follower
+            // catching up gets small batches it can take in time, or it never catches up.
+            max_payload_entries: 32,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
             max_in_snapshot_log_to_keep: opts.keep_logs_after_snapshot,
             purge_batch_size: 64,
