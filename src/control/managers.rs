@@ -148,9 +148,12 @@ impl Control {
     /// quorum it would break). With it, this manager stops serving and stops talking to the
     /// others, but stays a member of the group, as dockerd's does: the others show it
     /// Unreachable until it is demoted. The swarm's state is not touched.
-    pub(super) fn leave_group(&self, force: bool) -> Result<(), ControlError> {
+    pub(super) async fn leave_group(&self, force: bool) -> Result<(), ControlError> {
         if !force {
-            let members = self.store.members();
+            let members = match self.store.members_from_leader().await {
+                Ok(m) => m,
+                Err(_) => self.store.members(),
+            };
             let voters = members.iter().filter(|m| m.voter).count();
             let reachable = members.iter().filter(|m| m.voter && m.reachable).count();
             let left = reachable.saturating_sub(1);

@@ -195,7 +195,7 @@ impl Control {
             return Err(ControlError::NotInSwarm);
         }
         if self.store.member_addrs().len() > 1 {
-            return self.leave_group(force);
+            return self.leave_group(force).await;
         }
         if !force {
             return Err(ControlError::Unavailable(
