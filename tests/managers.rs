@@ -403,6 +403,12 @@ fn leader_kills_lose_no_acknowledged_write() {
         finals_after = final_values(&managers[1], CLIENTS);
         true
     });
+    if finals_after != finals {
+        std::thread::sleep(Duration::from_secs(3));
+        for (i, m) in managers.iter().enumerate() {
+            eprintln!("after restart, 3 s later, manager {i}: {:?}", final_values(m, CLIENTS));
+        }
+    }
     assert_eq!(finals_after, finals, "state after restarting all from disk");
     failovers.sort();
     eprintln!(
@@ -481,4 +487,100 @@ fn demote_leave_and_remove_follow_dockerd() {
     let a = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let b = managers[1].docker_ok(&["swarm", "join-token", "-q", "worker"]);
     assert_eq!(a, b);
+}
+
+/// Bytes relayed between two sockets, per connection and direction.
+type Capture = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// A loopback relay from a free port to `to`, keeping every byte it carries.
+fn capturing_relay(to: String) -> (String, Capture) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let capture: Capture = Arc::new(Mutex::new(Vec::new()));
+    let cap = capture.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(a) = conn else { return };
+            let Ok(b) = std::net::TcpStream::connect(&to) else { continue };
+            for (mut from, mut into) in [
+                (a.try_clone().unwrap(), b.try_clone().unwrap()),
+                (b, a),
+            ] {
+                let cap = cap.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let slot = {
+                        let mut c = cap.lock().unwrap();
+                        c.push(Vec::new());
+                        c.len() - 1
+                    };
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        cap.lock().unwrap()[slot].extend_from_slice(&buf[..n]);
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (addr, capture)
+}
+
+/// Walks a TCP stream as TLS records: every byte belongs to a record of a known type and
+/// version with a legal length. Returns the number of application-data records.
+fn tls_records(stream: &[u8]) -> Result<usize, String> {
+    let (mut at, mut app) = (0, 0);
+    while at < stream.len() {
+        let Some(head) = stream.get(at..at + 5) else {
+            // A record cut by the end of the capture (the relay stopped mid-record).
+            return Ok(app);
+        };
+        let (kind, major, len) = (head[0], head[1], u16::from_be_bytes([head[3], head[4]]) as usize);
+        if !(20..=23).contains(&kind) || major != 3 || len > (1 << 14) + 256 {
+            return Err(format!("byte {at}: not a TLS record header: {head:02x?}"));
+        }
+        app += usize::from(kind == 23);
+        at += 5 + len;
+    }
+    Ok(app)
+}
+
+/// All Raft traffic to the second manager passes a relay: it is TLS records only, and the
+/// join tokens the replicated cluster record holds never appear in it.
+#[test]
+fn raft_traffic_is_tls_records_only() {
+    let dirs: Vec<_> = (0..2).map(|i| support::short_tempdir(&format!("sg-c{i}-"))).collect();
+    let first = Manager::start(dirs[0].path());
+    first.init_swarm(&[]);
+    let token = first.docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
+    let worker_token = first.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    let second = Manager::start(dirs[1].path());
+    let (relay, capture) = capturing_relay(second.cluster_addr.clone());
+    let out = second.docker_ok(&[
+        "swarm", "join", "--advertise-addr", &relay, "--token", &token, &first.cluster_addr,
+    ]);
+    assert!(out.contains("as a manager"), "{out}");
+    // Some replicated writes after the join, through the follower.
+    for _ in 0..5 {
+        second.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    }
+    let rotated = second.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let streams = capture.lock().unwrap().clone();
+    let total: usize = streams.iter().map(Vec::len).sum();
+    assert!(total > 10_000, "the relay carried the raft traffic: {total} bytes");
+    let mut app = 0;
+    for s in &streams {
+        app += tls_records(s).unwrap_or_else(|e| panic!("{e}"));
+        for secret in [&worker_token, &rotated, &token] {
+            assert!(
+                !s.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a join token crossed the cluster port in clear"
+            );
+        }
+    }
+    assert!(app > 10, "application data records: {app}");
 }

@@ -257,11 +257,29 @@ impl Store {
 
     /// The leader's read index, confirmed by a quorum round; a round that timed out under
     /// load is tried again within [`QUORUM_GRACE`]. Applied here once it returns.
+    ///
+    /// The index is at least this leader's last log entry, not only openraft's read log id: a
+    /// leader restarted from disk resumes leading its term at once (openraft restores it) with
+    /// no committed index and no new blank entry, so its read log id can lie below writes
+    /// acknowledged before the restart. Every acknowledged write is in the leader's log.
     pub(crate) async fn leader_read_index(&self) -> Result<Option<u64>, StoreError> {
         let start = Instant::now();
         loop {
+            let last = self.inner.raft.metrics().borrow().last_log_index;
             match self.inner.raft.ensure_linearizable().await {
-                Ok(id) => return Ok(id.map(|l| l.index)),
+                Ok(id) => {
+                    let index = id.map(|l| l.index).max(last);
+                    if let Some(i) = index {
+                        let left = QUORUM_GRACE.saturating_sub(start.elapsed());
+                        self.inner
+                            .raft
+                            .wait(Some(left.max(Duration::from_millis(100))))
+                            .applied_index_at_least(Some(i), "the read index applies")
+                            .await
+                            .map_err(|_| self.no_quorum())?;
+                    }
+                    return Ok(index);
+                }
                 Err(_) if !self.is_leader() => return Err(StoreError::NotLeader { leader: None }),
                 Err(_) if start.elapsed() < QUORUM_GRACE => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
