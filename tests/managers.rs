@@ -14,18 +14,23 @@ use support::manager::{unix_request, Manager};
 
 /// Three managers: the first inits, the two others join it with the manager token.
 fn form(n: usize) -> (Vec<tempfile::TempDir>, Vec<Manager>) {
+    form_in(n, None, &[])
+}
+
+/// [`form`] inside a network namespace, with extra `swarm init` flags.
+fn form_in(n: usize, netns: Option<&str>, init: &[&str]) -> (Vec<tempfile::TempDir>, Vec<Manager>) {
     let dirs: Vec<_> = (0..n)
         .map(|i| support::short_tempdir(&format!("sg-m{i}-")))
         .collect();
-    let first = Manager::start(dirs[0].path());
-    first.init_swarm(&[]);
+    let first = Manager::start_in(dirs[0].path(), netns);
+    first.init_swarm(init);
     let token = first
         .docker_ok(&["swarm", "join-token", "-q", "manager"])
         .trim()
         .to_string();
     let mut managers = vec![first];
     for d in &dirs[1..] {
-        let m = Manager::start(d.path());
+        let m = Manager::start_in(d.path(), netns);
         let out = m.docker_ok(&["swarm", "join", "--token", &token, &managers[0].cluster_addr]);
         assert!(
             out.contains("This node joined a swarm as a manager."),
@@ -583,4 +588,49 @@ fn raft_traffic_is_tls_records_only() {
         }
     }
     assert!(app > 10, "application data records: {app}");
+}
+
+/// Whether the process `pid` holds an established TCP connection to one of `ports`, as `ss`
+/// inside `netns` shows it.
+fn connected_to(netns: &str, pid: u32, ports: &[u16]) -> bool {
+    let out = std::process::Command::new(support::require_bin("nsenter"))
+        .arg(format!("--net=/var/run/netns/{netns}"))
+        .args(["ss", "-Htnp", "state", "established"])
+        .output()
+        .unwrap();
+    let owner = format!("pid={pid},");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.contains(&owner)
+            && ports
+                .iter()
+                .any(|p| l.split_whitespace().nth(3).is_some_and(|peer| peer.ends_with(&format!(":{p}"))))
+    })
+}
+
+/// A stock dockerd joined through manager 2 gets every manager in its session, and when
+/// manager 2 dies it opens a session with another manager on its own, staying Ready.
+#[test]
+fn stock_worker_fails_over_to_another_manager() {
+    let d = support::dockerd::Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let (_dirs, mut managers) = form_in(3, Some(&ns), &["--dispatcher-heartbeat", "1s"]);
+    let token = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let out = d.docker_ok(&["swarm", "join", "--token", token.trim(), &managers[1].cluster_addr]);
+    assert!(out.contains("This node joined a swarm as a worker"), "{out}");
+    let worker = d.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]).trim().to_string();
+    support::wait_until("the worker knows all three managers", Duration::from_secs(20), || {
+        d.docker_ok(&["info", "--format", "{{len .Swarm.RemoteManagers}}"]).trim() == "3"
+    });
+    let port = |m: &Manager| m.cluster_addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    assert!(connected_to(&ns, d.pid(), &[port(&managers[1])]));
+    let others = [port(&managers[0]), port(&managers[2])];
+    managers[1].kill9();
+    // Its retry delay grows to 8 s (SwarmKit's agent backoff), so allow 30 s.
+    support::wait_until("the worker's session moves to another manager", Duration::from_secs(30), || {
+        connected_to(&ns, d.pid(), &others)
+    });
+    for m in [&managers[0], &managers[2]] {
+        let state = m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker]);
+        assert_eq!(state.trim(), "ready");
+    }
 }
