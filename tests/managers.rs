@@ -31,7 +31,13 @@ fn form_in(n: usize, netns: Option<&str>, init: &[&str]) -> (Vec<tempfile::TempD
     let mut managers = vec![first];
     for d in &dirs[1..] {
         let m = Manager::start_in(d.path(), netns);
-        let out = m.docker_ok(&["swarm", "join", "--token", &token, &managers[0].cluster_addr]);
+        let out = m.docker_ok(&[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            &managers[0].cluster_addr,
+        ]);
         assert!(
             out.contains("This node joined a swarm as a manager."),
             "{out}"
@@ -43,12 +49,7 @@ fn form_in(n: usize, netns: Option<&str>, init: &[&str]) -> (Vec<tempfile::TempD
 
 /// `docker node ls` as (hostname-independent) ID → MANAGER STATUS.
 fn node_ls(m: &Manager) -> BTreeMap<String, String> {
-    let out = m.docker(&[
-        "node",
-        "ls",
-        "--format",
-        "{{.ID}} {{.ManagerStatus}}",
-    ]);
+    let out = m.docker(&["node", "ls", "--format", "{{.ID}} {{.ManagerStatus}}"]);
     assert!(out.status.success(), "{}", support::text(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -73,7 +74,9 @@ fn leader_index(managers: &[Manager], ids: &[String], alive: &[bool]) -> Option<
     (0..managers.len()).filter(|i| alive[*i]).find_map(|probe| {
         let ls = node_ls_soft(&managers[probe])?;
         let leader = ls.iter().find(|(_, s)| *s == "Leader")?.0.clone();
-        ids.iter().position(|id| *id == leader).filter(|i| alive[*i])
+        ids.iter()
+            .position(|id| *id == leader)
+            .filter(|i| alive[*i])
     })
 }
 
@@ -97,18 +100,26 @@ fn node_ls_soft(m: &Manager) -> Option<BTreeMap<String, String>> {
 fn three_managers_join_with_the_cli_and_agree() {
     let (_dirs, managers) = form(3);
     let ids: Vec<String> = managers.iter().map(node_id).collect();
-    support::wait_until("every manager shows one Leader and two Reachable", Duration::from_secs(10), || {
-        managers.iter().all(|m| {
-            let ls = node_ls(m);
-            ls.len() == 3
-                && ids.iter().all(|id| ls.contains_key(id))
-                && ls.values().filter(|s| *s == "Leader").count() == 1
-                && ls.values().filter(|s| *s == "Reachable").count() == 2
-        })
-    });
+    support::wait_until(
+        "every manager shows one Leader and two Reachable",
+        Duration::from_secs(10),
+        || {
+            managers.iter().all(|m| {
+                let ls = node_ls(m);
+                ls.len() == 3
+                    && ids.iter().all(|id| ls.contains_key(id))
+                    && ls.values().filter(|s| *s == "Leader").count() == 1
+                    && ls.values().filter(|s| *s == "Reachable").count() == 2
+            })
+        },
+    );
     let views: Vec<_> = managers.iter().map(node_ls).collect();
     assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:?}");
-    let info = managers[2].docker_ok(&["info", "--format", "{{.Swarm.Managers}} {{.Swarm.Nodes}} {{.Swarm.ControlAvailable}}"]);
+    let info = managers[2].docker_ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Managers}} {{.Swarm.Nodes}} {{.Swarm.ControlAvailable}}",
+    ]);
     assert_eq!(info.trim(), "3 3 true");
 
     // A write on each manager (two of them followers) is read back on every other one.
@@ -126,9 +137,19 @@ fn three_managers_join_with_the_cli_and_agree() {
     assert!(cert.contains("BEGIN CERTIFICATE"));
     // Joining twice is refused with dockerd's text.
     let token = managers[0].docker_ok(&["swarm", "join-token", "-q", "manager"]);
-    let out = managers[1].docker(&["swarm", "join", "--token", token.trim(), &managers[0].cluster_addr]);
+    let out = managers[1].docker(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        &managers[0].cluster_addr,
+    ]);
     assert!(!out.status.success());
-    assert!(support::text(&out).contains("already part of a swarm"), "{}", support::text(&out));
+    assert!(
+        support::text(&out).contains("already part of a swarm"),
+        "{}",
+        support::text(&out)
+    );
 }
 
 /// One recorded operation of the history.
@@ -146,7 +167,10 @@ struct Op {
 enum Kind {
     Write(u64),
     /// A read of `register` that returned `value` (0: never written).
-    Read { register: usize, value: u64 },
+    Read {
+        register: usize,
+        value: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -177,7 +201,10 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
             .unwrap_or(0);
         ops.push(Op {
             client,
-            kind: Kind::Read { register: reg, value },
+            kind: Kind::Read {
+                register: reg,
+                value,
+            },
             invoke,
             complete,
             outcome: Outcome::Ok,
@@ -225,7 +252,10 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
             acked += 1;
             let have = final_values.get(&w.client).copied().unwrap_or(0);
             if have < v {
-                return Err(format!("acknowledged write {v} of client {} lost (final {have})", w.client));
+                return Err(format!(
+                    "acknowledged write {v} of client {} lost (final {have})",
+                    w.client
+                ));
             }
         }
     }
@@ -241,7 +271,9 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
                     && matches!(w.kind, Kind::Write(_))
                     && w.complete < r.invoke
             }) {
-                return Err(format!("read of r{register} saw nothing after {w:?} was acknowledged"));
+                return Err(format!(
+                    "read of r{register} saw nothing after {w:?} was acknowledged"
+                ));
             }
             continue;
         }
@@ -251,13 +283,19 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
             .filter(|w| w.client == register && w.kind == Kind::Write(value))
             .collect();
         if writes.is_empty() {
-            return Err(format!("read of r{register} returned {value}, never written"));
+            return Err(format!(
+                "read of r{register} returned {value}, never written"
+            ));
         }
         let Some(write) = writes.iter().find(|w| w.outcome != Outcome::Fail) else {
-            return Err(format!("read returned {value} of r{register}, whose writes all failed"));
+            return Err(format!(
+                "read returned {value} of r{register}, whose writes all failed"
+            ));
         };
         if write.invoke > r.complete {
-            return Err(format!("read returned {value} of r{register} before it was written"));
+            return Err(format!(
+                "read returned {value} of r{register} before it was written"
+            ));
         }
         let stale = ops.iter().find(|w| {
             w.client == register
@@ -266,7 +304,9 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
                 && matches!(w.kind, Kind::Write(v) if v > value)
         });
         if let Some(w) = stale {
-            return Err(format!("stale read: r{register}={value} after {w:?} completed"));
+            return Err(format!(
+                "stale read: r{register}={value} after {w:?} completed"
+            ));
         }
     }
     Ok(acked)
@@ -320,24 +360,20 @@ fn signal(pid: u32, sig: &str) {
     assert!(st.success());
 }
 
-/// Kill -9 of the leader, 20 times at random moments, while 8 clients write and read through
-/// all managers; then a paused leader; then all three restarted from disk. The history
-/// checker finds every acknowledged write and no stale or invented read.
-#[test]
-fn leader_kills_lose_no_acknowledged_write() {
-    const CLIENTS: usize = 8;
-    let (_dirs, mut managers) = form(3);
-    let ids: Vec<String> = managers.iter().map(node_id).collect();
-    let sockets: Vec<_> = managers.iter().map(|m| m.socket.clone()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let threads = run_clients(sockets, CLIENTS, stop.clone(), history.clone());
+/// `rounds` times: kill -9 the leader at a varying moment, note when the first write invoked
+/// after the kill was acknowledged, restart it and wait until all three are in the group.
+fn kill_leader_rounds(
+    managers: &mut [Manager],
+    ids: &[String],
+    history: &Mutex<Vec<Op>>,
+    rounds: u64,
+) -> Vec<Duration> {
     let mut failovers = Vec::new();
-    for round in 0..20u64 {
+    for round in 0..rounds {
         let alive = [true; 3];
         let mut leader = None;
         support::wait_until("a leader", Duration::from_secs(10), || {
-            leader = leader_index(&managers, &ids, &alive);
+            leader = leader_index(managers, ids, &alive);
             leader.is_some()
         });
         let leader = leader.unwrap();
@@ -354,17 +390,43 @@ fn leader_kills_lose_no_acknowledged_write() {
                 break op.complete;
             }
             drop(h);
-            assert!(killed_at.elapsed() < Duration::from_secs(20), "no write after the kill");
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(20),
+                "no write after the kill"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         failovers.push(first_ok - killed_at);
         managers[leader].restart();
-        support::wait_until("the restarted manager is Reachable again", Duration::from_secs(20), || {
-            node_ls_soft(&managers[(leader + 1) % 3]).is_some_and(|ls| {
-                ls.values().filter(|s| *s == "Reachable" || *s == "Leader").count() == 3
-            })
-        });
+        support::wait_until(
+            "the restarted manager is Reachable again",
+            Duration::from_secs(20),
+            || {
+                node_ls_soft(&managers[(leader + 1) % 3]).is_some_and(|ls| {
+                    ls.values()
+                        .filter(|s| *s == "Reachable" || *s == "Leader")
+                        .count()
+                        == 3
+                })
+            },
+        );
     }
+    failovers
+}
+
+/// Kill -9 of the leader, 20 times at random moments, while 8 clients write and read through
+/// all managers; then a paused leader; then all three restarted from disk. The history
+/// checker finds every acknowledged write and no stale or invented read.
+#[test]
+fn leader_kills_lose_no_acknowledged_write() {
+    const CLIENTS: usize = 8;
+    let (_dirs, mut managers) = form(3);
+    let ids: Vec<String> = managers.iter().map(node_id).collect();
+    let sockets: Vec<_> = managers.iter().map(|m| m.socket.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let threads = run_clients(sockets, CLIENTS, stop.clone(), history.clone());
+    let mut failovers = kill_leader_rounds(&mut managers, &ids, &history, 20);
     // A paused leader must not acknowledge anything once another leader took over.
     let alive = [true; 3];
     let leader = leader_index(&managers, &ids, &alive).expect("leader");
@@ -379,18 +441,32 @@ fn leader_kills_lose_no_acknowledged_write() {
     let ops = history.lock().unwrap().clone();
     let finals = final_values(&managers[0], CLIENTS);
     for (i, m) in managers.iter().enumerate() {
-        eprintln!("final values on manager {i}: {:?}", final_values(m, CLIENTS));
+        eprintln!(
+            "final values on manager {i}: {:?}",
+            final_values(m, CLIENTS)
+        );
     }
     let acked = check_history(&ops, &finals).unwrap_or_else(|e| {
-        if let Some(c) = e.split("of client ").nth(1).and_then(|t| t.split(' ').next()) {
+        if let Some(c) = e
+            .split("of client ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+        {
             let c: usize = c.parse().unwrap_or(usize::MAX);
-            for op in ops.iter().filter(|o| o.client == c && matches!(o.kind, Kind::Write(_))).take(20) {
+            for op in ops
+                .iter()
+                .filter(|o| o.client == c && matches!(o.kind, Kind::Write(_)))
+                .take(20)
+            {
                 eprintln!("{op:?}");
             }
         }
         panic!("history check: {e}")
     });
-    assert!(acked > 100, "too few acknowledged writes to mean anything: {acked}");
+    assert!(
+        acked > 100,
+        "too few acknowledged writes to mean anything: {acked}"
+    );
 
     // All three restarted from disk keep every acknowledged write.
     for m in managers.iter_mut() {
@@ -400,18 +476,25 @@ fn leader_kills_lose_no_acknowledged_write() {
         m.restart();
     }
     let mut finals_after = BTreeMap::new();
-    support::wait_until("the restarted group answers", Duration::from_secs(20), || {
-        let r = managers[1].request("GET", "/v1.41/swarm", None);
-        if r.status != 200 {
-            return false;
-        }
-        finals_after = final_values(&managers[1], CLIENTS);
-        true
-    });
+    support::wait_until(
+        "the restarted group answers",
+        Duration::from_secs(20),
+        || {
+            let r = managers[1].request("GET", "/v1.41/swarm", None);
+            if r.status != 200 {
+                return false;
+            }
+            finals_after = final_values(&managers[1], CLIENTS);
+            true
+        },
+    );
     if finals_after != finals {
         std::thread::sleep(Duration::from_secs(3));
         for (i, m) in managers.iter().enumerate() {
-            eprintln!("after restart, 3 s later, manager {i}: {:?}", final_values(m, CLIENTS));
+            eprintln!(
+                "after restart, 3 s later, manager {i}: {:?}",
+                final_values(m, CLIENTS)
+            );
         }
     }
     assert_eq!(finals_after, finals, "state after restarting all from disk");
@@ -468,9 +551,14 @@ fn demote_leave_and_remove_follow_dockerd() {
     assert!(support::text(&out).contains(&format!("node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal", ids[2])), "{}", support::text(&out));
 
     managers[2].kill9();
-    support::wait_until("the dead manager shows Unreachable", Duration::from_secs(10), || {
-        node_ls_soft(&managers[0]).is_some_and(|ls| ls.get(&ids[2]).is_some_and(|s| s == "Unreachable"))
-    });
+    support::wait_until(
+        "the dead manager shows Unreachable",
+        Duration::from_secs(10),
+        || {
+            node_ls_soft(&managers[0])
+                .is_some_and(|ls| ls.get(&ids[2]).is_some_and(|s| s == "Unreachable"))
+        },
+    );
     for target in [&ids[0], &ids[1]] {
         let out = managers[0].docker(&["node", "demote", target]);
         assert!(!out.status.success());
@@ -506,11 +594,10 @@ fn capturing_relay(to: String) -> (String, Capture) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(a) = conn else { return };
-            let Ok(b) = std::net::TcpStream::connect(&to) else { continue };
-            for (mut from, mut into) in [
-                (a.try_clone().unwrap(), b.try_clone().unwrap()),
-                (b, a),
-            ] {
+            let Ok(b) = std::net::TcpStream::connect(&to) else {
+                continue;
+            };
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
                 let cap = cap.clone();
                 std::thread::spawn(move || {
                     use std::io::{Read, Write};
@@ -543,7 +630,11 @@ fn tls_records(stream: &[u8]) -> Result<usize, String> {
             // A record cut by the end of the capture (the relay stopped mid-record).
             return Ok(app);
         };
-        let (kind, major, len) = (head[0], head[1], u16::from_be_bytes([head[3], head[4]]) as usize);
+        let (kind, major, len) = (
+            head[0],
+            head[1],
+            u16::from_be_bytes([head[3], head[4]]) as usize,
+        );
         if !(20..=23).contains(&kind) || major != 3 || len > (1 << 14) + 256 {
             return Err(format!("byte {at}: not a TLS record header: {head:02x?}"));
         }
@@ -557,26 +648,46 @@ fn tls_records(stream: &[u8]) -> Result<usize, String> {
 /// join tokens the replicated cluster record holds never appear in it.
 #[test]
 fn raft_traffic_is_tls_records_only() {
-    let dirs: Vec<_> = (0..2).map(|i| support::short_tempdir(&format!("sg-c{i}-"))).collect();
+    let dirs: Vec<_> = (0..2)
+        .map(|i| support::short_tempdir(&format!("sg-c{i}-")))
+        .collect();
     let first = Manager::start(dirs[0].path());
     first.init_swarm(&[]);
-    let token = first.docker_ok(&["swarm", "join-token", "-q", "manager"]).trim().to_string();
-    let worker_token = first.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    let token = first
+        .docker_ok(&["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    let worker_token = first
+        .docker_ok(&["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
     let second = Manager::start(dirs[1].path());
     let (relay, capture) = capturing_relay(second.cluster_addr.clone());
     let out = second.docker_ok(&[
-        "swarm", "join", "--advertise-addr", &relay, "--token", &token, &first.cluster_addr,
+        "swarm",
+        "join",
+        "--advertise-addr",
+        &relay,
+        "--token",
+        &token,
+        &first.cluster_addr,
     ]);
     assert!(out.contains("as a manager"), "{out}");
     // Some replicated writes after the join, through the follower.
     for _ in 0..5 {
         second.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
     }
-    let rotated = second.docker_ok(&["swarm", "join-token", "-q", "worker"]).trim().to_string();
+    let rotated = second
+        .docker_ok(&["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
     std::thread::sleep(Duration::from_millis(500));
     let streams = capture.lock().unwrap().clone();
     let total: usize = streams.iter().map(Vec::len).sum();
-    assert!(total > 10_000, "the relay carried the raft traffic: {total} bytes");
+    assert!(
+        total > 10_000,
+        "the relay carried the raft traffic: {total} bytes"
+    );
     let mut app = 0;
     for s in &streams {
         app += tls_records(s).unwrap_or_else(|e| panic!("{e}"));
@@ -601,9 +712,11 @@ fn connected_to(netns: &str, pid: u32, ports: &[u16]) -> bool {
     let owner = format!("pid={pid},");
     String::from_utf8_lossy(&out.stdout).lines().any(|l| {
         l.contains(&owner)
-            && ports
-                .iter()
-                .any(|p| l.split_whitespace().nth(3).is_some_and(|peer| peer.ends_with(&format!(":{p}"))))
+            && ports.iter().any(|p| {
+                l.split_whitespace()
+                    .nth(3)
+                    .is_some_and(|peer| peer.ends_with(&format!(":{p}")))
+            })
     })
 }
 
@@ -615,20 +728,47 @@ fn stock_worker_fails_over_to_another_manager() {
     let ns = d.netns.clone().expect("own netns");
     let (_dirs, mut managers) = form_in(3, Some(&ns), &["--dispatcher-heartbeat", "1s"]);
     let token = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
-    let out = d.docker_ok(&["swarm", "join", "--token", token.trim(), &managers[1].cluster_addr]);
-    assert!(out.contains("This node joined a swarm as a worker"), "{out}");
-    let worker = d.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"]).trim().to_string();
-    support::wait_until("the worker knows all three managers", Duration::from_secs(20), || {
-        d.docker_ok(&["info", "--format", "{{len .Swarm.RemoteManagers}}"]).trim() == "3"
-    });
-    let port = |m: &Manager| m.cluster_addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let out = d.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        &managers[1].cluster_addr,
+    ]);
+    assert!(
+        out.contains("This node joined a swarm as a worker"),
+        "{out}"
+    );
+    let worker = d
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    support::wait_until(
+        "the worker knows all three managers",
+        Duration::from_secs(20),
+        || {
+            d.docker_ok(&["info", "--format", "{{len .Swarm.RemoteManagers}}"])
+                .trim()
+                == "3"
+        },
+    );
+    let port = |m: &Manager| {
+        m.cluster_addr
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
     assert!(connected_to(&ns, d.pid(), &[port(&managers[1])]));
     let others = [port(&managers[0]), port(&managers[2])];
     managers[1].kill9();
     // Its retry delay grows to 8 s (SwarmKit's agent backoff), so allow 30 s.
-    support::wait_until("the worker's session moves to another manager", Duration::from_secs(30), || {
-        connected_to(&ns, d.pid(), &others)
-    });
+    support::wait_until(
+        "the worker's session moves to another manager",
+        Duration::from_secs(30),
+        || connected_to(&ns, d.pid(), &others),
+    );
     for m in [&managers[0], &managers[2]] {
         let state = m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker]);
         assert_eq!(state.trim(), "ready");

@@ -189,7 +189,10 @@ impl Control {
                 "can't find manager in raft memberlist",
             ));
         };
-        let voters_after = members.iter().filter(|m| m.voter && m.id != raft_id).count();
+        let voters_after = members
+            .iter()
+            .filter(|m| m.voter && m.id != raft_id)
+            .count();
         let reachable_after = members
             .iter()
             .filter(|m| m.voter && m.reachable && m.id != raft_id)
@@ -212,7 +215,10 @@ impl Control {
         if self.local_identity().is_none() {
             return Ok(());
         }
-        self.store.read_barrier().await.map_err(records::store_error)
+        self.store
+            .read_barrier()
+            .await
+            .map_err(records::store_error)
     }
 
     /// MANAGER STATUS per node ID, as the leader sees the group (a follower asks it; without

@@ -37,9 +37,9 @@ const CATCH_UP: Duration = Duration::from_secs(60);
 fn agent_error(e: AgentError) -> ControlError {
     match e {
         AgentError::Rpc(s) => ControlError::rpc(Code::Unknown, s.message()),
-        e @ (AgentError::Connect(_) | AgentError::Tls(_)) => ControlError::Unavailable(format!(
-            "cannot reach the manager to join: {e}"
-        )),
+        e @ (AgentError::Connect(_) | AgentError::Tls(_)) => {
+            ControlError::Unavailable(format!("cannot reach the manager to join: {e}"))
+        }
         e => ControlError::InvalidArgument(e.to_string()),
     }
 }
@@ -70,11 +70,9 @@ pub async fn join_as_manager(control: Arc<Control>, req: JoinOptions) -> Result<
     }
     let server_config = crate::tls::server_config(&creds.root_pem, &creds.cert_pem, &creds.key_pem)
         .map_err(|e| ControlError::internal("cannot build the cluster port's TLS", e))?;
-    let client_config = crate::agent::tls::verified(
-        &creds.root_pem,
-        Some((&creds.cert_pem, &creds.key_pem)),
-    )
-    .map_err(|e| ControlError::internal("cannot build the managers' client TLS", e))?;
+    let client_config =
+        crate::agent::tls::verified(&creds.root_pem, Some((&creds.cert_pem, &creds.key_pem)))
+            .map_err(|e| ControlError::internal("cannot build the managers' client TLS", e))?;
     let store = control.store().clone();
     let gate = Gate::Joining {
         store: store.clone(),

@@ -59,10 +59,16 @@ impl RaftService {
         }
     }
 
-    async fn handle(&self, req: Request<pb::Frame>, rpc: Rpc) -> Result<Response<pb::Frame>, Status> {
+    async fn handle(
+        &self,
+        req: Request<pb::Frame>,
+        rpc: Rpc,
+    ) -> Result<Response<pb::Frame>, Status> {
         self.authorize(&req, false)?;
         if matches!(self.0, Gate::Joining { .. }) && rpc == Rpc::Forward {
-            return Err(Status::unavailable("this manager is still joining the swarm"));
+            return Err(Status::unavailable(
+                "this manager is still joining the swarm",
+            ));
         }
         let f = req.into_inner();
         let frame = Frame {
@@ -90,7 +96,9 @@ impl RaftService {
         let id = swarmguard_ca::read_node_certificate(certs[0].as_ref())
             .map_err(|_| denied("no verified chains for remote certificate"))?;
         if id.role != NodeRole::Manager {
-            return Err(denied("remote certificate not part of OUs: [swarm-manager]"));
+            return Err(denied(
+                "remote certificate not part of OUs: [swarm-manager]",
+            ));
         }
         match &self.0 {
             Gate::Joining { cluster_id, .. } => {
@@ -105,7 +113,10 @@ impl RaftService {
                     return Err(denied("remote certificate not part of this cluster"));
                 }
                 if cluster.record.removed_nodes.contains_key(&id.node_id) {
-                    return Err(denied(&format!("node {} was removed from swarm", id.node_id)));
+                    return Err(denied(&format!(
+                        "node {} was removed from swarm",
+                        id.node_id
+                    )));
                 }
                 let node = control
                     .node_by_id(&id.node_id)
@@ -150,12 +161,16 @@ impl pb::raft_server::Raft for RaftService {
     async fn join(&self, req: Request<pb::Frame>) -> Result<Response<pb::Frame>, Status> {
         let node_id = self.authorize(&req, true)?;
         let Gate::Serving(control) = &self.0 else {
-            return Err(Status::unavailable("this manager is still joining the swarm"));
+            return Err(Status::unavailable(
+                "this manager is still joining the swarm",
+            ));
         };
         let body: JoinBody = serde_json::from_slice(&req.get_ref().json)
             .map_err(|_| Status::invalid_argument("malformed join request"))?;
         if body.addr.parse::<SocketAddr>().is_err() {
-            return Err(Status::invalid_argument("the manager address must be ip:port"));
+            return Err(Status::invalid_argument(
+                "the manager address must be ip:port",
+            ));
         }
         control
             .add_manager(&node_id, body.raft_id, &body.addr)
@@ -248,7 +263,10 @@ impl Transport for Dialer {
                 Err(s) => {
                     // A broken connection cannot be re-dialled by its channel (the connector
                     // hands out one stream); a slow answer keeps it.
-                    if !matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) {
+                    if !matches!(
+                        s.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                    ) {
                         self.drop_channel(addr);
                     }
                     Err(TransportError::Refused {

@@ -31,9 +31,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum Forwarded {
     Write(Txn),
     /// Add a manager as learner, wait until it caught up, then make it a voter.
-    AddManager { id: u64, addr: String },
+    AddManager {
+        id: u64,
+        addr: String,
+    },
     /// Remove a voter (and its node) from the group.
-    RemoveManager { id: u64 },
+    RemoveManager {
+        id: u64,
+    },
     /// The leader's view of the members (for a follower's `docker node ls`).
     Members,
     /// The leader's read index, confirmed with a quorum round (a follower's linearizable read).
@@ -48,7 +53,10 @@ pub(crate) enum ForwardReply {
     Members(Vec<MemberView>),
     ReadIndex(Option<u64>),
     NotLeader,
-    NoQuorum { reachable: usize, managers: usize },
+    NoQuorum {
+        reachable: usize,
+        managers: usize,
+    },
     /// Sent, but its outcome is not known.
     Unknown(String),
     Failed(String),
@@ -119,16 +127,19 @@ impl Store {
         let mut no_leader_since: Option<Instant> = None;
         loop {
             let attempt = match self.leader() {
-                Some((id, _)) if id == self.inner.node_id => self.apply_as_leader(txn.clone()).await,
+                Some((id, _)) if id == self.inner.node_id => {
+                    self.apply_as_leader(txn.clone()).await
+                }
                 Some(_) if !self.leader_heard_within(QUORUM_GRACE) => {
                     Err(StoreError::NotLeader { leader: None })
                 }
-                Some((_, addr)) => self.forward(&addr, Forwarded::Write(txn.clone())).await.and_then(
-                    |r| match r {
+                Some((_, addr)) => self
+                    .forward(&addr, Forwarded::Write(txn.clone()))
+                    .await
+                    .and_then(|r| match r {
                         ForwardReply::Outcome(o) => Ok(o),
                         other => Err(reply_error(other)),
-                    },
-                ),
+                    }),
                 None => Err(StoreError::NotLeader { leader: None }),
             };
             match attempt {
@@ -160,8 +171,7 @@ impl Store {
         let m = self.inner.raft.metrics().borrow().clone();
         let voters = m.membership_config.membership().voter_ids().count();
         if voters > 1
-            && m
-                .millis_since_quorum_ack
+            && m.millis_since_quorum_ack
                 .is_none_or(|ms| ms > QUORUM_GRACE.as_millis() as u64)
         {
             return Err(self.no_quorum());
@@ -195,13 +205,19 @@ impl Store {
             data: Vec::new(),
         };
         let reply = t
-            .call(addr, Rpc::Forward, frame, CALL_TIMEOUT + Duration::from_secs(1))
+            .call(
+                addr,
+                Rpc::Forward,
+                frame,
+                CALL_TIMEOUT + Duration::from_secs(1),
+            )
             .await
             .map_err(|e| match e {
                 e @ TransportError::Unreachable { .. } => StoreError::Transport(e),
                 other => StoreError::Unknown(other.to_string()),
             })?;
-        serde_json::from_slice(&reply.json).map_err(|e| StoreError::Unknown(format!("malformed reply from the leader: {e}")))
+        serde_json::from_slice(&reply.json)
+            .map_err(|e| StoreError::Unknown(format!("malformed reply from the leader: {e}")))
     }
 
     /// Adds a manager: as learner (blocking until it caught up), then as voter. Runs on the
@@ -463,7 +479,8 @@ fn reply_error(r: ForwardReply) -> StoreError {
         },
         ForwardReply::Unknown(m) => StoreError::Unknown(m),
         ForwardReply::Failed(m) => StoreError::Raft(m),
-        ForwardReply::Outcome(_) | ForwardReply::Done
+        ForwardReply::Outcome(_)
+        | ForwardReply::Done
         | ForwardReply::Members(_)
         | ForwardReply::ReadIndex(_) => {
             StoreError::Unknown("unexpected reply from the leader".into())

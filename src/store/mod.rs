@@ -271,7 +271,9 @@ impl Store {
             return Ok(());
         }
         if !initialized {
-            return self.bootstrap(&opts.advertise_addr, opts.leader_timeout).await;
+            return self
+                .bootstrap(&opts.advertise_addr, opts.leader_timeout)
+                .await;
         }
         let voters: Vec<u64> = {
             let m = self.inner.raft.metrics().borrow().clone();
@@ -282,14 +284,21 @@ impl Store {
         } else {
             // Several managers: the others may not be up yet. Entries past the applied ones
             // apply once a leader says they are committed; until then reads may be stale.
-            tracing::info!(voters = voters.len(), "cluster store open as one of several managers");
+            tracing::info!(
+                voters = voters.len(),
+                "cluster store open as one of several managers"
+            );
         }
         Ok(())
     }
 
     /// Makes this fresh store a one-voter group reachable at `advertise_addr` and waits until
     /// it leads. Does nothing to a store that is part of a group already.
-    pub async fn bootstrap(&self, advertise_addr: &str, timeout: Duration) -> Result<(), StoreError> {
+    pub async fn bootstrap(
+        &self,
+        advertise_addr: &str,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
         let raft = &self.inner.raft;
         let node_id = self.inner.node_id;
         let initialized = raft

@@ -10,9 +10,9 @@
 //! chunk's bytes travel beside the JSON (see [`Frame`]). Entries and snapshots travel in clear
 //! inside TLS: each manager seals them with its own data key when it stores them.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -60,13 +60,17 @@ pub enum TransportError {
     Refused { addr: String, reason: String },
 }
 
-pub type CallFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Frame, TransportError>> + Send + 'a>>;
+pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<Frame, TransportError>> + Send + 'a>>;
 
 /// Carries one call to the manager at `addr` and returns its answer.
 pub trait Transport: Send + Sync + 'static {
-    fn call<'a>(&'a self, addr: &'a str, rpc: Rpc, frame: Frame, timeout: Duration)
-        -> CallFuture<'a>;
+    fn call<'a>(
+        &'a self,
+        addr: &'a str,
+        rpc: Rpc,
+        frame: Frame,
+        timeout: Duration,
+    ) -> CallFuture<'a>;
 }
 
 /// Where the installed transport lives; shared by the network factory and the forwarder.
@@ -167,7 +171,8 @@ impl Peer {
         self.slot.answered(self.target);
         let decoded: Result<R, RaftError<u64, E>> = serde_json::from_slice(&reply.json)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        decoded.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+        decoded
+            .map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 }
 
@@ -198,9 +203,12 @@ impl RaftNetwork<TypeConfig> for Peer {
             json: encode_json(&rpc),
             data: Vec::new(),
         };
-        let resp: AppendEntriesResponse<u64> = self.call(Rpc::AppendEntries, frame, &option).await?;
+        let resp: AppendEntriesResponse<u64> =
+            self.call(Rpc::AppendEntries, frame, &option).await?;
         Ok(match (resp, cut) {
-            (AppendEntriesResponse::Success, Some(_)) => AppendEntriesResponse::PartialSuccess(last),
+            (AppendEntriesResponse::Success, Some(_)) => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
             (r, _) => r,
         })
     }

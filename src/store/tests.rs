@@ -1100,8 +1100,19 @@ async fn network_without_transport_reports_every_peer_unreachable() {
 async fn malformed_raft_frames_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
-    for rpc in [Rpc::AppendEntries, Rpc::Vote, Rpc::InstallSnapshot, Rpc::Forward] {
-        for json in [&b""[..], b"{", b"[]", b"{\"Write\":{\"checks\":7}}", &[0xff; 64][..]] {
+    for rpc in [
+        Rpc::AppendEntries,
+        Rpc::Vote,
+        Rpc::InstallSnapshot,
+        Rpc::Forward,
+    ] {
+        for json in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"Write\":{\"checks\":7}}",
+            &[0xff; 64][..],
+        ] {
             let frame = Frame {
                 json: json.to_vec(),
                 data: vec![1, 2, 3],

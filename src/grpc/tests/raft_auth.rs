@@ -26,7 +26,11 @@ async fn a_worker_certificate_cannot_call_raft() {
     let mut c = raft_client(&env, &creds.cert_pem, &creds.key_pem).await;
     let err = c.append_entries(frame(b"{}")).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("not part of OUs: [swarm-manager]"), "{}", err.message());
+    assert!(
+        err.message().contains("not part of OUs: [swarm-manager]"),
+        "{}",
+        err.message()
+    );
     let err = c.join(frame(b"{}")).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }
@@ -42,13 +46,22 @@ async fn a_manager_outside_the_group_cannot_vote_replicate_or_forward() {
         c.append_entries(frame(b"{}")).await.unwrap_err(),
         c.vote(frame(b"{}")).await.unwrap_err(),
         c.install_snapshot(frame(b"{}")).await.unwrap_err(),
-        c.forward(frame(b"{\"Write\":{\"checks\":[],\"ops\":[]}}")).await.unwrap_err(),
+        c.forward(frame(b"{\"Write\":{\"checks\":[],\"ops\":[]}}"))
+            .await
+            .unwrap_err(),
     ] {
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-        assert!(err.message().contains("not a member of the raft group"), "{}", err.message());
+        assert!(
+            err.message().contains("not a member of the raft group"),
+            "{}",
+            err.message()
+        );
     }
     // A join naming an address that is not ip:port is refused before anything is written.
-    let err = c.join(frame(br#"{"raft_id":5,"addr":"example.com"}"#)).await.unwrap_err();
+    let err = c
+        .join(frame(br#"{"raft_id":5,"addr":"example.com"}"#))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(env.store.member_addrs().len(), 1);
 }
@@ -73,8 +86,17 @@ async fn a_members_malformed_or_oversized_frames_are_refused() {
     let err = c.install_snapshot(big).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     // A forwarded write over the store's limits is refused by the leader, not applied.
-    let huge = serde_json::json!({"Write": {"checks": [], "ops": [{"Put": {"key": "", "value": ""}}]}});
-    let r = c.forward(frame(huge.to_string().as_bytes())).await.unwrap().into_inner();
-    assert!(String::from_utf8_lossy(&r.json).contains("Failed"), "{}", String::from_utf8_lossy(&r.json));
+    let huge =
+        serde_json::json!({"Write": {"checks": [], "ops": [{"Put": {"key": "", "value": ""}}]}});
+    let r = c
+        .forward(frame(huge.to_string().as_bytes()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        String::from_utf8_lossy(&r.json).contains("Failed"),
+        "{}",
+        String::from_utf8_lossy(&r.json)
+    );
     assert_eq!(env.store.member_addrs().len(), 1);
 }
