@@ -132,9 +132,14 @@ impl Control {
 
     /// Records written before several managers existed lack this manager's raft ID.
     async fn record_own_raft_id(&self) -> Result<(), ControlError> {
-        let Some(me) = self.local_node_id() else {
+        let Some(local) = self.local_identity() else {
             return Err(ControlError::NotManager);
         };
+        let me = local.node_id;
+        self.store
+            .set_own_addr(&local.advertise_addr.to_string())
+            .await
+            .map_err(records::store_error)?;
         let raft_id = self.store.node_id();
         records::update::<NodeRecord>(&self.store, &node_key(&me), "node", |n| {
             n.raft_id = Some(raft_id);

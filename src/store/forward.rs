@@ -442,6 +442,24 @@ impl Store {
         Ok(ForwardReply::Done)
     }
 
+    /// Records this leader's cluster address in the membership when it differs: a group made
+    /// before several managers existed holds a placeholder there, which joining managers
+    /// would dial.
+    pub async fn set_own_addr(&self, addr: &str) -> Result<(), StoreError> {
+        let me = self.inner.node_id;
+        if !self.is_leader() || self.member_addrs().get(&me).map(String::as_str) == Some(addr) {
+            return Ok(());
+        }
+        let nodes = BTreeMap::from([(me, BasicNode::new(addr))]);
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map_err(membership_error)?;
+        tracing::info!(%addr, "this manager's raft address recorded");
+        Ok(())
+    }
+
     /// Raft IDs and addresses of the members (voters and learners).
     pub fn member_addrs(&self) -> BTreeMap<u64, String> {
         let m = self.inner.raft.metrics().borrow().clone();
