@@ -39,12 +39,12 @@ pub struct ManagerArgs {
 
     /// Raft leader heartbeat (ms); also how long one AppendEntries may take. Keep well below
     /// the election timeout.
-    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub raft_heartbeat_ms: u64,
 
     /// Raft election timeout (ms): a follower campaigns after a random time between this and
     /// twice this without a heartbeat. Failover takes about this long.
-    #[arg(long, default_value_t = 450, value_parser = clap::value_parser!(u64).range(30..=60_000))]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=60_000))]
     pub raft_election_ms: u64,
 }
 

@@ -104,11 +104,11 @@ impl Default for StoreOptions {
             compact_log_after_purged: 10_000,
             bootstrap: true,
             write_timeout: Duration::from_secs(10),
-            // A follower notices a dead leader 450–900 ms after its last heartbeat, so failover
-            // stays under a second; a heartbeat (also the AppendEntries timeout) of 150 ms
-            // leaves room for a loaded manager without false elections.
-            heartbeat_ms: 150,
-            election_ms: (450, 900),
+            // A follower campaigns 300–600 ms after its last heartbeat, and the others grant
+            // their vote once their leader lease (the election maximum, 600 ms) ran out, so
+            // failover takes 0.6–1 s. The heartbeat is also openraft's AppendEntries timeout.
+            heartbeat_ms: 100,
+            election_ms: (300, 600),
         }
     }
 }
