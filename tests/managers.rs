@@ -774,3 +774,76 @@ fn stock_worker_fails_over_to_another_manager() {
         assert_eq!(state.trim(), "ready");
     }
 }
+
+/// Two of three managers lost for good: the survivor restarted with `--force-new-cluster`
+/// keeps the swarm (same cluster, tokens and nodes), leads alone, and two fresh managers join it.
+#[test]
+fn force_new_cluster_recovers_a_survivor_and_fresh_managers_join() {
+    let (_dirs, mut managers) = form(3);
+    let ids: Vec<String> = managers.iter().map(node_id).collect();
+    managers[0].docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let cluster = managers[0].docker_ok(&["info", "--format", "{{.Swarm.Cluster.ID}}"]);
+    let worker_token = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let manager_token = managers[0].docker_ok(&["swarm", "join-token", "-q", "manager"]);
+    managers[1].kill9();
+    managers[2].kill9();
+    let out = managers[0].docker(&["swarm", "join-token", "--rotate", "worker"]);
+    assert!(!out.status.success(), "a write without quorum succeeded");
+
+    managers[0].kill9();
+    managers[0].extra_args = vec!["--force-new-cluster".into()];
+    managers[0].restart();
+    let survivor = &managers[0];
+    assert_eq!(
+        survivor.docker_ok(&["info", "--format", "{{.Swarm.Cluster.ID}}"]),
+        cluster
+    );
+    assert_eq!(
+        survivor.docker_ok(&["swarm", "join-token", "-q", "worker"]),
+        worker_token
+    );
+    assert_eq!(
+        survivor.docker_ok(&["swarm", "join-token", "-q", "manager"]),
+        manager_token
+    );
+    let ls = node_ls(survivor);
+    assert_eq!(
+        ls.get(&ids[0]).map(String::as_str),
+        Some("Leader"),
+        "{ls:?}"
+    );
+    for gone in &ids[1..] {
+        assert_eq!(ls.get(gone).map(String::as_str), Some(""), "{ls:?}");
+    }
+    survivor.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+
+    let fresh: Vec<_> = (0..2)
+        .map(|i| support::short_tempdir(&format!("sg-f{i}-")))
+        .collect();
+    let mut joined = Vec::new();
+    for d in &fresh {
+        let m = Manager::start(d.path());
+        let out = m.docker_ok(&[
+            "swarm",
+            "join",
+            "--token",
+            manager_token.trim(),
+            &survivor.cluster_addr,
+        ]);
+        assert!(out.contains("as a manager"), "{out}");
+        joined.push(m);
+    }
+    let ls = node_ls(&joined[1]);
+    let statuses: Vec<&str> = ls
+        .values()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(statuses.len(), 3, "{ls:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "Leader").count(),
+        1,
+        "{ls:?}"
+    );
+    joined[0].docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+}

@@ -214,6 +214,36 @@ impl Control {
             .map_err(records::store_error)
     }
 
+    /// After `--force-new-cluster`: the other managers' records lose their place in the group
+    /// (MANAGER STATUS empty, as dockerd shows them) but keep their desired role; this
+    /// manager's record names its raft ID.
+    pub async fn forget_other_managers(&self) -> Result<(), ControlError> {
+        let me = self.local_node_id().ok_or(ControlError::NotManager)?;
+        let raft_id = self.store.node_id();
+        for n in self.nodes()? {
+            let own = n.record.id == me;
+            if !own && n.record.manager_addr.is_none() && n.record.raft_id.is_none() {
+                continue;
+            }
+            records::update::<NodeRecord>(&self.store, &node_key(&n.record.id), "node", |r| {
+                if own {
+                    r.raft_id = Some(raft_id);
+                } else {
+                    r.raft_id = None;
+                    r.manager_addr = None;
+                    r.status.state = NodeState::Unknown;
+                    r.status.message =
+                        "Node moved to \"unknown\" state due to leadership change in cluster"
+                            .into();
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        tracing::warn!("--force-new-cluster: the other managers left the raft group; they re-join with a manager token and a fresh data dir");
+        Ok(())
+    }
+
     /// Read barrier for the Engine API's reads: everything committed before the call is
     /// applied here (read index through the leader). Without a leader: dockerd's error.
     pub async fn read_barrier(&self) -> Result<(), ControlError> {

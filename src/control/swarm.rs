@@ -50,6 +50,11 @@ impl Control {
     /// with a manager certificate from the new CA; returns the node ID.
     pub async fn init(&self, req: &InitOptions) -> Result<String, ControlError> {
         let _one_at_a_time = self.membership.lock().await;
+        if self.store.get(CLUSTER_KEY).is_some() && req.force_new_cluster {
+            return Err(ControlError::InvalidArgument(
+                "swarmguard recovers a swarm at start-up: stop this manager and start it again with `swarmguard manager --force-new-cluster`".into(),
+            ));
+        }
         if self.store.get(CLUSTER_KEY).is_some() {
             return Err(ControlError::AlreadyInSwarm);
         }

@@ -89,6 +89,9 @@ pub struct StoreOptions {
     /// Raft timing (ms): leader heartbeat, and the range election timeouts are drawn from.
     pub heartbeat_ms: u64,
     pub election_ms: (u64, u64),
+    /// Disaster recovery: make this store the only voter of its group at `advertise_addr`,
+    /// keeping its data (see [`log_store::LogStore::force_single_voter`]).
+    pub force_new_cluster: bool,
 }
 
 impl Default for StoreOptions {
@@ -109,6 +112,7 @@ impl Default for StoreOptions {
             // failover takes 0.6–1 s. The heartbeat is also openraft's AppendEntries timeout.
             heartbeat_ms: 100,
             election_ms: (300, 600),
+            force_new_cluster: false,
         }
     }
 }
@@ -203,6 +207,9 @@ impl Store {
         };
         drop(dek);
         let (log, node_id) = log;
+        if opts.force_new_cluster {
+            log.force_single_voter(node_id, &opts.advertise_addr)?;
+        }
         let log_closed = log.closed_flag();
         let log_compactions = log.compaction_counter();
         let sm_closed = sm.closed_flag();
