@@ -10,6 +10,7 @@
 pub mod error;
 pub mod filters;
 pub mod local;
+pub mod managers;
 pub mod nodes;
 pub mod records;
 pub mod renewal;

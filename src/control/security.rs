@@ -35,6 +35,9 @@ pub struct Material {
     /// The cluster port's server side: this certificate, client certificates verified
     /// against the root when offered.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// What this manager dials other managers with: this certificate as client certificate,
+    /// their server certificates verified against the root (name `swarm-manager`).
+    pub client_config: Arc<rustls::ClientConfig>,
     /// SHA-256 over the root and the certificate: what the TLS configs were built from.
     fingerprint: [u8; 32],
 }
@@ -82,6 +85,7 @@ impl Security {
                 signer,
                 cert_pem: m.cert_pem.clone(),
                 server_config: m.server_config.clone(),
+                client_config: m.client_config.clone(),
                 fingerprint: m.fingerprint,
             }));
         }
@@ -102,7 +106,10 @@ impl Security {
         let root_pem = root.cert_pem().to_vec();
         let server_config = crate::tls::server_config(&root_pem, &cert_pem, key_pem)
             .map_err(|e| ControlError::internal("cannot build the cluster port's TLS", e))?;
+        let client_config = crate::agent::tls::verified(&root_pem, Some((&cert_pem, key_pem)))
+            .map_err(|e| ControlError::internal("cannot build the managers' client TLS", e))?;
         Ok(Material {
+            client_config,
             cluster_id,
             identity,
             fingerprint: fingerprint(&root_pem, &cert_pem),

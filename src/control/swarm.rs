@@ -50,6 +50,11 @@ impl Control {
     /// with a manager certificate from the new CA; returns the node ID.
     pub async fn init(&self, req: &InitOptions) -> Result<String, ControlError> {
         let _one_at_a_time = self.membership.lock().await;
+        if self.store.get(CLUSTER_KEY).is_some() && req.force_new_cluster {
+            return Err(ControlError::InvalidArgument(
+                "swarmguard recovers a swarm at start-up: stop this manager and start it again with `swarmguard manager --force-new-cluster`".into(),
+            ));
+        }
         if self.store.get(CLUSTER_KEY).is_some() {
             return Err(ControlError::AlreadyInSwarm);
         }
@@ -69,7 +74,7 @@ impl Control {
             .resolve_addrs(&req.listen_addr, &req.advertise_addr)?;
         let new = new_cluster(&spec)?;
         let cluster = cluster_record(&new, spec, req);
-        let node = own_node_record(&new, availability, advertise);
+        let node = own_node_record(&new, availability, advertise, self.store.node_id());
 
         // The identity goes to disk first: a crash before the commit leaves files the next init
         // overwrites, while a commit without files would leave a cluster nobody can serve.
@@ -83,6 +88,12 @@ impl Control {
             advertise,
         )
         .map_err(|e| ControlError::internal("cannot write this manager's certificate", e))?;
+        // A manager started without a raft group gets a one-voter group here, reachable at
+        // the address other managers will dial.
+        self.store
+            .bootstrap(&advertise.to_string(), std::time::Duration::from_secs(15))
+            .await
+            .map_err(|e| ControlError::Store(e.to_string()))?;
         self.commit_new_cluster(&cluster, &new, &node).await?;
         let (cluster_id, node_id) = (new.cluster_id.clone(), new.node_id.clone());
         let cert_pem = new.issued.cert_pem.clone();
@@ -188,6 +199,9 @@ impl Control {
         if self.store.get(CLUSTER_KEY).is_none() {
             return Err(ControlError::NotInSwarm);
         }
+        if self.store.member_addrs().len() > 1 {
+            return self.leave_group(force).await;
+        }
         if !force {
             return Err(ControlError::Unavailable(
                 "You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ".into(),
@@ -272,6 +286,7 @@ fn own_node_record(
     new: &NewCluster,
     availability: Availability,
     advertise: SocketAddr,
+    raft_id: u64,
 ) -> NodeRecord {
     let now = now_rfc3339();
     NodeRecord {
@@ -292,6 +307,7 @@ fn own_node_record(
             addr: advertise.ip().to_string(),
         },
         manager_addr: Some(advertise.to_string()),
+        raft_id: Some(raft_id),
         software: NodeSoftware::SwarmguardManager,
         certificate: CertificateRecord {
             state: CertState::Issued,
