@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/swarmkit/ca.proto",
         "proto/swarmkit/dispatcher.proto",
         "proto/swarmkit/logbroker.proto",
+        "proto/swarmguard/raft.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -36,6 +36,22 @@ pub struct ManagerArgs {
     /// Address other nodes use to reach this manager, when `docker swarm init` gives none.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+
+    /// Raft leader heartbeat (ms); also how long one AppendEntries may take. Keep well below
+    /// the election timeout.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub raft_heartbeat_ms: u64,
+
+    /// Raft election timeout (ms): a follower campaigns after a random time between this and
+    /// twice this without a heartbeat. Failover takes about this long.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=60_000))]
+    pub raft_election_ms: u64,
+
+    /// Disaster recovery after losing the quorum for good: this manager becomes the only one
+    /// of its swarm, keeping the swarm's state (SwarmKit's --force-new-cluster). Other
+    /// managers join again with the manager token and fresh data dirs.
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 enum Endpoint {
@@ -73,7 +89,32 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
 
-    let store = Store::open(&data_dir)
+    // A fresh manager gets its raft group at `swarm init`, or joins one at `swarm join`.
+    if args.raft_election_ms < 3 * args.raft_heartbeat_ms {
+        bail!(
+            "--raft-election-ms {} must be at least 3 times --raft-heartbeat-ms {}, or followers campaign against a live leader",
+            args.raft_election_ms,
+            args.raft_heartbeat_ms
+        );
+    }
+    let recorded = crate::control::local::LocalIdentity::read_recorded(&data_dir);
+    if args.force_new_cluster && recorded.is_err() {
+        bail!(
+            "--force-new-cluster: {} is not the data dir of a swarm manager",
+            data_dir.display()
+        );
+    }
+    let opts = crate::store::StoreOptions {
+        bootstrap: false,
+        force_new_cluster: args.force_new_cluster,
+        advertise_addr: recorded
+            .map(|l| l.advertise_addr.to_string())
+            .unwrap_or_else(|_| crate::store::StoreOptions::default().advertise_addr),
+        heartbeat_ms: args.raft_heartbeat_ms,
+        election_ms: (args.raft_election_ms, 2 * args.raft_election_ms),
+        ..Default::default()
+    };
+    let store = Store::open_with(&data_dir, opts)
         .await
         .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
     let config = ManagerConfig {
@@ -83,6 +124,12 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let control =
         Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
+    if args.force_new_cluster {
+        control
+            .forget_other_managers()
+            .await
+            .map_err(|e| anyhow::anyhow!(e.to_string()))?;
+    }
     match control.local_node_id() {
         Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
         None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),

@@ -101,6 +101,20 @@ fn check_fixture(fixture: &Path) {
     m.terminate();
     m.restart();
     assert_serves(&m, &name, &expected, &new, &[new_node]);
+
+    // A second manager joins the old single-manager group (which recorded a placeholder raft
+    // address) and writes through it reach the old manager.
+    let tmp2 = support::short_tempdir("sgcompat2");
+    let m2 = Manager::start(tmp2.path());
+    let out = m2.docker_ok(&["swarm", "join", "--token", &old.manager, &cluster_addr]);
+    assert!(out.contains("joined a swarm as a manager"), "{name}: {out}");
+    m2.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let seen = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    assert_eq!(seen, m2.docker_ok(&["swarm", "join-token", "-q", "worker"]));
+    let ls = m.docker_ok(&["node", "ls", "--format", "{{.ManagerStatus}}"]);
+    let mut statuses: Vec<&str> = ls.lines().filter(|l| !l.is_empty()).collect();
+    statuses.sort();
+    assert_eq!(statuses, ["Leader", "Reachable"], "{name}: {ls}");
 }
 
 struct Tokens {

@@ -472,13 +472,15 @@ fn the_manager_holds_under_hostile_load() {
     );
     std::thread::sleep(RAMP);
     assert_served(&m, &d, &token, &attack);
-    attack.stop(started, PHASE);
-    // All but the address's share of handshake slots were closed at once.
-    assert!(
-        tally.closed_by_server.load(Ordering::Relaxed) >= 1000,
-        "{}",
-        tally.summary()
+    // All but the address's share of handshake slots are closed at once, the rest at the
+    // handshake deadline. On a loaded machine the acceptor reaches the last of them late, so
+    // wait for the count rather than assert it at a fixed moment.
+    support::wait_until(
+        "the manager to close 1,000 of the idle connections",
+        Duration::from_secs(60),
+        || tally.closed_by_server.load(Ordering::Relaxed) >= 1000,
     );
+    attack.stop(started, PHASE);
 
     // Finding 1b: past the descriptor limit. The same 1,100 silent connections plus 4
     // addresses x 150 TLS connections that finish the handshake and never send the preface:

@@ -202,6 +202,15 @@ impl LocalIdentity {
         Ok(identity)
     }
 
+    /// The addresses and node ID recorded in the data dir, unchecked (before the store is
+    /// open: `--force-new-cluster` needs this manager's address). [`LocalIdentity::load`]
+    /// checks them once the root is known.
+    pub fn read_recorded(data_dir: &Path) -> io::Result<LocalIdentity> {
+        let state = fs::read(data_dir.join(STATE_FILE))?;
+        serde_json::from_slice(&state)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}")))
+    }
+
     /// This node's certificate as it is on disk now.
     pub fn read_certificate(data_dir: &Path) -> io::Result<Vec<u8>> {
         fs::read(data_dir.join(CERT_DIR).join("swarm-node.crt"))

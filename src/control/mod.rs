@@ -11,6 +11,7 @@ pub mod error;
 pub mod external;
 pub mod filters;
 pub mod local;
+pub mod managers;
 pub mod nodes;
 pub mod records;
 pub mod renewal;

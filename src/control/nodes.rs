@@ -100,6 +100,12 @@ impl Control {
             checks.extend(self.guard_last_manager()?);
         }
         let mut record = current.record;
+        if let (true, Some(raft_id)) = (demoted, record.raft_id) {
+            // Out of the group first (refused if that breaks quorum), as SwarmKit does.
+            self.remove_from_group(raft_id).await?;
+            record.raft_id = None;
+            record.manager_addr = None;
+        }
         if demoted {
             // The observed role follows a demotion at once (SwarmKit's role manager does so once
             // the node left Raft; other nodes are never in swarmguard's Raft), so the manager
@@ -483,6 +489,7 @@ fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) 
             addr: req.addr.clone(),
         },
         manager_addr: None,
+        raft_id: None,
         software: NodeSoftware::Unrecorded,
         certificate: CertificateRecord {
             state: CertState::Pending,

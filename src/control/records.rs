@@ -76,6 +76,10 @@ pub struct NodeRecord {
     pub status: NodeStatus,
     /// The cluster address of a manager (`host:port`).
     pub manager_addr: Option<String>,
+    /// A swarmguard manager's ID in the Raft group (absent for workers, and in records
+    /// written before several managers existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_id: Option<u64>,
     pub certificate: CertificateRecord,
     /// What the node runs, as this manager recorded it (never what the node says now).
     /// Absent in records written before it existed: those read as `Unrecorded`.
@@ -245,11 +249,20 @@ pub fn list<T: DeserializeOwned>(
         .collect()
 }
 
+/// Writes through the leader (the store forwards from a follower). No leader with a quorum
+/// is dockerd's "does not have a leader" error; an outcome lost with a failing leader says so.
 pub async fn apply(store: &Store, txn: Txn) -> Result<TxnOutcome, ControlError> {
-    store
-        .apply(txn)
-        .await
-        .map_err(|e| ControlError::Store(e.to_string()))
+    store.apply(txn).await.map_err(store_error)
+}
+
+/// The one mapping of the store's errors that callers act on.
+pub fn store_error(e: crate::store::StoreError) -> ControlError {
+    use crate::store::StoreError;
+    match e {
+        e @ StoreError::NoQuorum { .. } => ControlError::rpc(super::Code::Unknown, e),
+        e @ StoreError::Unknown(_) => ControlError::rpc(super::Code::Unavailable, e),
+        e => ControlError::Store(e.to_string()),
+    }
 }
 
 /// Read-modify-write of one record under a version check, retried on conflicts up to

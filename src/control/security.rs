@@ -36,6 +36,9 @@ pub struct Material {
     /// The cluster port's server side: this certificate, client certificates verified
     /// against the root when offered.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// What this manager dials other managers with: this certificate as client certificate,
+    /// their server certificates verified against the root (name `swarm-manager`).
+    pub client_config: Arc<rustls::ClientConfig>,
     /// SHA-256 over the root and the certificate: what the TLS configs were built from.
     fingerprint: [u8; 32],
 }
@@ -91,6 +94,7 @@ impl Security {
                 signer,
                 cert_pem: m.cert_pem.clone(),
                 server_config: m.server_config.clone(),
+                client_config: m.client_config.clone(),
                 fingerprint: m.fingerprint,
             }));
         }
@@ -118,7 +122,10 @@ impl Security {
             &root,
             (cert_pem.clone(), Zeroizing::new(key_pem.to_vec())),
         );
+        let client_config = crate::agent::tls::verified(&root_pem, Some((&cert_pem, key_pem)))
+            .map_err(|e| ControlError::internal("cannot build the managers' client TLS", e))?;
         Ok(Material {
+            client_config,
             cluster_id,
             identity,
             fingerprint: fingerprint(&root_pem, &cert_pem, spec),

@@ -51,6 +51,11 @@ impl Control {
     /// with a manager certificate from the new CA; returns the node ID.
     pub async fn init(&self, req: &InitOptions) -> Result<String, ControlError> {
         let _one_at_a_time = self.membership.lock().await;
+        if self.store.get(CLUSTER_KEY).is_some() && req.force_new_cluster {
+            return Err(ControlError::InvalidArgument(
+                "swarmguard recovers a swarm at start-up: stop this manager and start it again with `swarmguard manager --force-new-cluster`".into(),
+            ));
+        }
         if self.store.get(CLUSTER_KEY).is_some() {
             return Err(ControlError::AlreadyInSwarm);
         }
@@ -70,7 +75,7 @@ impl Control {
             .resolve_addrs(&req.listen_addr, &req.advertise_addr)?;
         let new = new_cluster(&spec).await?;
         let cluster = cluster_record(&new, spec, req);
-        let node = own_node_record(&new, availability, advertise);
+        let node = own_node_record(&new, availability, advertise, self.store.node_id());
 
         // The identity goes to disk first: a crash before the commit leaves files the next init
         // overwrites, while a commit without files would leave a cluster nobody can serve.
@@ -84,6 +89,12 @@ impl Control {
             advertise,
         )
         .map_err(|e| ControlError::internal("cannot write this manager's certificate", e))?;
+        // A manager started without a raft group gets a one-voter group here, reachable at
+        // the address other managers will dial.
+        self.store
+            .bootstrap(&advertise.to_string(), std::time::Duration::from_secs(15))
+            .await
+            .map_err(|e| ControlError::Store(e.to_string()))?;
         self.commit_new_cluster(&cluster, &new, &node).await?;
         let (cluster_id, node_id) = (new.cluster_id.clone(), new.node_id.clone());
         let cert_pem = new.issued.cert_pem.clone();
@@ -195,6 +206,9 @@ impl Control {
         let _one_at_a_time = self.membership.lock().await;
         if self.store.get(CLUSTER_KEY).is_none() {
             return Err(ControlError::NotInSwarm);
+        }
+        if self.store.member_addrs().len() > 1 {
+            return self.leave_group(force).await;
         }
         if !force {
             return Err(ControlError::Unavailable(
@@ -311,6 +325,7 @@ fn own_node_record(
     new: &NewCluster,
     availability: Availability,
     advertise: SocketAddr,
+    raft_id: u64,
 ) -> NodeRecord {
     let now = now_rfc3339();
     NodeRecord {
@@ -331,6 +346,7 @@ fn own_node_record(
             addr: advertise.ip().to_string(),
         },
         manager_addr: Some(advertise.to_string()),
+        raft_id: Some(raft_id),
         software: NodeSoftware::SwarmguardManager,
         certificate: CertificateRecord {
             state: CertState::Issued,

@@ -167,6 +167,7 @@ fn sample_node() -> NodeRecord {
             addr: "127.0.0.1".into(),
         },
         manager_addr: None,
+        raft_id: None,
         certificate: CertificateRecord {
             state: CertState::Issued,
             cert_pem: String::new(),

@@ -1,6 +1,6 @@
 //! Engine API handlers: translate HTTP to control-layer calls and records to Docker JSON.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -16,6 +16,7 @@ use super::request::{bool_value, json_body, parse_bool, parse_version};
 use super::types as api;
 use super::API_VERSION;
 use crate::control::filters::Filters;
+use crate::control::managers::ManagerState;
 use crate::control::records::{CertState, ClusterRecord, NodeRecord};
 use crate::control::swarm::InitOptions;
 use crate::control::types::{Availability, NodeSpec, Role};
@@ -169,6 +170,7 @@ fn cluster_info(ctl: &Control, view: &ClusterView) -> api::ClusterInfo {
 }
 
 pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ApiError> {
+    ctl.read_barrier().await?;
     let view = ctl.cluster()?;
     Ok(Json(api::Swarm {
         cluster: cluster_info(&ctl, &view),
@@ -177,6 +179,26 @@ pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ApiError
             manager: view.record.join_tokens.manager.clone(),
         },
     }))
+}
+
+/// `POST /swarm/join`: this manager joins a swarm as a manager (see `grpc::join`).
+pub async fn swarm_join(State(ctl): Ctl, body: Body) -> Result<StatusCode, ApiError> {
+    let req: api::JoinRequest = json_body(body)?;
+    let mut port = ctl.watch_cluster_port();
+    let opts = crate::grpc::join::JoinOptions {
+        listen_addr: req.listen_addr,
+        advertise_addr: req.advertise_addr,
+        remote_addrs: req.remote_addrs,
+        join_token: req.join_token,
+    };
+    crate::grpc::join::join_as_manager(ctl.clone(), opts).await?;
+    // The CLI reads /info next and prints "joined as a manager" from ControlAvailable.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        port.wait_for(|s| *s != ClusterPort::Stopped),
+    )
+    .await;
+    Ok(StatusCode::OK)
 }
 
 pub async fn swarm_init(State(ctl): Ctl, body: Body) -> Result<Json<String>, ApiError> {
@@ -243,12 +265,13 @@ pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, Api
 pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Node>>, ApiError> {
     let filters = Filters::parse(q.get("filters").map(String::as_str), Filters::NODE_KEYS)?;
     filters.validate_nodes()?;
-    let local = ctl.local_node_id();
+    ctl.read_barrier().await?;
+    let states = ctl.manager_states().await;
     let nodes = ctl
         .nodes()?
         .into_iter()
         .filter(|n| filters.matches_node(&n.record))
-        .map(|n| node_json(&n, local.as_deref()))
+        .map(|n| node_json(&n, &states))
         .collect();
     Ok(Json(nodes))
 }
@@ -257,8 +280,9 @@ pub async fn node_inspect(
     State(ctl): Ctl,
     Path(id): Path<String>,
 ) -> Result<Json<api::Node>, ApiError> {
+    ctl.read_barrier().await?;
     let node = ctl.node(&id)?;
-    Ok(Json(node_json(&node, ctl.local_node_id().as_deref())))
+    Ok(Json(node_json(&node, &ctl.manager_states().await)))
 }
 
 pub async fn node_update(
@@ -288,7 +312,7 @@ pub async fn node_remove(
     Ok(StatusCode::OK)
 }
 
-fn node_json(view: &NodeView, local: Option<&str>) -> api::Node {
+fn node_json(view: &NodeView, states: &BTreeMap<String, ManagerState>) -> api::Node {
     let r: &NodeRecord = &view.record;
     api::Node {
         id: r.id.clone(),
@@ -300,11 +324,18 @@ fn node_json(view: &NodeView, local: Option<&str>) -> api::Node {
         spec: r.spec.clone(),
         description: r.description.clone(),
         status: node_status(r),
-        manager_status: r.manager_addr.as_ref().map(|addr| api::ManagerStatus {
-            // A single-voter store: the local manager is the Raft leader.
-            leader: local == Some(r.id.as_str()),
-            reachability: "reachable".into(),
-            addr: addr.clone(),
+        manager_status: r.manager_addr.as_ref().map(|addr| {
+            let state = states.get(&r.id);
+            api::ManagerStatus {
+                leader: state.is_some_and(|s| s.leader),
+                reachability: if state.is_some_and(|s| s.reachable) {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+                addr: addr.clone(),
+            }
         }),
     }
 }

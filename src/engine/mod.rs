@@ -57,6 +57,7 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
         .route("/info", get(handlers::info))
         .route("/swarm", get(handlers::swarm_inspect))
         .route("/swarm/init", post(handlers::swarm_init))
+        .route("/swarm/join", post(handlers::swarm_join))
         .route("/swarm/update", post(handlers::swarm_update))
         .route("/swarm/leave", post(handlers::swarm_leave))
         .route("/swarm/unlockkey", get(handlers::swarm_unlock_key))

@@ -103,6 +103,26 @@ pub struct InitRequest {
     pub subnet_size: u32,
 }
 
+/// `POST /swarm/join` body (the CLI sends all six fields, empty or not).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JoinRequest {
+    #[serde(rename = "ListenAddr", default)]
+    pub listen_addr: String,
+    #[serde(rename = "AdvertiseAddr", default)]
+    pub advertise_addr: String,
+    /// Accepted for the CLI's sake; swarmguard carries no data path.
+    #[serde(rename = "DataPathAddr", default)]
+    #[allow(dead_code)]
+    pub data_path_addr: String,
+    #[serde(rename = "RemoteAddrs", default)]
+    pub remote_addrs: Vec<String>,
+    #[serde(rename = "JoinToken", default)]
+    pub join_token: String,
+    #[serde(rename = "Availability", default)]
+    #[allow(dead_code)]
+    pub availability: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
     #[serde(rename = "ID")]

@@ -340,6 +340,40 @@ pub fn node_pb(node: &NodeRecord, version: u64, cluster: &ClusterRecord) -> pb::
     }
 }
 
+/// Every manager of the swarm, with SwarmKit's default weight, so a stock worker whose manager
+/// dies picks another on its own (SwarmKit lists every raft member, reachable or not).
+fn manager_peers(s: &PortContext) -> Vec<pb::WeightedPeer> {
+    let mut peers: Vec<pb::WeightedPeer> = s
+        .control
+        .nodes()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| {
+            let addr = n.record.manager_addr?;
+            Some(pb::WeightedPeer {
+                peer: Some(pb::Peer {
+                    node_id: n.record.id,
+                    addr,
+                }),
+                weight: 10,
+            })
+        })
+        .collect();
+    if !peers
+        .iter()
+        .any(|p| p.peer.as_ref().is_some_and(|p| p.node_id == s.manager_id))
+    {
+        peers.push(pb::WeightedPeer {
+            peer: Some(pb::Peer {
+                node_id: s.manager_id.clone(),
+                addr: s.advertise_addr.clone(),
+            }),
+            weight: 10,
+        });
+    }
+    peers
+}
+
 fn session_message(
     s: &PortContext,
     session_id: &str,
@@ -354,13 +388,7 @@ fn session_message(
     Ok(pb::SessionMessage {
         session_id: session_id.to_string(),
         node: Some(node_pb(&node.record, node.version, &cluster.record)),
-        managers: vec![pb::WeightedPeer {
-            peer: Some(pb::Peer {
-                node_id: s.manager_id.clone(),
-                addr: s.advertise_addr.clone(),
-            }),
-            weight: 10,
-        }],
+        managers: manager_peers(s),
         network_bootstrap_keys: vec![],
         root_ca: cluster.record.root_ca_pem.as_bytes().to_vec(),
     })

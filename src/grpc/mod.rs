@@ -10,7 +10,9 @@ pub mod ca;
 pub mod dispatcher;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod join;
 pub mod limits;
+pub mod raft;
 
 #[cfg(test)]
 mod tests;
@@ -228,13 +230,21 @@ pub async fn start_with(
 }
 
 /// Nodes the store shows Ready must re-register within a heartbeat window, or go Down.
+/// With several managers a node keeps its session with one of them, so no manager may expect
+/// every node; managers themselves hold no session at all.
 fn expect_ready_nodes(ctx: &PortContext) {
+    if ctx.control.store().member_addrs().len() > 1 {
+        return;
+    }
     let (Ok(cluster), Ok(nodes)) = (ctx.cluster(), ctx.control.nodes()) else {
         return;
     };
     let period = dispatcher::heartbeat_period(&cluster.record);
     for n in nodes {
-        if n.record.id != ctx.manager_id && n.record.status.state == NodeState::Ready {
+        if n.record.id != ctx.manager_id
+            && n.record.manager_addr.is_none()
+            && n.record.status.state == NodeState::Ready
+        {
             ctx.dispatcher.expect(&n.record.id, period);
         }
     }
@@ -264,6 +274,9 @@ fn services(ctx: &Arc<PortContext>) -> tonic::transport::server::Router {
             pb::log_broker_server::LogBrokerServer::new(dispatcher::LogBrokerService(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(raft::RaftService::server(raft::Gate::Serving(
+            ctx.control.clone(),
+        )))
 }
 
 /// Waits for a store change that can touch the cluster port's TLS material: the cluster record
@@ -292,6 +305,16 @@ async fn identity_changed(
     }
 }
 
+/// Managers dial each other with this manager's current certificate.
+fn install_transport(control: &Control) {
+    let Some(m) = control.security().current() else {
+        return;
+    };
+    control
+        .store()
+        .set_transport(Some(Arc::new(raft::Dialer::new(m.client_config.clone()))));
+}
+
 /// Keeps the cluster port running exactly while this manager is part of a swarm.
 pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.store().subscribe();
@@ -302,6 +325,7 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
         match (&running, in_swarm) {
             (None, true) => match start(control.clone()).await {
                 Ok(r) => {
+                    install_transport(&control);
                     if let Some(local) = control.local_identity() {
                         control.set_cluster_port(ClusterPort::Serving(local.listen_addr));
                     }
@@ -316,12 +340,17 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
             },
             (Some(_), true) => {
                 if let Some(r) = running.as_mut() {
-                    if let Err(e) = r.reload_tls() {
-                        tracing::warn!(error = %e, "cannot reload the cluster port's TLS material");
+                    match r.reload_tls() {
+                        Ok(true) => install_transport(&control),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot reload the cluster port's TLS material")
+                        }
                     }
                 }
             }
             (Some(_), false) => {
+                control.store().set_transport(None);
                 if let Some(r) = running.take() {
                     r.stop().await;
                     control.set_cluster_port(ClusterPort::Stopped);

@@ -20,6 +20,7 @@ use crate::pb;
 use crate::store::Store;
 
 mod hostile;
+mod raft_auth;
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -46,6 +46,14 @@ pub enum StoreError {
         "this manager is not the Raft leader (leader: {leader:?}); send the write to the leader"
     )]
     NotLeader { leader: Option<u64> },
+    /// No leader with a quorum is reachable: dockerd's text, with how many managers answer.
+    #[error("The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online. ({reachable} of {managers} managers reachable from this one)")]
+    NoQuorum { reachable: usize, managers: usize },
+    /// The write was sent but its outcome is not known (the leader failed mid-call).
+    #[error("the outcome of the write is unknown: {0}; read the object again before retrying")]
+    Unknown(String),
+    #[error("{0}")]
+    Transport(#[from] super::network::TransportError),
     #[error("timed out waiting for {what}; check the logs for storage errors")]
     Timeout { what: String },
     #[error("raft: {0} (the store stopped; check the logs, then restart swarmguard)")]

@@ -459,6 +459,61 @@ fn writer_loop(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver<J
     }
 }
 
+impl LogStore {
+    /// Disaster recovery (`--force-new-cluster`): ends the group this log belonged to by
+    /// appending a membership of this node alone, in a new term this node leads (vote saved
+    /// first). Runs before openraft starts on the log; every entry already in it is kept, as
+    /// SwarmKit keeps its log.
+    pub(crate) fn force_single_voter(&self, node_id: u64, addr: &str) -> Result<(), StoreError> {
+        let (vote, last) = {
+            let c = self.inner.cache();
+            (c.vote, c.last_log)
+        };
+        let Some(last) = last else {
+            return Err(StoreError::Raft(
+                "--force-new-cluster: this data dir holds no raft log to recover".into(),
+            ));
+        };
+        let term = vote
+            .map(|v| v.leader_id.term)
+            .unwrap_or(0)
+            .max(last.leader_id.term)
+            + 1;
+        let membership = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([node_id])],
+            BTreeMap::from([(node_id, openraft::BasicNode::new(addr))]),
+        );
+        let entry = LogEntry {
+            log_id: LogId::new(
+                openraft::CommittedLeaderId::new(term, node_id),
+                last.index + 1,
+            ),
+            payload: openraft::EntryPayload::Membership(membership),
+        };
+        let v = Vote::new_committed(term, node_id);
+        let rec = sealed::seal_json(&self.inner.dek, AAD_VOTE, &v)?;
+        self.inner.write(|tx| {
+            let mut meta = tx
+                .open_table(META)
+                .map_err(|e| StoreError::db(self.inner.what(), e))?;
+            meta.insert("vote", rec.as_slice())
+                .map_err(|e| StoreError::db(self.inner.what(), e))?;
+            Ok(())
+        })?;
+        self.inner.cache().vote = Some(v);
+        let entries = vec![entry];
+        self.inner.keep_in_tail(&entries);
+        self.inner
+            .write_entries(&entries.iter().collect::<Vec<_>>())?;
+        tracing::warn!(
+            term,
+            index = last.index + 1,
+            "--force-new-cluster: this manager is now the only voter of its raft group"
+        );
+        Ok(())
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,

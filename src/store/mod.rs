@@ -27,6 +27,7 @@
 //! which therefore holds the plaintext values while the process runs.
 
 mod error;
+mod forward;
 mod log_store;
 mod network;
 mod sealed;
@@ -45,7 +46,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use tokio::sync::broadcast;
 
@@ -53,6 +53,9 @@ pub use error::StoreError;
 // The public API for the rest of the binary; not every item is used there yet.
 #[allow(unused_imports)]
 pub use types::{Applied, Check, Op, Txn, TxnOutcome, Versioned};
+
+pub use forward::{MemberView, QUORUM_GRACE};
+pub use network::{CallFuture, Frame, Rpc, Transport, TransportError, MAX_FRAME_BYTES};
 
 use log_store::LogStore;
 use state_machine::{Shared, StateMachine};
@@ -78,6 +81,17 @@ pub struct StoreOptions {
     pub leader_timeout: Duration,
     /// Compact the raft log file after this many entries were purged since the last compaction.
     pub compact_log_after_purged: u64,
+    /// Make a fresh store a one-voter group at open. A manager that may join another group
+    /// opens without it and calls [`Store::bootstrap`] at `swarm init`.
+    pub bootstrap: bool,
+    /// How long a write may wait for a leader (failover) before it is refused.
+    pub write_timeout: Duration,
+    /// Raft timing (ms): leader heartbeat, and the range election timeouts are drawn from.
+    pub heartbeat_ms: u64,
+    pub election_ms: (u64, u64),
+    /// Disaster recovery: make this store the only voter of its group at `advertise_addr`,
+    /// keeping its data (see [`log_store::LogStore::force_single_voter`]).
+    pub force_new_cluster: bool,
 }
 
 impl Default for StoreOptions {
@@ -91,6 +105,14 @@ impl Default for StoreOptions {
             keep_logs_after_snapshot: 500,
             leader_timeout: Duration::from_secs(15),
             compact_log_after_purged: 10_000,
+            bootstrap: true,
+            write_timeout: Duration::from_secs(10),
+            // A follower campaigns 300–600 ms after its last heartbeat, and the others grant
+            // their vote once their leader lease (the election maximum, 600 ms) ran out, so
+            // failover takes 0.6–1 s. The heartbeat is also openraft's AppendEntries timeout.
+            heartbeat_ms: 100,
+            election_ms: (300, 600),
+            force_new_cluster: false,
         }
     }
 }
@@ -112,6 +134,11 @@ struct Inner {
     /// Compactions of the raft log file since open (read by the tests that force one).
     #[cfg_attr(not(test), allow(dead_code))]
     log_compactions: Arc<AtomicU64>,
+    /// The manager-to-manager transport, once installed (see [`Store::set_transport`]).
+    transport: Arc<network::TransportSlot>,
+    /// When a leader's AppendEntries last succeeded here.
+    leader_heard: RwLock<Option<Instant>>,
+    write_timeout: Duration,
 }
 
 /// Put it as the LAST field of a struct owning a `redb::Database`: fields drop in declaration
@@ -180,15 +207,23 @@ impl Store {
         };
         drop(dek);
         let (log, node_id) = log;
+        if opts.force_new_cluster {
+            log.force_single_voter(node_id, &opts.advertise_addr)?;
+        }
         let log_closed = log.closed_flag();
         let log_compactions = log.compaction_counter();
         let sm_closed = sm.closed_flag();
 
         let config = Config {
             cluster_name: "swarmguard".to_owned(),
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: opts.heartbeat_ms,
+            election_timeout_min: opts.election_ms.0,
+            election_timeout_max: opts.election_ms.1,
+            // Snapshot chunks travel in one gRPC message each, under the cluster port's limit.
+            snapshot_max_chunk_size: 1 << 20,
+            // openraft gives one AppendEntries a heartbeat interval to answer: a follower
+            // catching up gets small batches it can take in time, or it never catches up.
+            max_payload_entries: 32,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
             max_in_snapshot_log_to_keep: opts.keep_logs_after_snapshot,
             purge_batch_size: 64,
@@ -197,7 +232,11 @@ impl Store {
         .validate()
         .map_err(|e| StoreError::Raft(format!("invalid raft config: {e}")))?;
 
-        let raft = Raft::new(node_id, Arc::new(config), network::NoPeers, log, sm)
+        let transport = Arc::new(network::TransportSlot::default());
+        let peers = network::Peers {
+            slot: transport.clone(),
+        };
+        let raft = Raft::new(node_id, Arc::new(config), peers, log, sm)
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
 
@@ -209,6 +248,9 @@ impl Store {
                 log_closed,
                 sm_closed,
                 log_compactions,
+                transport,
+                leader_heard: RwLock::new(None),
+                write_timeout: opts.write_timeout,
             }),
         };
         if let Err(e) = store.start(&opts).await {
@@ -218,12 +260,52 @@ impl Store {
             }
             return Err(e);
         }
-        tracing::info!(node_id, "cluster store open, this node is leader");
+        tracing::info!(node_id, "cluster store open");
         Ok(store)
     }
 
-    /// Initializes membership on first start and waits for leadership.
+    /// Initializes membership on first start (when asked to) and waits for leadership while
+    /// this manager is the only voter.
     async fn start(&self, opts: &StoreOptions) -> Result<(), StoreError> {
+        let initialized = self
+            .inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !initialized && !opts.bootstrap {
+            tracing::info!("cluster store open, not part of a raft group yet");
+            return Ok(());
+        }
+        if !initialized {
+            return self
+                .bootstrap(&opts.advertise_addr, opts.leader_timeout)
+                .await;
+        }
+        let voters: Vec<u64> = {
+            let m = self.inner.raft.metrics().borrow().clone();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        if voters == [self.inner.node_id] {
+            self.wait_leader_and_replay(opts.leader_timeout).await?;
+        } else {
+            // Several managers: the others may not be up yet. Entries past the applied ones
+            // apply once a leader says they are committed; until then reads may be stale.
+            tracing::info!(
+                voters = voters.len(),
+                "cluster store open as one of several managers"
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes this fresh store a one-voter group reachable at `advertise_addr` and waits until
+    /// it leads. Does nothing to a store that is part of a group already.
+    pub async fn bootstrap(
+        &self,
+        advertise_addr: &str,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
         let raft = &self.inner.raft;
         let node_id = self.inner.node_id;
         let initialized = raft
@@ -232,14 +314,19 @@ impl Store {
             .map_err(|e| StoreError::Raft(e.to_string()))?;
         if !initialized {
             let mut members = BTreeMap::new();
-            members.insert(node_id, BasicNode::new(&opts.advertise_addr));
+            members.insert(node_id, BasicNode::new(advertise_addr));
             raft.initialize(members)
                 .await
                 .map_err(|e| StoreError::Raft(format!("initializing membership: {e}")))?;
             tracing::info!(node_id, "initialized single-manager raft cluster");
         }
+        self.wait_leader_and_replay(timeout).await
+    }
 
-        raft.wait(Some(opts.leader_timeout))
+    async fn wait_leader_and_replay(&self, timeout: Duration) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let node_id = self.inner.node_id;
+        raft.wait(Some(timeout))
             .metrics(
                 |m| m.current_leader == Some(node_id) && m.state.is_leader(),
                 "this node becomes leader",
@@ -251,12 +338,64 @@ impl Store {
         // Entries in the log but not yet in the state machine (a crash between the two, or state
         // commits not yet fsync'd) are re-applied now; nobody may read state before that.
         let last_log = raft.metrics().borrow().last_log_index;
-        raft.wait(Some(opts.leader_timeout))
+        raft.wait(Some(timeout))
             .applied_index_at_least(last_log, "the state machine catches up with the log")
             .await
             .map_err(|e| StoreError::Timeout {
                 what: format!("replaying the log: {e}"),
             })?;
+        Ok(())
+    }
+
+    /// Whether this store is part of a raft group (bootstrapped, or joined and replicated to).
+    pub async fn is_initialized(&self) -> Result<bool, StoreError> {
+        self.inner
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))
+    }
+
+    /// Installs (or removes) the manager-to-manager transport.
+    pub fn set_transport(&self, t: Option<Arc<dyn Transport>>) {
+        self.inner.transport.set(t);
+    }
+
+    /// Waits until the applied state holds `key` (a joining manager catching up).
+    pub async fn wait_for_key(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        while self.get(key).is_none() {
+            if Instant::now() > deadline {
+                return Err(StoreError::Timeout {
+                    what: format!("{key} to replicate here"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Linearizable read barrier (read index): returns once this manager applied everything
+    /// committed before the call, confirmed by a quorum through the leader.
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        if self.is_leader() {
+            match self.leader_read_index().await {
+                Ok(_) => return Ok(()),
+                // Lost leadership meanwhile: ask the new leader.
+                Err(StoreError::NotLeader { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // A follower asks the leader for its read index (the leader confirms it still leads
+        // with a quorum round), then waits until it applied that far itself.
+        if let Some(index) = self.read_index_from_leader().await? {
+            self.inner
+                .raft
+                .wait(Some(QUORUM_GRACE))
+                .applied_index_at_least(Some(index), "reads catch up")
+                .await
+                .map_err(|_| self.no_quorum())?;
+        }
         Ok(())
     }
 
@@ -277,20 +416,7 @@ impl Store {
         if let Some(key) = self.failed_check(&txn) {
             return Ok(TxnOutcome::Conflict { key });
         }
-        match self.inner.raft.client_write(txn).await {
-            Ok(resp) => resp.data.outcome.ok_or_else(|| {
-                StoreError::Raft("state machine returned no outcome for a transaction".into())
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(StoreError::Raft(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(StoreError::Raft(f.to_string())),
-        }
+        self.apply_anywhere(txn).await
     }
 
     /// The key of the first check `txn` fails against the applied state now.

@@ -1070,11 +1070,15 @@ async fn failed_open_releases_the_files() {
     store.shutdown().await.unwrap();
 }
 
+/// Before a transport is installed (one manager, or one not yet in a swarm), every peer is
+/// unreachable, which openraft treats as "back off and retry".
 #[tokio::test]
-async fn network_reports_every_peer_unreachable() {
+async fn network_without_transport_reports_every_peer_unreachable() {
     use openraft::error::RPCError;
     use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-    let mut factory = network::NoPeers;
+    let mut factory = network::Peers {
+        slot: std::sync::Arc::new(network::TransportSlot::default()),
+    };
     let mut client = factory
         .new_client(7, &BasicNode::new("10.0.0.7:4242"))
         .await;
@@ -1086,9 +1090,38 @@ async fn network_reports_every_peer_unreachable() {
     assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("no manager-to-manager transport") && msg.contains("10.0.0.7:4242"),
+        msg.contains("no transport to raft node 7") && msg.contains("10.0.0.7:4242"),
         "{msg}"
     );
+}
+
+/// A malformed frame from a peer is refused as malformed, never applied or panicking.
+#[tokio::test]
+async fn malformed_raft_frames_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    for rpc in [
+        Rpc::AppendEntries,
+        Rpc::Vote,
+        Rpc::InstallSnapshot,
+        Rpc::Forward,
+    ] {
+        for json in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"{\"Write\":{\"checks\":7}}",
+            &[0xff; 64][..],
+        ] {
+            let frame = Frame {
+                json: json.to_vec(),
+                data: vec![1, 2, 3],
+            };
+            let err = store.serve(rpc, frame).await.unwrap_err();
+            assert!(matches!(err, StoreError::Encode { .. }), "{rpc:?}: {err}");
+        }
+    }
+    store.shutdown().await.unwrap();
 }
 
 /// A data directory from before the append-only log file (entries in raft-log.redb's `log`

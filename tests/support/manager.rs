@@ -21,6 +21,8 @@ pub struct Manager {
     pub tcp_api: String,
     /// Run with this RLIMIT_NOFILE (soft and hard), set by `prlimit`, which execs the manager.
     pub nofile: Option<u64>,
+    /// More `swarmguard manager` flags, for the next (re)start.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -78,6 +80,7 @@ impl Manager {
             netns: netns.map(str::to_string),
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile,
+            extra_args: Vec::new(),
             child: None,
         };
         m.spawn();
@@ -115,6 +118,7 @@ impl Manager {
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--engine-api")
             .arg(format!("tcp://{}", self.tcp_api))
+            .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
