@@ -158,7 +158,8 @@ async fn serve_engine_api(
 }
 
 /// The manager's background work: the cluster gRPC port (while part of a swarm), this
-/// manager's own certificate renewal, and signing what a signer could not sign at once.
+/// manager's own certificate renewal, signing what a signer could not sign at once, and the
+/// orchestrator and scheduler that turn services into placed tasks.
 fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec<Task> {
     let (c, s) = (control.clone(), stop.clone());
     let port = tokio::spawn(async move {
@@ -175,7 +176,12 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
         crate::control::signer::reconcile(c, s).await;
         Ok(())
     });
-    vec![port, renewal, signing]
+    let (c, s) = (control.clone(), stop.clone());
+    let orchestration = tokio::spawn(async move {
+        crate::control::orchestrator::run(c, s).await;
+        Ok(())
+    });
+    vec![port, renewal, signing, orchestration]
 }
 
 /// Creates the data dir 0700 and refuses one others can read: it holds the store's key.

@@ -245,6 +245,7 @@ pub fn describe_this_host(ca: &RootCa) -> NodeDescription {
         },
         engine: EngineDescription {
             engine_version: format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
+            labels: Default::default(),
         },
         tls_info: tls_info(ca),
     }

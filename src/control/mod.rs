@@ -7,18 +7,27 @@
 //! can never both win, and a refused request changes nothing. The edges (`engine`, `grpc`) call
 //! in here and map [`ControlError`] to their own answers; this layer never sees HTTP or gRPC.
 
+pub mod audit;
+pub mod constraints;
 pub mod error;
 pub mod filters;
+pub mod image_ref;
 pub mod local;
 pub mod nodes;
+pub mod orchestrator;
 pub mod records;
 pub mod renewal;
+pub mod scheduler;
 pub mod security;
+pub mod service_secrets;
+pub mod service_spec;
+pub mod services;
 pub mod signer;
 #[cfg(test)]
 mod signer_tests;
 pub mod spec;
 pub mod swarm;
+pub mod tasks;
 pub mod types;
 
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +60,8 @@ pub struct Control {
     cluster_cache: Mutex<Option<Arc<Stored<ClusterRecord>>>>,
     /// When each node last renewed its certificate over mTLS (see `nodes::admit_renewal`).
     renewals: Mutex<nodes::Renewals>,
+    /// The hash-chained record of security decisions (`audit.log` in the data dir).
+    audit: audit::AuditLog,
 }
 
 /// State of the cluster gRPC port.
@@ -80,6 +91,7 @@ impl Control {
         if let Some(material) = Security::load(&store, &config.data_dir)? {
             security.install(material);
         }
+        let audit = audit::AuditLog::open(&config.data_dir);
         Ok(Control {
             store,
             config,
@@ -89,11 +101,16 @@ impl Control {
             membership_changed: tokio::sync::Notify::new(),
             cluster_cache: Mutex::new(None),
             renewals: Mutex::new(nodes::Renewals::default()),
+            audit,
         })
     }
 
     pub fn config(&self) -> &ManagerConfig {
         &self.config
+    }
+
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.audit
     }
 
     pub fn security(&self) -> &Security {

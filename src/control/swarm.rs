@@ -8,6 +8,7 @@ use base64::Engine as _;
 use swarmguard_ca::{IssuedCertificate, JoinToken, NodeRole, RootCa};
 use zeroize::Zeroizing;
 
+use super::audit::AuditEvent;
 use super::error::{Code, ControlError};
 use super::local::{self, LocalIdentity};
 use super::records::{
@@ -175,6 +176,15 @@ impl Control {
                         manager = rotate.manager_token,
                         "join token rotated; the old token is refused from now on"
                     );
+                }
+                for (rotated, role) in [
+                    (rotate.worker_token, "worker"),
+                    (rotate.manager_token, "manager"),
+                ] {
+                    if rotated {
+                        self.audit
+                            .record(AuditEvent::TokenRotated { role: role.into() });
+                    }
                 }
                 Ok(())
             }

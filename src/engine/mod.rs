@@ -17,6 +17,7 @@ pub mod error;
 pub mod fuzzing;
 mod handlers;
 mod request;
+mod services;
 pub mod types;
 
 use std::sync::Arc;
@@ -67,6 +68,15 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
             get(handlers::node_inspect).delete(handlers::node_remove),
         )
         .route("/nodes/{id}/update", post(handlers::node_update))
+        .route("/services", get(services::service_list))
+        .route("/services/create", post(services::service_create))
+        .route(
+            "/services/{id}",
+            get(services::service_inspect).delete(services::service_remove),
+        )
+        .route("/services/{id}/update", post(services::service_update))
+        .route("/tasks", get(services::task_list))
+        .route("/tasks/{id}", get(services::task_inspect))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);

@@ -1,0 +1,223 @@
+//! Engine API handlers for services and tasks (`docker service …`, `GET /tasks`), in dockerd
+//! 20.10's JSON shapes (facts/services.md §2.4–2.5).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::request::{bool_value, json_body, parse_bool, parse_version};
+use crate::control::filters::Filters;
+use crate::control::service_spec::{RestartPolicy, ServiceSpec, UpdateConfig};
+use crate::control::services::{ServiceRecord, ServiceView};
+use crate::control::tasks::{TaskRecord, TaskView};
+use crate::control::Control;
+
+type Ctl = State<Arc<Control>>;
+type Q = Query<HashMap<String, String>>;
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+pub const SERVICE_FILTERS: &[&str] = &["id", "label", "mode", "name"];
+pub const TASK_FILTERS: &[&str] = &[
+    "_up-to-date",
+    "desired-state",
+    "id",
+    "label",
+    "name",
+    "node",
+    "service",
+];
+
+/// What `insertDefaults=true` fills in, as dockerd does for `docker service inspect`.
+fn with_defaults(mut spec: ServiceSpec) -> ServiceSpec {
+    let t = &mut spec.task_template;
+    t.restart_policy.get_or_insert(RestartPolicy {
+        condition: "any".into(),
+        delay: Some(5_000_000_000),
+        max_attempts: 0,
+        window: None,
+    });
+    let update = || UpdateConfig {
+        parallelism: 1,
+        delay: 0,
+        failure_action: "pause".into(),
+        monitor: 5_000_000_000,
+        max_failure_ratio: 0.0,
+        order: "stop-first".into(),
+    };
+    spec.update_config.get_or_insert_with(update);
+    spec.rollback_config.get_or_insert_with(update);
+    spec
+}
+
+fn service_json(v: &ServiceView, defaults: bool, status: Option<Value>) -> Value {
+    let r: &ServiceRecord = &v.record;
+    let spec = if defaults {
+        with_defaults(r.spec.clone())
+    } else {
+        r.spec.clone()
+    };
+    let mut out = json!({
+        "ID": r.id,
+        "Version": {"Index": v.version},
+        "CreatedAt": r.created_at,
+        "UpdatedAt": r.updated_at,
+        "Spec": spec,
+        "Endpoint": {"Spec": {}},
+    });
+    if let Some(p) = &r.previous_spec {
+        out["PreviousSpec"] = json!(p);
+    }
+    if let Some(u) = &r.update_status {
+        out["UpdateStatus"] = json!(u);
+    }
+    if let Some(s) = status {
+        out["ServiceStatus"] = s;
+    }
+    out
+}
+
+fn task_json(v: &TaskView) -> Value {
+    let r: &TaskRecord = &v.record;
+    let mut status = json!(r.status);
+    status["PortStatus"] = json!({});
+    let mut out = json!({
+        "ID": r.id,
+        "Version": {"Index": v.version},
+        "CreatedAt": r.created_at,
+        "UpdatedAt": r.updated_at,
+        "Labels": {},
+        "Spec": r.spec,
+        "ServiceID": r.service_id,
+        "Status": status,
+        "DesiredState": r.desired_state,
+    });
+    if r.slot != 0 {
+        out["Slot"] = json!(r.slot);
+    }
+    if !r.node_id.is_empty() {
+        out["NodeID"] = json!(r.node_id);
+    }
+    out
+}
+
+pub async fn service_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<Value>>, ApiError> {
+    let filters = Filters::parse(q.get("filters").map(String::as_str), SERVICE_FILTERS)?;
+    let with_status = parse_bool("status", q.get("status"))?;
+    let services = ctl.services()?;
+    let tasks = if with_status { ctl.tasks()? } else { vec![] };
+    let mut out = Vec::new();
+    for s in services
+        .iter()
+        .filter(|s| filters.matches_service(&s.record))
+    {
+        let status = if with_status {
+            let mine: Vec<&TaskRecord> = tasks
+                .iter()
+                .map(|t| &t.record)
+                .filter(|t| t.service_id == s.record.id)
+                .collect();
+            Some(json!(ctl.service_status(&s.record, &mine)?))
+        } else {
+            None
+        };
+        out.push(service_json(s, false, status));
+    }
+    Ok(Json(out))
+}
+
+pub async fn service_create(State(ctl): Ctl, body: Body) -> Result<Response, ApiError> {
+    let spec: ServiceSpec = json_body(body)?;
+    let id = ctl.create_service(spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"ID": id, "Warnings": null})),
+    )
+        .into_response())
+}
+
+pub async fn service_inspect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Result<Json<Value>, ApiError> {
+    let defaults = parse_bool("insertDefaults", q.get("insertDefaults"))?;
+    let s = ctl.service(&id)?;
+    Ok(Json(service_json(&s, defaults, None)))
+}
+
+pub async fn service_update(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Query(q): Q,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let version = parse_version("service", q.get("version"))?;
+    let rollback = match q.get("rollback").map(String::as_str) {
+        None | Some("") => false,
+        Some("previous") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid rollback value {other:?}: only \"previous\" is supported"
+            )))
+        }
+    };
+    let spec: ServiceSpec = json_body(body)?;
+    ctl.update_service(&id, version, spec, rollback).await?;
+    Ok(Json(json!({"Warnings": null})))
+}
+
+pub async fn service_remove(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    ctl.remove_service(&id).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn task_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<Value>>, ApiError> {
+    let filters = Filters::parse(q.get("filters").map(String::as_str), TASK_FILTERS)?;
+    let services = ctl.services()?;
+    let wanted_services = filters.values_of("service").map(|vals| {
+        vals.iter()
+            .filter_map(|v| ctl.service(v).ok().map(|s| s.record.id))
+            .collect::<Vec<_>>()
+    });
+    let up_to_date = filters
+        .values_of("_up-to-date")
+        .is_some_and(|v| v.iter().any(|x| bool_value(Some(x))));
+    let by_id: HashMap<&str, &ServiceRecord> = services
+        .iter()
+        .map(|s| (s.record.id.as_str(), &s.record))
+        .collect();
+    let tasks = ctl
+        .tasks()?
+        .into_iter()
+        .filter(|t| {
+            let r = &t.record;
+            wanted_services
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&r.service_id))
+                && (!up_to_date
+                    || by_id
+                        .get(r.service_id.as_str())
+                        .is_some_and(|s| !s.is_dirty(r)))
+                && filters.matches_task(r)
+        })
+        .map(|t| task_json(&t))
+        .collect();
+    Ok(Json(tasks))
+}
+
+pub async fn task_inspect(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t = ctl.task(&id)?;
+    Ok(Json(task_json(&t)))
+}

@@ -1,0 +1,204 @@
+//! Services on a stock dockerd worker: `docker service create` against swarmguard runs a task
+//! on a real dockerd 20.10 that joined over SwarmKit's gRPC; `docker service ps` shows it
+//! Running; scale, update and rm act on the worker's containers.
+//!
+//! Manager and worker share one fresh network namespace (loopback only), as in join_dockerd.rs.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::dockerd::Dockerd;
+use support::manager::Manager;
+
+fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} not reached within {limit:?}");
+}
+
+/// A manager with one stock dockerd worker joined, and the busybox image on the worker.
+fn cluster() -> (Dockerd, tempfile::TempDir, Manager, String) {
+    let d = Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let mdir = tempfile::tempdir().unwrap();
+    let m = Manager::start_in(mdir.path(), Some(&ns));
+    m.init_swarm(&["--dispatcher-heartbeat", "1s"]);
+    let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    d.docker_ok(&["swarm", "join", "--token", token.trim(), &m.cluster_addr]);
+    let worker = d
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    poll("worker Ready", Duration::from_secs(10), || {
+        m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker])
+            .trim()
+            == "ready"
+    });
+    d.import_busybox_image("sg/bb:1");
+    d.import_busybox_image("sg/bb:2");
+    (d, mdir, m, worker)
+}
+
+/// `docker service ps` rows as `NAME|NODE|DESIRED|CURRENT|ERROR`.
+fn ps(m: &Manager, service: &str) -> Vec<String> {
+    m.docker_ok(&[
+        "service",
+        "ps",
+        "--no-trunc",
+        "--format",
+        "{{.Name}}|{{.Node}}|{{.DesiredState}}|{{.CurrentState}}|{{.Error}}",
+        service,
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+fn worker_containers(d: &Dockerd) -> Vec<String> {
+    d.docker_ok(&["ps", "--format", "{{.Names}}"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn replicated_service_runs_on_a_stock_dockerd_worker() {
+    let (mut d, _mdir, m, worker) = cluster();
+    let hostname = m
+        .docker_ok(&[
+            "node",
+            "inspect",
+            "--format",
+            "{{.Description.Hostname}}",
+            &worker,
+        ])
+        .trim()
+        .to_string();
+
+    // The CLI waits for convergence by polling service, tasks and nodes (no --detach).
+    let start = Instant::now();
+    let out = m.docker(&[
+        "service",
+        "create",
+        "--name",
+        "app",
+        "--constraint",
+        "node.role==worker",
+        "--env",
+        "GREETING=hello",
+        "sg/bb:1",
+        "sh",
+        "-c",
+        "echo $GREETING; sleep 600",
+    ]);
+    let text = support::text(&out);
+    assert!(out.status.success(), "service create: {text}");
+    assert!(
+        text.contains("verify: Service") && text.contains("converged"),
+        "{text}"
+    );
+    eprintln!(
+        "service create converged (CLI returned) after {:?}",
+        start.elapsed()
+    );
+
+    let rows = ps(&m, "app");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row: Vec<&str> = rows[0].split('|').collect();
+    assert_eq!(row[0], "app.1");
+    assert_eq!(row[1], hostname);
+    assert_eq!(row[2], "Running");
+    assert!(row[3].starts_with("Running"), "{rows:?}");
+
+    // The container on the worker: named <service>.<slot>.<task>, with the service's env.
+    let names = worker_containers(&d);
+    let name = names
+        .iter()
+        .find(|n| n.starts_with("app.1."))
+        .unwrap_or_else(|| panic!("no app.1 container on the worker: {names:?}"))
+        .clone();
+    let logs = d.ok(&[], &["logs", &name]);
+    assert!(logs.contains("hello"), "{logs}");
+
+    let ls = m.docker_ok(&[
+        "service",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Mode}} {{.Replicas}}",
+    ]);
+    assert_eq!(ls.trim(), "app replicated 1/1");
+
+    // Scale: two tasks, both on the only eligible node.
+    m.docker_ok(&["service", "scale", "--detach", "app=2"]);
+    poll("2 tasks running", Duration::from_secs(30), || {
+        worker_containers(&d)
+            .iter()
+            .filter(|n| n.starts_with("app."))
+            .count()
+            == 2
+    });
+    poll("service ls 2/2", Duration::from_secs(10), || {
+        m.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
+            .trim()
+            == "2/2"
+    });
+
+    // Rolling update of the image: every task is replaced by one running sg/bb:2.
+    m.docker_ok(&["service", "update", "--detach", "--image", "sg/bb:2", "app"]);
+    poll("tasks on sg/bb:2", Duration::from_secs(60), || {
+        let images = d.docker_ok(&["ps", "--format", "{{.Image}} {{.Names}}"]);
+        let app: Vec<&str> = images.lines().filter(|l| l.contains(" app.")).collect();
+        app.len() == 2 && app.iter().all(|l| l.starts_with("sg/bb:2 "))
+    });
+    poll("update completed", Duration::from_secs(20), || {
+        m.docker_ok(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.UpdateStatus.State}}",
+            "app",
+        ])
+        .trim()
+            == "completed"
+    });
+    let rows = ps(&m, "app");
+    assert!(
+        rows.iter().filter(|r| r.contains("|Shutdown|")).count() >= 2,
+        "old tasks kept as history: {rows:?}"
+    );
+
+    // A refused field is named, and nothing is created.
+    let out = m.docker(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--publish",
+        "8080:80",
+        "sg/bb:1",
+    ]);
+    let err = support::text(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("EndpointSpec.Ports"), "{err}");
+    let out = m.docker(&["service", "create", "--name", "app", "sg/bb:1"]);
+    assert!(support::text(&out).contains("service app already exists"));
+
+    // rm: the worker's containers go (sh ignores SIGTERM: 10 s grace, then SIGKILL).
+    m.docker_ok(&["service", "rm", "app"]);
+    poll("containers removed", Duration::from_secs(40), || {
+        d.docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .all(|n| !n.starts_with("app."))
+    });
+    poll("tasks gone", Duration::from_secs(20), || {
+        m.request("GET", "/v1.41/tasks", None).json() == serde_json::json!([])
+    });
+    drop(m);
+    d.stop();
+}
