@@ -36,6 +36,58 @@ pub struct ManagerArgs {
     /// Address other nodes use to reach this manager, when `docker swarm init` gives none.
     #[arg(long)]
     pub advertise_addr: Option<String>,
+
+    /// Content trust: the trust server (`https://host:port`) that `service create|update`
+    /// resolves signed image digests through. Needs --trust-ca and --require-signed.
+    #[arg(long, value_name = "URL")]
+    pub trust_server: Option<String>,
+
+    /// PEM certificate(s) the trust server's TLS certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub trust_ca: Option<PathBuf>,
+
+    /// A repository's root.json to trust instead of pinning the first one seen (repeatable).
+    #[arg(long = "trust-root", value_name = "GUN=FILE")]
+    pub trust_root: Vec<String>,
+
+    /// Repositories whose images must be signed: a prefix such as `registry:5000/` or
+    /// `registry:5000/team/`, or `*` for every repository (repeatable).
+    #[arg(long = "require-signed", value_name = "PREFIX")]
+    pub require_signed: Vec<String>,
+}
+
+/// The content-trust options as a policy, or `None` when content trust is off.
+fn trust_policy(args: &ManagerArgs) -> anyhow::Result<Option<crate::control::trust::TrustPolicy>> {
+    let Some(url) = &args.trust_server else {
+        if !args.require_signed.is_empty() || !args.trust_root.is_empty() {
+            bail!("--require-signed and --trust-root need --trust-server https://HOST:PORT");
+        }
+        return Ok(None);
+    };
+    if args.require_signed.is_empty() {
+        bail!("--trust-server {url}: name the repositories that must be signed with --require-signed PREFIX (or '*')");
+    }
+    let ca_path = args
+        .trust_ca
+        .as_ref()
+        .context("--trust-server needs --trust-ca FILE: the CA its TLS certificate chains to")?;
+    let ca = fs::read(ca_path)
+        .with_context(|| format!("cannot read --trust-ca {}", ca_path.display()))?;
+    let server =
+        swarmguard_notary::client::Server::new(url, &ca).map_err(|e| anyhow::anyhow!(e))?;
+    let mut roots = std::collections::HashMap::new();
+    for r in &args.trust_root {
+        let (gun, file) = r
+            .split_once('=')
+            .with_context(|| format!("--trust-root {r:?}: expected GUN=FILE"))?;
+        let raw = fs::read(file).with_context(|| format!("cannot read --trust-root {file}"))?;
+        roots.insert(gun.to_string(), raw);
+    }
+    Ok(Some(crate::control::trust::TrustPolicy {
+        server,
+        require: args.require_signed.clone(),
+        roots,
+    }))
 }
 
 enum Endpoint {
@@ -83,6 +135,10 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let control =
         Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
+    if let Some(policy) = trust_policy(&args)? {
+        tracing::info!(require = ?policy.require, "content trust on: images are pinned to signed digests");
+        control.set_trust(policy);
+    }
     match control.local_node_id() {
         Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
         None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),

@@ -28,6 +28,7 @@ mod signer_tests;
 pub mod spec;
 pub mod swarm;
 pub mod tasks;
+pub mod trust;
 pub mod types;
 
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +63,8 @@ pub struct Control {
     renewals: Mutex<nodes::Renewals>,
     /// The hash-chained record of security decisions (`audit.log` in the data dir).
     audit: audit::AuditLog,
+    /// Content trust: policy, and the trust data last fetched per repository.
+    trust: trust::Trust,
 }
 
 /// State of the cluster gRPC port.
@@ -102,6 +105,7 @@ impl Control {
             cluster_cache: Mutex::new(None),
             renewals: Mutex::new(nodes::Renewals::default()),
             audit,
+            trust: trust::Trust::default(),
         })
     }
 

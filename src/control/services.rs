@@ -77,9 +77,6 @@ pub struct ServiceStatus {
     pub completed_tasks: u64,
 }
 
-/// What a create or an update decided about the image (content trust, later).
-pub type ImageDecision = Result<String, ControlError>;
-
 impl Control {
     pub fn services(&self) -> Result<Vec<ServiceView>, ControlError> {
         self.cluster()?;
@@ -326,12 +323,6 @@ impl Control {
             })
             .map(|s| s.record.spec.name)
             .collect())
-    }
-
-    /// The image tasks of a new or changed spec will run. Without content trust configured,
-    /// the spec's own reference.
-    async fn decide_image(&self, _service: &str, image: &str) -> ImageDecision {
-        Ok(image.to_string())
     }
 }
 

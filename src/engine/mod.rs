@@ -77,6 +77,7 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
         .route("/services/{id}/update", post(services::service_update))
         .route("/tasks", get(services::task_list))
         .route("/tasks/{id}", get(services::task_inspect))
+        .route("/distribution/{*name}", get(services::distribution))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);

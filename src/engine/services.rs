@@ -16,7 +16,7 @@ use crate::control::filters::Filters;
 use crate::control::service_spec::{RestartPolicy, ServiceSpec, UpdateConfig};
 use crate::control::services::{ServiceRecord, ServiceView};
 use crate::control::tasks::{TaskRecord, TaskView};
-use crate::control::Control;
+use crate::control::{Control, ControlError};
 
 type Ctl = State<Arc<Control>>;
 type Q = Query<HashMap<String, String>>;
@@ -220,4 +220,34 @@ pub async fn task_inspect(
 ) -> Result<Json<Value>, ApiError> {
     let t = ctl.task(&id)?;
     Ok(Json(task_json(&t)))
+}
+
+/// `GET /distribution/{name}/json`, which the CLI calls to pin a digest: for a repository
+/// content trust covers, the verified signed digest; for others a 404 (the CLI then warns and
+/// sends the tag, and nothing is pinned).
+pub async fn distribution(
+    State(ctl): Ctl,
+    Path(rest): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(name) = rest.strip_suffix("/json") else {
+        return Err(ApiError::NotServed {
+            method: "GET".into(),
+            path: format!("/distribution/{rest}"),
+        });
+    };
+    match ctl.distribution(name).await {
+        Some(Ok(r)) => Ok(Json(json!({
+            "Descriptor": {
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "digest": r.digest,
+                "size": r.size,
+            },
+            "Platforms": [],
+        }))),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ControlError::NotFound(format!(
+            "swarmguard resolves digests only through content trust, and {name} is not under a --require-signed prefix"
+        ))
+        .into()),
+    }
 }
