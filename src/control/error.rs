@@ -13,6 +13,7 @@ use std::fmt;
 pub enum Code {
     InvalidArgument,
     NotFound,
+    AlreadyExists,
     FailedPrecondition,
     Aborted,
     Unimplemented,
@@ -25,6 +26,7 @@ impl Code {
         match self {
             Code::InvalidArgument => "InvalidArgument",
             Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
             Code::FailedPrecondition => "FailedPrecondition",
             Code::Aborted => "Aborted",
             Code::Unimplemented => "Unimplemented",
@@ -38,6 +40,7 @@ impl Code {
         match self {
             Code::InvalidArgument | Code::FailedPrecondition => 400,
             Code::NotFound => 404,
+            Code::AlreadyExists => 409,
             Code::Unimplemented => 501,
             Code::Unavailable => 503,
             Code::Aborted | Code::Unknown => 500,

@@ -7,12 +7,14 @@
 //! can never both win, and a refused request changes nothing. The edges (`engine`, `grpc`) call
 //! in here and map [`ControlError`] to their own answers; this layer never sees HTTP or gRPC.
 
+pub mod autolock;
 pub mod error;
 pub mod filters;
 pub mod local;
 pub mod nodes;
 pub mod records;
 pub mod renewal;
+pub mod secrets;
 pub mod security;
 pub mod signer;
 #[cfg(test)]
@@ -51,6 +53,10 @@ pub struct Control {
     cluster_cache: Mutex<Option<Arc<Stored<ClusterRecord>>>>,
     /// When each node last renewed its certificate over mTLS (see `nodes::admit_renewal`).
     renewals: Mutex<nodes::Renewals>,
+    /// Who references secrets (the services layer), asked by `docker secret rm`.
+    secret_users: std::sync::RwLock<Option<Arc<dyn secrets::SecretUsers>>>,
+    /// The autolock unlock key (key-encryption key), in memory only; `None` with autolock off.
+    unlock_key: Mutex<Option<swarmguard_secrets::kek::UnlockKey>>,
 }
 
 /// State of the cluster gRPC port.
@@ -89,6 +95,8 @@ impl Control {
             membership_changed: tokio::sync::Notify::new(),
             cluster_cache: Mutex::new(None),
             renewals: Mutex::new(nodes::Renewals::default()),
+            secret_users: std::sync::RwLock::new(None),
+            unlock_key: Mutex::new(None),
         })
     }
 

@@ -228,8 +228,10 @@ pub async fn swarm_leave(State(ctl): Ctl, Query(q): Q) -> Result<StatusCode, Api
 }
 
 pub async fn swarm_unlock_key(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
-    ctl.cluster()?;
-    Ok(Json(json!({ "UnlockKey": "" })))
+    let key = ctl.unlock_key()?;
+    Ok(Json(
+        json!({ "UnlockKey": key.as_deref().map(String::as_str).unwrap_or("") }),
+    ))
 }
 
 pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, ApiError> {

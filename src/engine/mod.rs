@@ -17,6 +17,7 @@ pub mod error;
 pub mod fuzzing;
 mod handlers;
 mod request;
+mod secrets;
 pub mod types;
 
 use std::sync::Arc;
@@ -67,6 +68,13 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
             get(handlers::node_inspect).delete(handlers::node_remove),
         )
         .route("/nodes/{id}/update", post(handlers::node_update))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/create", post(secrets::create))
+        .route(
+            "/secrets/{id}",
+            get(secrets::inspect).delete(secrets::remove),
+        )
+        .route("/secrets/{id}/update", post(secrets::update))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
