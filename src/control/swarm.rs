@@ -332,13 +332,5 @@ fn refuse_unsupported(spec: &Spec, last_forced_rotation: u64) -> Result<(), Cont
             ),
         ));
     }
-    // Lifted with the locked start (the next commit): without it an autolocked key file would
-    // keep the manager from starting at all.
-    if spec.encryption_config.auto_lock_managers {
-        return Err(ControlError::rpc(
-            Code::Unimplemented,
-            "autolock is not available in this swarmguard version: the store's data key is protected by file permissions only; run without --autolock",
-        ));
-    }
     Ok(())
 }

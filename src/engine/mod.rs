@@ -16,6 +16,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handlers;
+pub mod locked;
 mod request;
 mod secrets;
 pub mod types;
@@ -78,6 +79,12 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
+    guarded(routes, transport)
+}
+
+/// The browser guard and the version prefix in front of `routes` (both the full API and the
+/// locked one get them).
+fn guarded(routes: Router, transport: Transport) -> Router {
     // Rewrite before routing: a `Router::layer` would run only after the route was chosen.
     let versioned = axum::middleware::map_request(strip_version_prefix).layer(routes);
     Router::new().fallback_service(
