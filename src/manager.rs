@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::control::local::ManagerConfig;
 use crate::control::Control;
-use crate::store::Store;
+use crate::engine::locked::{Gate, Locked};
+use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, Args)]
 pub struct ManagerArgs {
@@ -125,17 +126,63 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
 
-    let store = Store::open(&data_dir)
-        .await
-        .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
     let config = ManagerConfig {
         data_dir: data_dir.clone(),
         listen_addr: args.listen_addr,
         advertise_addr: args.advertise_addr.clone(),
     };
-    let control =
-        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
-    if let Some(policy) = trust_policy(&args)? {
+    let trust = trust_policy(&args)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (unlock_tx, mut unlock_rx) = tokio::sync::mpsc::channel(1);
+    let wrapped = wrapped_key(&data_dir)?;
+    let locked = wrapped.map(|w| Locked::new(data_dir.clone(), w, unlock_tx));
+    let gates: Vec<_> = endpoints
+        .iter()
+        .map(|ep| Gate::new(locked.clone(), ep.transport()))
+        .collect();
+    let (store, control, mut servers) = if locked.is_some() {
+        // Locked: serve `docker swarm unlock` (and 503s) until the right key arrives.
+        let servers = serve_engine_api(endpoints, &gates, &stop_rx).await?;
+        tracing::warn!(
+            "this manager is locked (autolock): run `docker swarm unlock` with the unlock key"
+        );
+        let (dek, key, reply) = tokio::select! {
+            u = unlock_rx.recv() => u.context("the unlock channel closed")?,
+            _ = term.recv() => return stop_locked(stop_tx, servers).await,
+            _ = int.recv() => return stop_locked(stop_tx, servers).await,
+        };
+        match open_control(&data_dir, config, Some(dek)).await {
+            Ok((store, control)) => {
+                control.set_unlock_key(Some(key));
+                // The full API first, so the CLI's next request after the answer meets it.
+                for gate in &gates {
+                    gate.open(control.clone());
+                }
+                let _ = reply.send(Ok(()));
+                tracing::info!("unlocked");
+                (store, control, servers)
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+                return Err(e);
+            }
+        }
+    } else {
+        // Open before serving, so the first request already meets the full API.
+        let (store, control) = open_control(&data_dir, config, None).await?;
+        for gate in &gates {
+            gate.open(control.clone());
+        }
+        let servers = serve_engine_api(endpoints, &gates, &stop_rx).await?;
+        (store, control, servers)
+    };
+    // The spec decides whether the key file is wrapped: catch up after a crash between them.
+    if let Err(e) = control.reconcile_autolock(false) {
+        tracing::error!(error = %e, "cannot bring the data key file in line with the autolock setting");
+    }
+    if let Some(policy) = trust {
         tracing::info!(require = ?policy.require, "content trust on: images are pinned to signed digests");
         control.set_trust(policy);
     }
@@ -143,14 +190,9 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
         None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut servers = serve_engine_api(endpoints, &control, &stop_rx).await?;
     tracing::info!("Engine API ready");
     servers.extend(spawn_background(&control, &stop_rx));
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -169,19 +211,63 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
 
 type Task = tokio::task::JoinHandle<std::io::Result<()>>;
 
+impl Endpoint {
+    fn transport(&self) -> crate::engine::Transport {
+        match self {
+            Endpoint::Unix(_) => crate::engine::Transport::Unix,
+            Endpoint::Tcp(_) => crate::engine::Transport::Tcp,
+        }
+    }
+}
+
+/// The wrapped data key, when autolock left `keys/dek` wrapped (the manager starts locked).
+fn wrapped_key(data_dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    use swarmguard_secrets::keyfile::{read_dek_file, DekFile};
+    let path = Store::key_path(data_dir);
+    if fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    match read_dek_file(&path).with_context(|| format!("cannot read {}", path.display()))? {
+        DekFile::Wrapped(w) => Ok(Some(w)),
+        DekFile::Plain(_) => Ok(None),
+    }
+}
+
+/// Opens the store (with the unwrapped data key of a locked manager) and the control layer.
+async fn open_control(
+    data_dir: &Path,
+    config: ManagerConfig,
+    dek: Option<swarmguard_secrets::DataKey>,
+) -> anyhow::Result<(Store, Arc<Control>)> {
+    let store = match dek {
+        Some(dek) => Store::open_unlocked(data_dir, StoreOptions::default(), dek).await,
+        None => Store::open(data_dir).await,
+    }
+    .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
+    let control =
+        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
+    Ok((store, control))
+}
+
+/// A signal while locked: nothing is open but the Engine API.
+async fn stop_locked(stop_tx: watch::Sender<bool>, servers: Vec<Task>) -> anyhow::Result<()> {
+    tracing::info!("shutting down while locked");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        s.await??;
+    }
+    Ok(())
+}
+
 /// One HTTP server per Engine API endpoint, each stopping when `stop` turns true.
 async fn serve_engine_api(
     endpoints: Vec<Endpoint>,
-    control: &Arc<Control>,
+    gates: &[Arc<Gate>],
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<Task>> {
     let mut servers = Vec::new();
-    for ep in endpoints {
-        let transport = match ep {
-            Endpoint::Unix(_) => crate::engine::Transport::Unix,
-            Endpoint::Tcp(_) => crate::engine::Transport::Tcp,
-        };
-        let app = crate::engine::service(control.clone(), transport);
+    for (ep, gate) in endpoints.into_iter().zip(gates) {
+        let app = gate.service();
         let mut stop = stop_rx.clone();
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -202,3 +202,134 @@ fn replicated_service_runs_on_a_stock_dockerd_worker() {
     drop(m);
     d.stop();
 }
+
+/// The first container on the worker whose name starts with `prefix`.
+fn container(d: &Dockerd, prefix: &str) -> String {
+    worker_containers(d)
+        .into_iter()
+        .find(|n| n.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} container on the worker"))
+}
+
+fn audit_verify(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("run swarmguard audit verify")
+}
+
+#[test]
+fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
+    let (mut d, mdir, m, worker) = cluster();
+    let out = m.docker_with_stdin(&["secret", "create", "db_pass", "-"], Some(b"s3cr3t"));
+    assert!(out.status.success(), "{}", support::text(&out));
+    m.docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "app",
+        "--secret",
+        "db_pass",
+        "--constraint",
+        "node.role==worker",
+        "sg/bb:1",
+        "sh",
+        "-c",
+        "cat /run/secrets/db_pass; sleep 600",
+    ]);
+    poll("app.1 running", Duration::from_secs(30), || {
+        ps(&m, "app")
+            .iter()
+            .any(|r| r.starts_with("app.1|") && r.contains("|Running|Running"))
+    });
+    let c = container(&d, "app.1.");
+    assert_eq!(
+        d.docker_ok(&["exec", &c, "cat", "/run/secrets/db_pass"]),
+        "s3cr3t"
+    );
+    let mode = d.docker_ok(&["exec", &c, "stat", "-c", "%a %u %g", "/run/secrets/db_pass"]);
+    assert_eq!(mode.trim(), "444 0 0");
+    let mounts = d.docker_ok(&["exec", &c, "cat", "/proc/mounts"]);
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /run/secrets/db_pass tmpfs ro")),
+        "{mounts}"
+    );
+
+    // In use: refused with dockerd's text; the secret stays.
+    let out = m.docker(&["secret", "rm", "db_pass"]);
+    let err = support::text(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("secret 'db_pass' is in use by the following service: app"),
+        "{err}"
+    );
+
+    // rm: the container goes, and the node is told to drop the secret.
+    m.docker_ok(&["service", "rm", "app"]);
+    poll("container removed", Duration::from_secs(40), || {
+        d.docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .all(|n| !n.starts_with("app."))
+    });
+    poll(
+        "secret withdrawn from the worker",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(mdir.path().join("audit.log"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("\"secret_withdrawn\"") && l.contains(&worker))
+        },
+    );
+    m.docker_ok(&["secret", "rm", "db_pass"]);
+
+    // The audit log: joined, issued, created, delivered, withdrawn, removed; no secret value.
+    let log = std::fs::read_to_string(mdir.path().join("audit.log")).unwrap();
+    for event in [
+        "node_joined",
+        "certificate_issued",
+        "secret_created",
+        "secret_delivered",
+        "secret_withdrawn",
+        "secret_removed",
+    ] {
+        assert!(
+            log.contains(&format!("\"event\":\"{event}\"")),
+            "{event}: {log}"
+        );
+    }
+    assert!(!log.contains("s3cr3t") && !log.contains("czNjcjN0"));
+    drop(m);
+    d.stop();
+
+    let ok = audit_verify(mdir.path());
+    assert!(ok.status.success(), "{}", support::text(&ok));
+    let lines: Vec<String> = log.lines().map(str::to_string).collect();
+    assert!(lines.len() >= 5);
+    // One byte changed in line 3: named.
+    let mut changed = lines.clone();
+    changed[2] = changed[2].replacen("\"seq\":3", "\"seq\":4", 1);
+    std::fs::write(mdir.path().join("audit.log"), changed.join("\n") + "\n").unwrap();
+    let out = audit_verify(mdir.path());
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("line 3"),
+        "{}",
+        support::text(&out)
+    );
+    // Line 2 removed: named where the chain breaks.
+    let mut cut = lines.clone();
+    cut.remove(1);
+    std::fs::write(mdir.path().join("audit.log"), cut.join("\n") + "\n").unwrap();
+    let out = audit_verify(mdir.path());
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("line 2"),
+        "{}",
+        support::text(&out)
+    );
+}

@@ -155,6 +155,25 @@ impl Filters {
             })
             && any("label", &|_| false)
     }
+
+    /// The filters `GET /secrets` accepts (dockerd's `newListSecretsFilters`).
+    pub const SECRET_KEYS: &'static [&'static str] = &["id", "label", "name", "names"];
+
+    /// SwarmKit's `ListSecrets`: ID prefix, name prefix, exact name, label `k` or `k=v`.
+    pub fn matches_secret(&self, s: &super::secrets::SecretRecord) -> bool {
+        let any = |key: &str, pred: &dyn Fn(&str) -> bool| match self.values(key) {
+            None => true,
+            Some(vals) => vals.iter().any(|v| pred(v)),
+        };
+        let all_labels = match self.values("label") {
+            None => true,
+            Some(vals) => vals.iter().all(|v| label_matches(&s.labels, v)),
+        };
+        any("id", &|v| s.id.starts_with(v))
+            && any("name", &|v| s.name.starts_with(v))
+            && any("names", &|v| s.name == v)
+            && all_labels
+    }
 }
 
 fn label_matches(labels: &BTreeMap<String, String>, filter: &str) -> bool {

@@ -8,6 +8,7 @@
 //! in here and map [`ControlError`] to their own answers; this layer never sees HTTP or gRPC.
 
 pub mod audit;
+pub mod autolock;
 pub mod constraints;
 pub mod error;
 pub mod filters;
@@ -18,6 +19,7 @@ pub mod orchestrator;
 pub mod records;
 pub mod renewal;
 pub mod scheduler;
+pub mod secrets;
 pub mod security;
 pub mod service_secrets;
 pub mod service_spec;
@@ -65,6 +67,10 @@ pub struct Control {
     audit: audit::AuditLog,
     /// Content trust: policy, and the trust data last fetched per repository.
     trust: trust::Trust,
+    /// Who references secrets (the services layer), asked by `docker secret rm`.
+    secret_users: std::sync::RwLock<Option<Arc<dyn secrets::SecretUsers>>>,
+    /// The autolock unlock key (key-encryption key), in memory only; `None` with autolock off.
+    unlock_key: Mutex<Option<swarmguard_secrets::kek::UnlockKey>>,
 }
 
 /// State of the cluster gRPC port.
@@ -95,7 +101,7 @@ impl Control {
             security.install(material);
         }
         let audit = audit::AuditLog::open(&config.data_dir);
-        Ok(Control {
+        let control = Control {
             store,
             config,
             security,
@@ -106,7 +112,11 @@ impl Control {
             renewals: Mutex::new(nodes::Renewals::default()),
             audit,
             trust: trust::Trust::default(),
-        })
+            secret_users: std::sync::RwLock::new(None),
+            unlock_key: Mutex::new(None),
+        };
+        control.install_secret_users();
+        Ok(control)
     }
 
     pub fn config(&self) -> &ManagerConfig {

@@ -1,13 +1,18 @@
-//! What services need of the secrets domain: whether a referenced secret exists, and (for the
-//! dispatcher) a secret's value for a node that runs a task referencing it.
+//! Where services meet the secrets domain (`secrets.rs`): which services reference a secret
+//! (so `docker secret rm` refuses one in use), the guard a service write carries so a secret
+//! cannot vanish under it, and a secret's value for a node that runs a task referencing it.
+
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use super::error::ControlError;
+use super::secrets::SecretUsers;
+use super::service_spec::ServiceSpec;
 use super::Control;
 
 /// Store keys of secrets (events on them wake the Assignments streams).
-pub const SECRET_KEY_PREFIX: &str = "secret/";
+pub use super::secrets::SECRET_PREFIX as SECRET_KEY_PREFIX;
 
 /// A secret as a node receives it. The value is wiped on drop; never log it.
 pub struct NodeSecret {
@@ -28,19 +33,49 @@ impl std::fmt::Debug for NodeSecret {
     }
 }
 
+/// Answers `docker secret rm`'s question from the service records.
+struct ServiceSecretUsers;
+
+impl SecretUsers for ServiceSecretUsers {
+    fn services_using(&self, ctl: &Control, secret_id: &str) -> Result<Vec<String>, ControlError> {
+        let mut names = ctl.services_using_secret(secret_id)?;
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// The IDs of the secrets a spec references.
+pub fn secret_ids(spec: &ServiceSpec) -> Vec<String> {
+    let mut ids: Vec<String> = spec
+        .task_template
+        .container_spec
+        .secrets
+        .iter()
+        .map(|r| r.secret_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 impl Control {
-    /// Whether secret `id` exists.
-    pub fn secret_exists(&self, id: &str) -> Result<bool, ControlError> {
-        Ok(self
-            .store
-            .get(&format!("{SECRET_KEY_PREFIX}{id}"))
-            .is_some())
+    /// Makes `docker secret rm` ask the services (called once from `Control::open`).
+    pub(super) fn install_secret_users(&self) {
+        self.set_secret_users(Arc::new(ServiceSecretUsers));
     }
 
     /// Secret `id` with its value, for a node that runs a task referencing it; `None` if it
-    /// no longer exists. (Until the secrets domain lands on this branch, no value can be
-    /// opened: tasks referencing secrets get none.)
-    pub fn secret_for_node(&self, _id: &str) -> Result<Option<NodeSecret>, ControlError> {
-        Ok(None)
+    /// no longer exists.
+    pub fn secret_for_node(&self, id: &str) -> Result<Option<NodeSecret>, ControlError> {
+        let Some(view) = self.secret_by_id(id)? else {
+            return Ok(None);
+        };
+        let data = self.open_secret(id)?;
+        Ok(Some(NodeSecret {
+            id: view.record.id,
+            version: view.version,
+            name: view.record.name,
+            data,
+        }))
     }
 }

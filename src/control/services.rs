@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Code, ControlError};
 use super::records::{self, Record, Stored};
+use super::service_secrets::secret_ids;
 use super::service_spec::{ServiceSpec, TaskTemplate};
 use super::tasks::{TaskRecord, TaskState};
 use super::{out_of_sequence, Control};
@@ -112,7 +113,7 @@ impl Control {
     /// Checks that every secret a spec references exists (by ID), in dockerd's words.
     fn check_secret_refs(&self, spec: &ServiceSpec) -> Result<(), ControlError> {
         for r in &spec.task_template.container_spec.secrets {
-            if !self.secret_exists(&r.secret_id)? {
+            if self.secret_by_id(&r.secret_id)?.is_none() {
                 return Err(ControlError::rpc(
                     Code::InvalidArgument,
                     format!("secret not found: {}", r.secret_name),
@@ -150,26 +151,31 @@ impl Control {
         // The name's uniqueness rides on a name index key, so two concurrent creates of one
         // name cannot both win.
         let name_key = service_name_key(&record.spec.name);
-        let txn = Txn {
-            checks: vec![
-                Check::Absent {
-                    key: service_key(&id),
-                },
-                Check::Absent {
-                    key: name_key.clone(),
-                },
-            ],
-            ops: vec![
-                records::put(&service_key(&id), &record)?,
-                Op::Put {
-                    key: name_key,
-                    value: id.clone().into_bytes(),
-                },
-            ],
-        };
-        match self.apply(txn).await? {
+        let guard = self.secret_references(&secret_ids(&record.spec))?;
+        let mut checks = vec![
+            Check::Absent {
+                key: service_key(&id),
+            },
+            Check::Absent {
+                key: name_key.clone(),
+            },
+        ];
+        checks.extend(guard.checks);
+        let mut ops = vec![
+            records::put(&service_key(&id), &record)?,
+            Op::Put {
+                key: name_key,
+                value: id.clone().into_bytes(),
+            },
+        ];
+        ops.extend(guard.ops);
+        match self.apply(Txn { checks, ops }).await? {
             TxnOutcome::Committed { .. } => Ok(id),
-            TxnOutcome::Conflict { .. } => Err(name_conflict(&record.spec.name)),
+            TxnOutcome::Conflict { .. } => {
+                // A secret removed meanwhile, else the name was taken.
+                self.check_secret_refs(&record.spec)?;
+                Err(name_conflict(&record.spec.name))
+            }
         }
     }
 
@@ -233,16 +239,20 @@ impl Control {
         }
         record.touch();
         let key = service_key(&record.id);
-        let txn = Txn {
-            checks: vec![Check::Version {
-                key: key.clone(),
-                version,
-            }],
-            ops: vec![records::put(&key, &record)?],
-        };
-        match self.apply(txn).await? {
+        let guard = self.secret_references(&secret_ids(&record.spec))?;
+        let mut checks = vec![Check::Version {
+            key: key.clone(),
+            version,
+        }];
+        checks.extend(guard.checks);
+        let mut ops = vec![records::put(&key, &record)?];
+        ops.extend(guard.ops);
+        match self.apply(Txn { checks, ops }).await? {
             TxnOutcome::Committed { .. } => Ok(()),
-            TxnOutcome::Conflict { .. } => Err(out_of_sequence()),
+            TxnOutcome::Conflict { .. } => {
+                self.check_secret_refs(&record.spec)?;
+                Err(out_of_sequence())
+            }
         }
     }
 

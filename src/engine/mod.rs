@@ -16,7 +16,9 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handlers;
+pub mod locked;
 mod request;
+mod secrets;
 mod services;
 pub mod types;
 
@@ -78,9 +80,22 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
         .route("/tasks", get(services::task_list))
         .route("/tasks/{id}", get(services::task_inspect))
         .route("/distribution/{*name}", get(services::distribution))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/create", post(secrets::create))
+        .route(
+            "/secrets/{id}",
+            get(secrets::inspect).delete(secrets::remove),
+        )
+        .route("/secrets/{id}/update", post(secrets::update))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
+    guarded(routes, transport)
+}
+
+/// The browser guard and the version prefix in front of `routes` (both the full API and the
+/// locked one get them).
+fn guarded(routes: Router, transport: Transport) -> Router {
     // Rewrite before routing: a `Router::layer` would run only after the route was chosen.
     let versioned = axum::middleware::map_request(strip_version_prefix).layer(routes);
     Router::new().fallback_service(

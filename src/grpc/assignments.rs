@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use super::{status, PortContext};
+use crate::control::audit::AuditEvent;
 use crate::control::service_secrets::{NodeSecret, SECRET_KEY_PREFIX};
 use crate::control::tasks::{TaskRecord, TaskState, TaskView, TASK_PREFIX};
 use crate::pb;
@@ -157,6 +158,7 @@ pub fn diff(
     }
     let mut changes = Vec::new();
     let mut secrets_now = BTreeMap::new();
+    let audit = s.control.audit();
     for id in &secret_ids {
         // A secret removed meanwhile cannot be delivered; its task will fail on the node.
         let Some(secret) = s.control.secret_for_node(id).map_err(status)? else {
@@ -164,6 +166,24 @@ pub fn diff(
         };
         secrets_now.insert(id.clone(), secret.version);
         if held.secrets.get(id) != Some(&secret.version) {
+            let task_ids = tasks
+                .iter()
+                .filter(|t| needs_secrets(&t.record))
+                .filter(|t| {
+                    t.record
+                        .spec
+                        .container_spec
+                        .secrets
+                        .iter()
+                        .any(|r| r.secret_id == *id)
+                })
+                .map(|t| t.record.id.clone())
+                .collect();
+            audit.record(AuditEvent::SecretDelivered {
+                secret_id: id.clone(),
+                node_id: node_id.to_string(),
+                task_ids,
+            });
             changes.push(change(
                 pb::assignment::Item::Secret(secret_pb(&secret)),
                 AssignmentAction::Update,
@@ -195,6 +215,10 @@ pub fn diff(
         .keys()
         .filter(|id| !secrets_now.contains_key(*id))
     {
+        audit.record(AuditEvent::SecretWithdrawn {
+            secret_id: id.clone(),
+            node_id: node_id.to_string(),
+        });
         changes.push(change(
             pb::assignment::Item::Secret(pb::Secret {
                 id: id.clone(),
