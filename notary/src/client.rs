@@ -121,7 +121,7 @@ fn verify_root(
     pinned: Option<&[u8]>,
     now: OffsetDateTime,
 ) -> Result<Root, TrustError> {
-    let root = tuf::parse::<Root>(raw, "root").map_err(|e| tuf_err(gun, e))?;
+    let root = tuf::parse::<Root>(raw, "Root").map_err(|e| tuf_err(gun, e))?;
     let rk = role_keys(gun, &root.body, "root")?;
     tuf::verify_threshold(
         "root",
@@ -132,7 +132,7 @@ fn verify_root(
     )
     .map_err(|e| tuf_err(gun, e))?;
     if let Some(pinned) = pinned.filter(|p| *p != raw) {
-        let old = tuf::parse::<Root>(pinned, "root").map_err(|e| TrustError::RootMismatch {
+        let old = tuf::parse::<Root>(pinned, "Root").map_err(|e| TrustError::RootMismatch {
             gun: gun.into(),
             reason: format!("the pinned root is unreadable: {e}"),
         })?;
@@ -195,15 +195,15 @@ pub fn verify(
                 .map_err(|e| tuf_err(gun, e))?;
             tuf::check_expiry(role, expires, now).map_err(|e| tuf_err(gun, e))
         };
-    let ts = tuf::parse::<Timestamp>(&files.timestamp, "timestamp").map_err(|e| tuf_err(gun, e))?;
+    let ts = tuf::parse::<Timestamp>(&files.timestamp, "Timestamp").map_err(|e| tuf_err(gun, e))?;
     check("timestamp", &ts.envelope, &ts.body.expires)?;
     not_older(gun, "timestamp", seen.timestamp, ts.body.version)?;
     listed(gun, &ts.body.meta, "snapshot", &files.snapshot)?;
-    let snap = tuf::parse::<Snapshot>(&files.snapshot, "snapshot").map_err(|e| tuf_err(gun, e))?;
+    let snap = tuf::parse::<Snapshot>(&files.snapshot, "Snapshot").map_err(|e| tuf_err(gun, e))?;
     check("snapshot", &snap.envelope, &snap.body.expires)?;
     not_older(gun, "snapshot", seen.snapshot, snap.body.version)?;
     listed(gun, &snap.body.meta, "targets", &files.targets)?;
-    let targets = tuf::parse::<Targets>(&files.targets, "targets").map_err(|e| tuf_err(gun, e))?;
+    let targets = tuf::parse::<Targets>(&files.targets, "Targets").map_err(|e| tuf_err(gun, e))?;
     check("targets", &targets.envelope, &targets.body.expires)?;
     not_older(gun, "targets", seen.targets, targets.body.version)?;
     let versions = Versions {
@@ -223,7 +223,7 @@ pub fn verify(
             .find(|r| r.name == RELEASES),
     ) {
         listed(gun, &snap.body.meta, RELEASES, raw)?;
-        let rel = tuf::parse::<Targets>(raw, "targets").map_err(|e| tuf_err(gun, e))?;
+        let rel = tuf::parse::<Targets>(raw, "Targets").map_err(|e| tuf_err(gun, e))?;
         tuf::verify_threshold(
             RELEASES,
             &rel.envelope,
@@ -287,17 +287,95 @@ impl Server {
         if certs.is_empty() {
             return Err("trust CA: no certificate in the file".into());
         }
-        for c in certs {
-            roots.add(c).map_err(|e| format!("trust CA: {e}"))?;
+        for c in &certs {
+            roots.add(c.clone()).map_err(|e| format!("trust CA: {e}"))?;
         }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| format!("trust CA: {e}"))?;
+        let verifier = Arc::new(PinnedOrCa {
+            pinned: certs,
+            webpki,
+            provider: provider.clone(),
+        });
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("trust TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         Ok(Server {
             addr,
             host,
             tls: Arc::new(tls),
         })
+    }
+}
+
+/// Accepts the server certificate when it is one of the `--trust-ca` certificates itself (a
+/// self-signed trust server, as `make_server_cert` or a test CA gives, which webpki refuses as
+/// "CA used as end entity"), else when it chains to them. Handshake signatures are always
+/// verified.
+#[derive(Debug)]
+struct PinnedOrCa {
+    pinned: Vec<rustls_pki_types::CertificateDer<'static>>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -362,7 +440,7 @@ pub async fn fetch_all(server: &Server, gun: &str) -> Result<Files, TrustError> 
     let timestamp = need(fetch_role(server, gun, "timestamp").await?, "timestamp")?;
     let snapshot = need(fetch_role(server, gun, "snapshot").await?, "snapshot")?;
     let targets = need(fetch_role(server, gun, "targets").await?, "targets")?;
-    let lists_releases = tuf::parse::<Snapshot>(&snapshot, "snapshot")
+    let lists_releases = tuf::parse::<Snapshot>(&snapshot, "Snapshot")
         .map(|s| s.body.meta.contains_key(RELEASES))
         .unwrap_or(false);
     let releases = if lists_releases {

@@ -23,6 +23,8 @@ pub struct Manager {
     pub nofile: Option<u64>,
     /// `RUST_LOG` for the manager, and where its stderr goes (the test's own when `None`).
     pub log: (String, Option<PathBuf>),
+    /// More `swarmguard manager` options (e.g. content trust).
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -81,6 +83,25 @@ impl Manager {
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile,
             log: ("info,openraft=warn".into(), None),
+            extra: vec![],
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// [`Manager::start`] with more `swarmguard manager` options.
+    pub fn start_args(data_dir: &Path, extra: &[String]) -> Manager {
+        let mut m = Manager {
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.join("swarmguard.sock"),
+            docker_config: tempfile::tempdir().expect("tempdir"),
+            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
+            netns: None,
+            tcp_api: format!("127.0.0.1:{}", super::free_port()),
+            nofile: None,
+            log: ("info,openraft=warn".into(), None),
+            extra: extra.to_vec(),
             child: None,
         };
         m.spawn();
@@ -98,6 +119,7 @@ impl Manager {
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile: None,
             log: (rust_log.to_string(), Some(log_file.to_path_buf())),
+            extra: vec![],
             child: None,
         };
         m.spawn();
@@ -135,6 +157,7 @@ impl Manager {
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--engine-api")
             .arg(format!("tcp://{}", self.tcp_api))
+            .args(&self.extra)
             .env("RUST_LOG", &self.log.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
