@@ -20,6 +20,7 @@ use crate::pb;
 use crate::store::Store;
 
 mod hostile;
+mod services;
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -1,0 +1,308 @@
+//! Assignments and task status with hostile or curious nodes: a node sees only its own tasks
+//! and only the secrets they need; it cannot report status for another node's task.
+
+use super::*;
+use crate::control::secrets::SecretSpec;
+use crate::control::service_spec::ServiceSpec;
+
+async fn first_message<T>(s: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("a message within 5 s")
+        .expect("no error")
+        .expect("stream open")
+}
+
+/// A stock-dockerd-like node in session: its credentials, session ID and session stream.
+async fn node(
+    env: &Env,
+    host: &str,
+) -> (Credentials, String, tonic::Streaming<pb::SessionMessage>) {
+    let creds = agent::join(env.addr, &env.worker_token()).await.unwrap();
+    let mut s = open_session(env, &creds, described(host, "20.10.24"))
+        .await
+        .unwrap();
+    let id = first_message(&mut s).await.session_id;
+    (creds, id, s)
+}
+
+async fn assignments(env: &Env, creds: &Credentials, session: &str) -> pb::AssignmentsMessage {
+    let mut stream = env
+        .dispatcher(Some(creds))
+        .await
+        .assignments(pb::AssignmentsRequest {
+            session_id: session.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    first_message(&mut stream).await
+}
+
+fn secret_ids(m: &pb::AssignmentsMessage) -> Vec<String> {
+    m.changes
+        .iter()
+        .filter_map(|c| match c.assignment.as_ref()?.item.as_ref()? {
+            pb::assignment::Item::Secret(s) => Some(s.id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn task_ids(m: &pb::AssignmentsMessage) -> Vec<String> {
+    m.changes
+        .iter()
+        .filter_map(|c| match c.assignment.as_ref()?.item.as_ref()? {
+            pb::assignment::Item::Task(t) => Some(t.id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gets_only_its_tasks_and_their_secrets_and_reports_only_its_own() {
+    let env = Env::new().await;
+    let (a, a_session, _a_stream) = node(&env, "a").await;
+    let (b, b_session, _b_stream) = node(&env, "b").await;
+    let secret_id = env
+        .control
+        .create_secret(SecretSpec {
+            name: "db_pass".into(),
+            data: Some(zeroize::Zeroizing::new(b"s3cr3t".to_vec())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let spec = format!(
+        r#"{{"Name":"app","TaskTemplate":{{"ContainerSpec":{{"Image":"bb:1","Secrets":[{{"SecretID":"{secret_id}","SecretName":"db_pass"}}]}},"Placement":{{"Constraints":["node.id=={}"]}}}},"Mode":{{"Replicated":{{"Replicas":1}}}}}}"#,
+        a.node_id
+    );
+    let spec: ServiceSpec = serde_json::from_str(&spec).unwrap();
+    env.control.create_service(spec).await.unwrap();
+    env.control.orchestrate().await.unwrap();
+    let tasks = env.control.tasks().unwrap();
+    assert_eq!(tasks.len(), 1);
+    let task = tasks[0].record.clone();
+    assert_eq!(task.node_id, a.node_id, "the constraint placed it on a");
+
+    // a: the secret, then the task, in the COMPLETE set; the value travels inside mTLS.
+    let m = assignments(&env, &a, &a_session).await;
+    assert_eq!(m.r#type, pb::assignments_message::Type::Complete as i32);
+    assert_eq!(secret_ids(&m), [secret_id.clone()]);
+    assert_eq!(task_ids(&m), [task.id.clone()]);
+    let first_is_secret = matches!(
+        m.changes[0].assignment.as_ref().unwrap().item,
+        Some(pb::assignment::Item::Secret(_))
+    );
+    assert!(first_is_secret, "the secret comes before the task");
+    // b: nothing, neither task nor secret.
+    let m = assignments(&env, &b, &b_session).await;
+    assert!(m.changes.is_empty(), "{:?}", m.changes);
+
+    // b reporting a's task: PermissionDenied, and the task is unchanged.
+    let report = |session: &str, state: i32| pb::UpdateTaskStatusRequest {
+        session_id: session.into(),
+        updates: vec![pb::update_task_status_request::TaskStatusUpdate {
+            task_id: task.id.clone(),
+            status: Some(pb::TaskStatus {
+                state,
+                message: "started".into(),
+                ..Default::default()
+            }),
+        }],
+    };
+    let running = crate::control::tasks::TaskState::Running.wire();
+    let e = env
+        .dispatcher(Some(&b))
+        .await
+        .update_task_status(report(&b_session, running))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        env.control.task(&task.id).unwrap().record.status.state,
+        crate::control::tasks::TaskState::Assigned
+    );
+    // An unknown state is refused; a's own report moves the task; a later older state is
+    // ignored (states only move forward).
+    let e = env
+        .dispatcher(Some(&a))
+        .await
+        .update_task_status(report(&a_session, 513))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut d = env.dispatcher(Some(&a)).await;
+    d.update_task_status(report(&a_session, running))
+        .await
+        .unwrap();
+    let preparing = crate::control::tasks::TaskState::Preparing.wire();
+    d.update_task_status(report(&a_session, preparing))
+        .await
+        .unwrap();
+    let t = env.control.task(&task.id).unwrap().record;
+    assert_eq!(t.status.state, crate::control::tasks::TaskState::Running);
+    // A status message with terminal escapes is stored harmless.
+    let mut r = report(&a_session, running);
+    r.updates[0].status.as_mut().unwrap().err = "\u{1b}[2Jboom".into();
+    d.update_task_status(r).await.unwrap();
+    let t = env.control.task(&task.id).unwrap().record;
+    assert!(!t.status.err.contains('\u{1b}'), "{:?}", t.status.err);
+}
+
+fn live_on(env: &Env, service: &str) -> Vec<String> {
+    let id = env.control.service(service).unwrap().record.id;
+    let mut nodes: Vec<String> = env
+        .control
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.record)
+        .filter(|t| t.service_id == id && t.is_live())
+        .map(|t| t.node_id)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+async fn create(env: &Env, json: &str) {
+    let spec: ServiceSpec = serde_json::from_str(json).unwrap();
+    env.control.create_service(spec).await.unwrap();
+    env.control.orchestrate().await.unwrap();
+}
+
+/// Spread, a Down node's tasks moved, drain, global mode, restart policy and bounded history,
+/// driven through the orchestrator and scheduler passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_spreads_moves_drains_restarts_and_trims_history() {
+    use crate::control::tasks::TaskState;
+    use crate::control::types::Availability;
+    let env = Env::new().await;
+    let (a, _sa, _a) = node(&env, "a").await;
+    let (b, _sb, _b) = node(&env, "b").await;
+    let mut both = vec![a.node_id.clone(), b.node_id.clone()];
+    both.sort();
+    create(&env, r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}},"Mode":{"Replicated":{"Replicas":2}}}"#).await;
+    assert_eq!(live_on(&env, "web"), both, "one task per node");
+    create(&env, r#"{"Name":"agent","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}},"Mode":{"Global":{}}}"#).await;
+    assert_eq!(live_on(&env, "agent"), both, "global: one per node");
+
+    // b goes Down: its replicated task moves to a; the global one is not replaced.
+    env.control
+        .node_down(&b.node_id, "heartbeat failure")
+        .await
+        .unwrap();
+    env.control.orchestrate().await.unwrap();
+    env.control.orchestrate().await.unwrap();
+    assert_eq!(live_on(&env, "web"), [a.node_id.clone(), a.node_id.clone()]);
+    assert_eq!(live_on(&env, "agent"), [a.node_id.clone()]);
+
+    // Drain a: nothing is eligible; the replacements wait with the reason.
+    let v = env.control.node(&a.node_id).unwrap();
+    let mut spec = v.record.spec.clone();
+    spec.availability = Availability::Drain;
+    env.control
+        .update_node(&a.node_id, v.version, spec)
+        .await
+        .unwrap();
+    env.control.orchestrate().await.unwrap();
+    env.control.orchestrate().await.unwrap();
+    let web = env.control.service("web").unwrap().record.id;
+    let pending: Vec<_> = env
+        .control
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.record)
+        .filter(|t| t.service_id == web && t.is_live())
+        .collect();
+    assert_eq!(pending.len(), 2);
+    for t in &pending {
+        assert_eq!(t.status.state, TaskState::Pending);
+        assert!(
+            t.status.err.starts_with("no suitable node ("),
+            "{}",
+            t.status.err
+        );
+    }
+    let v = env.control.node(&a.node_id).unwrap();
+    let mut spec = v.record.spec.clone();
+    spec.availability = Availability::Active;
+    env.control
+        .update_node(&a.node_id, v.version, spec)
+        .await
+        .unwrap();
+
+    // Restart policy: on-failure, no delay, at most 2 attempts; history bounded at 5.
+    create(&env, r#"{"Name":"job","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"},"RestartPolicy":{"Condition":"on-failure","Delay":0,"MaxAttempts":2}},"Mode":{"Replicated":{"Replicas":1}}}"#).await;
+    let job = env.control.service("job").unwrap().record.id;
+    let fail_current = || async {
+        let t = env
+            .control
+            .tasks()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.record.service_id == job && t.record.is_live())
+            .map(|t| t.record);
+        if let Some(t) = t {
+            let st = crate::control::tasks::ReportedStatus {
+                state: TaskState::Failed,
+                message: "started".into(),
+                err: "task: non-zero exit (3)".into(),
+                container: None,
+            };
+            env.control
+                .report_task_status(&t.node_id, &t.id, st)
+                .await
+                .unwrap();
+        }
+        env.control.orchestrate().await.unwrap();
+    };
+    for _ in 0..3 {
+        fail_current().await;
+    }
+    let job_tasks: Vec<_> = env
+        .control
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.record)
+        .filter(|t| t.service_id == job)
+        .collect();
+    assert_eq!(job_tasks.len(), 3, "first run + 2 restarts, then no more");
+    assert!(job_tasks.iter().all(|t| !t.is_live()));
+
+    // History: a restart-any service failing 8 times keeps 5 tasks.
+    create(&env, r#"{"Name":"flaky","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"},"RestartPolicy":{"Condition":"any","Delay":0}},"Mode":{"Replicated":{"Replicas":1}}}"#).await;
+    let flaky = env.control.service("flaky").unwrap().record.id;
+    for _ in 0..8 {
+        let t = env
+            .control
+            .tasks()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.record.service_id == flaky && t.record.is_live())
+            .map(|t| t.record)
+            .unwrap();
+        let st = crate::control::tasks::ReportedStatus {
+            state: TaskState::Failed,
+            message: "started".into(),
+            err: "boom".into(),
+            container: None,
+        };
+        env.control
+            .report_task_status(&t.node_id, &t.id, st)
+            .await
+            .unwrap();
+        env.control.orchestrate().await.unwrap();
+        env.control.orchestrate().await.unwrap();
+    }
+    let n = env
+        .control
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.record.service_id == flaky)
+        .count();
+    assert_eq!(n, 5, "history bounded at TaskHistoryRetentionLimit 5");
+}
