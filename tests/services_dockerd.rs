@@ -67,6 +67,48 @@ fn worker_containers(d: &Dockerd) -> Vec<String> {
         .collect()
 }
 
+/// Scale to 2, then a rolling `--image` update replacing both tasks.
+fn scale_and_roll(m: &Manager, d: &Dockerd) {
+    // Scale: two tasks, both on the only eligible node.
+    m.docker_ok(&["service", "scale", "--detach", "app=2"]);
+    poll("2 tasks running", Duration::from_secs(30), || {
+        worker_containers(d)
+            .iter()
+            .filter(|n| n.starts_with("app."))
+            .count()
+            == 2
+    });
+    poll("service ls 2/2", Duration::from_secs(10), || {
+        m.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
+            .trim()
+            == "2/2"
+    });
+
+    // Rolling update of the image: every task is replaced by one running sg/bb:2.
+    m.docker_ok(&["service", "update", "--detach", "--image", "sg/bb:2", "app"]);
+    poll("tasks on sg/bb:2", Duration::from_secs(60), || {
+        let images = d.docker_ok(&["ps", "--format", "{{.Image}} {{.Names}}"]);
+        let app: Vec<&str> = images.lines().filter(|l| l.contains(" app.")).collect();
+        app.len() == 2 && app.iter().all(|l| l.starts_with("sg/bb:2 "))
+    });
+    poll("update completed", Duration::from_secs(20), || {
+        m.docker_ok(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.UpdateStatus.State}}",
+            "app",
+        ])
+        .trim()
+            == "completed"
+    });
+    let rows = ps(m, "app");
+    assert!(
+        rows.iter().filter(|r| r.contains("|Shutdown|")).count() >= 2,
+        "old tasks kept as history: {rows:?}"
+    );
+}
+
 #[test]
 fn replicated_service_runs_on_a_stock_dockerd_worker() {
     let (mut d, _mdir, m, worker) = cluster();
@@ -134,44 +176,7 @@ fn replicated_service_runs_on_a_stock_dockerd_worker() {
     ]);
     assert_eq!(ls.trim(), "app replicated 1/1");
 
-    // Scale: two tasks, both on the only eligible node.
-    m.docker_ok(&["service", "scale", "--detach", "app=2"]);
-    poll("2 tasks running", Duration::from_secs(30), || {
-        worker_containers(&d)
-            .iter()
-            .filter(|n| n.starts_with("app."))
-            .count()
-            == 2
-    });
-    poll("service ls 2/2", Duration::from_secs(10), || {
-        m.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
-            .trim()
-            == "2/2"
-    });
-
-    // Rolling update of the image: every task is replaced by one running sg/bb:2.
-    m.docker_ok(&["service", "update", "--detach", "--image", "sg/bb:2", "app"]);
-    poll("tasks on sg/bb:2", Duration::from_secs(60), || {
-        let images = d.docker_ok(&["ps", "--format", "{{.Image}} {{.Names}}"]);
-        let app: Vec<&str> = images.lines().filter(|l| l.contains(" app.")).collect();
-        app.len() == 2 && app.iter().all(|l| l.starts_with("sg/bb:2 "))
-    });
-    poll("update completed", Duration::from_secs(20), || {
-        m.docker_ok(&[
-            "service",
-            "inspect",
-            "--format",
-            "{{.UpdateStatus.State}}",
-            "app",
-        ])
-        .trim()
-            == "completed"
-    });
-    let rows = ps(&m, "app");
-    assert!(
-        rows.iter().filter(|r| r.contains("|Shutdown|")).count() >= 2,
-        "old tasks kept as history: {rows:?}"
-    );
+    scale_and_roll(&m, &d);
 
     // A refused field is named, and nothing is created.
     let out = m.docker(&[

@@ -52,6 +52,43 @@ fn wait_task_images(m: &Manager, service: &str) -> Vec<String> {
     }
 }
 
+/// A digest other than the signed one, and an unsigned repository, are refused at create.
+fn refusals(m: &Manager, signed: &str, repointed: &str, unsigned: &str, reg: &str) {
+    // A digest that is not the signed one is refused, and so is an unsigned repository.
+    let forged = format!("{signed}@{repointed}");
+    let out = m.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        "bad1",
+        &forged,
+    ]);
+    let err = text(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is not the signed digest"), "{err}");
+    let out = m.docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        "bad2",
+        unsigned,
+    ]);
+    let err = text(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "no trust data for {reg}/demo/unsigned: the repository is not signed"
+        )),
+        "{err}"
+    );
+    let ls = m.docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(!ls.contains("bad"), "{ls}");
+}
+
 #[test]
 fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
     let dir = support::short_tempdir("sgt");
@@ -95,7 +132,7 @@ fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let pinned = format!("{signed}@{signed_digest}");
-    assert_eq!(wait_task_images(&m, "app"), [pinned.clone()]);
+    assert_eq!(wait_task_images(&m, "app"), std::slice::from_ref(&pinned));
 
     // Without the CLI's resolution the manager pins it itself.
     m.docker_ok(&[
@@ -109,7 +146,7 @@ fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
         "sleep",
         "600",
     ]);
-    assert_eq!(wait_task_images(&m, "app2"), [pinned.clone()]);
+    assert_eq!(wait_task_images(&m, "app2"), std::slice::from_ref(&pinned));
 
     // Re-point the tag in the registry without signing: new tasks still get the signed digest.
     docker.import_tiny_image(&signed, "an attacker's image\n");
@@ -126,41 +163,9 @@ fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
         "sleep",
         "600",
     ]);
-    assert_eq!(wait_task_images(&m, "app3"), [pinned.clone()]);
+    assert_eq!(wait_task_images(&m, "app3"), std::slice::from_ref(&pinned));
 
-    // A digest that is not the signed one is refused, and so is an unsigned repository.
-    let forged = format!("{signed}@{repointed}");
-    let out = m.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--no-resolve-image",
-        "--name",
-        "bad1",
-        &forged,
-    ]);
-    let err = text(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(err.contains("is not the signed digest"), "{err}");
-    let out = m.docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--no-resolve-image",
-        "--name",
-        "bad2",
-        &unsigned,
-    ]);
-    let err = text(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains(&format!(
-            "no trust data for {reg}/demo/unsigned: the repository is not signed"
-        )),
-        "{err}"
-    );
-    let ls = m.docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
-    assert!(!ls.contains("bad"), "{ls}");
+    refusals(&m, &signed, &repointed, &unsigned, &reg);
 
     // Every decision is in the audit log, and the chain verifies.
     let log = std::fs::read_to_string(mdir.path().join("audit.log")).unwrap();

@@ -88,8 +88,8 @@ async fn a_node_gets_only_its_tasks_and_their_secrets_and_reports_only_its_own()
     // a: the secret, then the task, in the COMPLETE set; the value travels inside mTLS.
     let m = assignments(&env, &a, &a_session).await;
     assert_eq!(m.r#type, pb::assignments_message::Type::Complete as i32);
-    assert_eq!(secret_ids(&m), [secret_id.clone()]);
-    assert_eq!(task_ids(&m), [task.id.clone()]);
+    assert_eq!(secret_ids(&m), std::slice::from_ref(&secret_id));
+    assert_eq!(task_ids(&m), std::slice::from_ref(&task.id));
     let first_is_secret = matches!(
         m.changes[0].assignment.as_ref().unwrap().item,
         Some(pb::assignment::Item::Secret(_))
@@ -195,7 +195,7 @@ async fn orchestration_spreads_moves_drains_restarts_and_trims_history() {
     env.control.orchestrate().await.unwrap();
     env.control.orchestrate().await.unwrap();
     assert_eq!(live_on(&env, "web"), [a.node_id.clone(), a.node_id.clone()]);
-    assert_eq!(live_on(&env, "agent"), [a.node_id.clone()]);
+    assert_eq!(live_on(&env, "agent"), std::slice::from_ref(&a.node_id));
 
     // Drain a: nothing is eligible; the replacements wait with the reason.
     let v = env.control.node(&a.node_id).unwrap();
