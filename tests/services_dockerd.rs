@@ -242,7 +242,8 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
         "sg/bb:1",
         "sh",
         "-c",
-        "cat /run/secrets/db_pass; sleep 600",
+        // json-file emits a line only at its newline (or at exit), hence the echo.
+        "cat /run/secrets/db_pass; echo; sleep 600",
     ]);
     poll("app.1 running", Duration::from_secs(30), || {
         ps(&m, "app")
@@ -262,6 +263,14 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
             .lines()
             .any(|l| l.starts_with("tmpfs /run/secrets/db_pass tmpfs ro")),
         "{mounts}"
+    );
+
+    // docker service logs: through LogBroker from the worker, with the task's name.
+    let logs = m.docker_ok(&["service", "logs", "app"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("app.1.") && l.ends_with("| s3cr3t")),
+        "{logs}"
     );
 
     // In use: refused with dockerd's text; the secret stays.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod filters;
 pub mod image_ref;
 pub mod local;
+pub mod logs;
 pub mod nodes;
 pub mod orchestrator;
 pub mod records;
@@ -67,6 +68,8 @@ pub struct Control {
     audit: audit::AuditLog,
     /// Content trust: policy, and the trust data last fetched per repository.
     trust: trust::Trust,
+    /// Log subscriptions between the Engine API and the nodes (`docker service logs`).
+    logs: logs::Broker,
     /// Who references secrets (the services layer), asked by `docker secret rm`.
     secret_users: std::sync::RwLock<Option<Arc<dyn secrets::SecretUsers>>>,
     /// The autolock unlock key (key-encryption key), in memory only; `None` with autolock off.
@@ -112,6 +115,7 @@ impl Control {
             renewals: Mutex::new(nodes::Renewals::default()),
             audit,
             trust: trust::Trust::default(),
+            logs: logs::Broker::default(),
             secret_users: std::sync::RwLock::new(None),
             unlock_key: Mutex::new(None),
         };

@@ -77,6 +77,7 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
             get(services::service_inspect).delete(services::service_remove),
         )
         .route("/services/{id}/update", post(services::service_update))
+        .route("/services/{id}/logs", get(services::service_logs))
         .route("/tasks", get(services::task_list))
         .route("/tasks/{id}", get(services::task_inspect))
         .route("/distribution/{*name}", get(services::distribution))

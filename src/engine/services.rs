@@ -251,3 +251,130 @@ pub async fn distribution(
         .into()),
     }
 }
+
+/// Ends the subscription when the reader goes (end of stream or client hang-up).
+struct EndOnDrop(Arc<Control>, String);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end_logs(&self.1);
+    }
+}
+
+/// One stdcopy frame: `[stream, 0, 0, 0, len (u32 BE)]` then the payload.
+fn frame(stream: u8, payload: &[u8]) -> axum::body::Bytes {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&[stream, 0, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+fn rfc3339_nano(ns: i128) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(ns)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+/// `GET /services/{id}/logs`: the tasks' lines as multiplexed frames (dockerd's format, with
+/// `details` attributes and `timestamps` as asked); nodes that cannot answer end the stream
+/// with SwarmKit's "incomplete log stream" error frame.
+pub async fn service_logs(
+    State(ctl): Ctl,
+    Path(id): Path<String>,
+    Query(q): Q,
+) -> Result<Response, ApiError> {
+    use crate::control::logs::{LogEvent, Subscription};
+    use crate::control::tasks::TaskState;
+    let s = ctl.service(&id)?;
+    let flag = |k: &str| parse_bool(k, q.get(k));
+    let (stdout, stderr, follow) = (flag("stdout")?, flag("stderr")?, flag("follow")?);
+    let (timestamps, details) = (flag("timestamps")?, flag("details")?);
+    if !stdout && !stderr {
+        return Err(ApiError::BadRequest(
+            "Bad parameters: you must choose at least one stream".into(),
+        ));
+    }
+    let tail = match q.get("tail").map(String::as_str) {
+        None | Some("" | "all") => 0,
+        Some(n) => match n.parse::<i64>() {
+            Ok(n) if n >= 0 => -(n.saturating_add(1)),
+            Ok(_) => {
+                return Err(ApiError::BadRequest(
+                    "negative tail values not supported".into(),
+                ))
+            }
+            Err(_) => return Err(ApiError::BadRequest(format!("invalid tail value {n:?}"))),
+        },
+    };
+    let nodes = ctl
+        .tasks()?
+        .into_iter()
+        .map(|t| t.record)
+        .filter(|t| t.service_id == s.record.id && !t.node_id.is_empty())
+        .filter(|t| follow || t.status.state >= TaskState::Running)
+        .map(|t| t.node_id)
+        .collect();
+    let request = Subscription {
+        id: String::new(),
+        service_ids: vec![s.record.id.clone()],
+        follow,
+        tail,
+        stdout,
+        stderr,
+        close: false,
+    };
+    let (sub_id, mut rx) = ctl.subscribe_logs(request, nodes)?;
+    let guard = EndOnDrop(ctl.clone(), sub_id);
+    let (tx, body_rx) =
+        tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        let _guard = guard;
+        let mut warnings = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            let bytes = match ev {
+                LogEvent::Warning(w) => {
+                    warnings.push(w);
+                    continue;
+                }
+                LogEvent::Line {
+                    node_id,
+                    service_id,
+                    task_id,
+                    timestamp_ns,
+                    stderr,
+                    data,
+                } => {
+                    let mut p = Vec::new();
+                    if timestamps {
+                        p.extend_from_slice(rfc3339_nano(timestamp_ns).as_bytes());
+                        p.push(b' ');
+                    }
+                    if details {
+                        p.extend_from_slice(format!(
+                            "com.docker.swarm.node.id={node_id},com.docker.swarm.service.id={service_id},com.docker.swarm.task.id={task_id} "
+                        ).as_bytes());
+                    }
+                    p.extend_from_slice(&data);
+                    frame(if stderr { 2 } else { 1 }, &p)
+                }
+            };
+            if tx.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+        }
+        if !warnings.is_empty() {
+            let text = format!(
+                "Error grabbing logs: rpc error: code = Unknown desc = warning: incomplete log stream. some logs could not be retrieved for the following reasons: {}\n",
+                warnings.join(", ")
+            );
+            let _ = tx.send(Ok(frame(3, text.as_bytes()))).await;
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx));
+    Ok((StatusCode::OK, body).into_response())
+}

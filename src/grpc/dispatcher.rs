@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, peer, WORKER_OR_MANAGER};
@@ -591,8 +591,19 @@ impl pb::log_broker_server::LogBroker for LogBrokerService {
         req: Request<pb::ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
         let cluster = self.0.cluster()?;
-        authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
-        // No log subscriptions exist yet: keep the stream open and send nothing.
-        Ok(Response::new(Box::pin(tokio_stream::pending())))
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
+        let rx = self.0.control.listen_logs(&me.node_id);
+        let stream = ReceiverStream::new(rx).map(|s| Ok(super::logs::subscription_pb(&s)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn publish_logs(
+        &self,
+        req: Request<tonic::Streaming<pb::PublishLogsMessage>>,
+    ) -> Result<Response<pb::PublishLogsResponse>, Status> {
+        let cluster = self.0.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
+        super::logs::publish(&self.0.control, &me.node_id, req.into_inner()).await?;
+        Ok(Response::new(pb::PublishLogsResponse {}))
     }
 }

@@ -12,6 +12,7 @@ pub mod dispatcher;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;
+pub mod logs;
 
 #[cfg(test)]
 mod tests;
