@@ -252,6 +252,9 @@ pub async fn distribution(
     }
 }
 
+/// How long a non-follow `service logs` waits for the nodes to finish.
+const LOGS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Ends the subscription when the reader goes (end of stream or client hang-up).
 struct EndOnDrop(Arc<Control>, String);
 
@@ -335,7 +338,21 @@ pub async fn service_logs(
     tokio::spawn(async move {
         let _guard = guard;
         let mut warnings = Vec::new();
-        while let Some(ev) = rx.recv().await {
+        // Without follow, a node that never closes cannot hold the reader forever.
+        let deadline = tokio::time::Instant::now() + LOGS_DEADLINE;
+        loop {
+            let ev = if follow {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        warnings.push("some nodes did not finish sending logs in time".into());
+                        None
+                    }
+                }
+            };
+            let Some(ev) = ev else { break };
             let bytes = match ev {
                 LogEvent::Warning(w) => {
                     warnings.push(w);

@@ -306,3 +306,80 @@ async fn orchestration_spreads_moves_drains_restarts_and_trims_history() {
         .count();
     assert_eq!(n, 5, "history bounded at TaskHistoryRetentionLimit 5");
 }
+
+/// PublishLogs from a node that was sent no subscription, or with another node's ID in the
+/// lines, is refused; nothing reaches the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_publish_logs_it_was_not_asked_for() {
+    use crate::control::logs::Subscription;
+    let env = Env::new().await;
+    let (a, _sa, _a) = node(&env, "a").await;
+    let (b, _sb, _b) = node(&env, "b").await;
+    let mut listen = pb::log_broker_client::LogBrokerClient::new(
+        ctls::channel(
+            env.addr,
+            ctls::verified(&env.root(), Some((&a.cert_pem, &a.key_pem))).unwrap(),
+            "swarm-manager",
+        )
+        .await
+        .unwrap(),
+    )
+    .listen_subscriptions(pb::ListenSubscriptionsRequest {})
+    .await
+    .unwrap()
+    .into_inner();
+    // Let the listener register before subscribing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let request = Subscription {
+        id: String::new(),
+        service_ids: vec!["svc".into()],
+        follow: false,
+        tail: 0,
+        stdout: true,
+        stderr: true,
+        close: false,
+    };
+    let nodes = [a.node_id.clone()].into_iter().collect();
+    let (sub_id, mut rx) = env.control.subscribe_logs(request, nodes).unwrap();
+    let sent = first_message(&mut listen).await;
+    assert_eq!(sent.id, sub_id);
+    let publish = |creds: &Credentials, sub: &str, node: &str| {
+        let msg = pb::PublishLogsMessage {
+            subscription_id: sub.into(),
+            messages: vec![pb::LogMessage {
+                context: Some(pb::LogContext {
+                    service_id: "svc".into(),
+                    node_id: node.into(),
+                    task_id: "t".into(),
+                }),
+                data: b"forged\n".to_vec(),
+                ..Default::default()
+            }],
+            close: true,
+        };
+        let cfg = ctls::verified(&env.root(), Some((&creds.cert_pem, &creds.key_pem))).unwrap();
+        async move {
+            let ch = ctls::channel(env.addr, cfg, "swarm-manager").await.unwrap();
+            pb::log_broker_client::LogBrokerClient::new(ch)
+                .publish_logs(tokio_stream::iter(vec![msg]))
+                .await
+        }
+    };
+    let e = publish(&b, &sub_id, &b.node_id).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = publish(&b, "nosuch", &b.node_id).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = publish(&a, &sub_id, &b.node_id).await.unwrap_err();
+    assert!(e.message().contains("invalid NodeID"), "{e:?}");
+    assert!(rx.try_recv().is_err(), "a refused line reached the reader");
+    // a's own line arrives, and its close ends the subscription.
+    publish(&a, &sub_id, &a.node_id).await.unwrap();
+    let got = rx.recv().await.expect("a's line");
+    assert!(
+        matches!(got, crate::control::logs::LogEvent::Line { ref data, .. } if data == b"forged\n")
+    );
+    assert!(
+        rx.recv().await.is_none(),
+        "the subscription ended after a's close"
+    );
+}
