@@ -383,3 +383,114 @@ async fn a_node_cannot_publish_logs_it_was_not_asked_for() {
         "the subscription ended after a's close"
     );
 }
+
+/// A rolling image update, then `service rollback`: tasks are replaced each time and the
+/// service's UpdateStatus goes updating → completed → rollback_started → rollback_completed;
+/// dockerd's refusals for a stale version, a rename and a rollback without a previous spec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_then_rollback_replace_tasks_and_report_progress() {
+    use crate::control::tasks::{ReportedStatus, TaskState};
+    let env = Env::new().await;
+    let (_a, _sa, _a_stream) = node(&env, "a").await;
+    create(&env, r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}},"Mode":{"Replicated":{"Replicas":1}}}"#).await;
+    let run_live = || async {
+        for t in env.control.tasks().unwrap().into_iter().map(|t| t.record) {
+            if t.is_live() && t.status.state < TaskState::Running {
+                let st = ReportedStatus {
+                    state: TaskState::Running,
+                    message: "started".into(),
+                    err: String::new(),
+                    container: None,
+                };
+                env.control
+                    .report_task_status(&t.node_id, &t.id, st)
+                    .await
+                    .unwrap();
+            }
+        }
+        env.control.orchestrate().await.unwrap();
+        env.control.orchestrate().await.unwrap();
+    };
+    let images = || {
+        let mut v: Vec<String> = env
+            .control
+            .tasks()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.record)
+            .filter(|t| t.is_live())
+            .map(|t| t.spec.container_spec.image)
+            .collect();
+        v.sort();
+        v
+    };
+    let state = || {
+        env.control
+            .service("web")
+            .unwrap()
+            .record
+            .update_status
+            .map(|u| u.state)
+            .unwrap_or_default()
+    };
+    run_live().await;
+    let s = env.control.service("web").unwrap();
+    let mut spec = s.record.spec.clone();
+    spec.task_template.container_spec.image = "bb:2".into();
+    let e = env
+        .control
+        .update_service("web", s.version + 1, spec.clone(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "rpc error: code = Unknown desc = update out of sequence"
+    );
+    let mut renamed = spec.clone();
+    renamed.name = "other".into();
+    let e = env
+        .control
+        .update_service("web", s.version, renamed, false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("renaming services is not supported"),
+        "{e}"
+    );
+    env.control
+        .update_service("web", s.version, spec, false)
+        .await
+        .unwrap();
+    assert_eq!(state(), "updating");
+    env.control.orchestrate().await.unwrap();
+    assert_eq!(images(), ["bb:2"]);
+    run_live().await;
+    assert_eq!(state(), "completed");
+
+    let s = env.control.service("web").unwrap();
+    env.control
+        .update_service("web", s.version, s.record.spec.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(state(), "rollback_started");
+    env.control.orchestrate().await.unwrap();
+    assert_eq!(images(), ["bb:1"]);
+    run_live().await;
+    assert_eq!(state(), "rollback_completed");
+
+    create(
+        &env,
+        r#"{"Name":"fresh","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}}}"#,
+    )
+    .await;
+    let f = env.control.service("fresh").unwrap();
+    let e = env
+        .control
+        .update_service("fresh", f.version, f.record.spec.clone(), true)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("does not have a previous spec"),
+        "{e}"
+    );
+}
