@@ -3,7 +3,8 @@
 //! nothing in silence.
 
 use super::error::{Code, ControlError};
-use super::records::NodeRecord;
+use super::records::{NodeRecord, NodeSoftware};
+use super::types::{Availability, NodeState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Key {
@@ -91,6 +92,15 @@ pub fn satisfied(constraints: &[String], node: &NodeRecord) -> bool {
     constraints
         .iter()
         .all(|c| Constraint::parse(c).is_ok_and(|c| c.matches(node)))
+}
+
+/// Whether new tasks may go to `node`: a Docker engine (swarmguard managers and agents run no
+/// containers), Ready, Active, and satisfying `constraints`.
+pub fn node_eligible(node: &NodeRecord, constraints: &[String]) -> bool {
+    node.software == NodeSoftware::Dockerd
+        && node.status.state == NodeState::Ready
+        && node.spec.availability == Availability::Active
+        && satisfied(constraints, node)
 }
 
 #[cfg(test)]

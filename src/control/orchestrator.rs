@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::constraints;
+use super::constraints::node_eligible;
 use super::error::ControlError;
-use super::records::{self, NodeRecord, NodeSoftware};
+use super::records::{self, NodeRecord};
 use super::services::{ServiceRecord, UpdateStatus, SERVICE_PREFIX};
 use super::tasks::{task_key, TaskRecord, TaskState, TaskStatus, TaskView, TASK_PREFIX};
 use super::types::{Availability, NodeState};
@@ -29,15 +29,6 @@ pub const DEFAULT_RESTART_DELAY_MS: i64 = 5_000;
 const TICK: Duration = Duration::from_millis(250);
 /// Writes per transaction.
 const BATCH: usize = 128;
-
-/// Whether new tasks may go to `node`: a Docker engine (swarmguard managers and agents run no
-/// containers), Ready, Active, and satisfying `constraints`.
-pub fn node_eligible(node: &NodeRecord, constraints: &[String]) -> bool {
-    node.software == NodeSoftware::Dockerd
-        && node.status.state == NodeState::Ready
-        && node.spec.availability == Availability::Active
-        && constraints::satisfied(constraints, node)
-}
 
 /// Whether a task on `node` must move: its node is gone, Down or drained.
 fn node_lost(nodes: &HashMap<String, NodeRecord>, node_id: &str) -> bool {

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
+use super::constraints::node_eligible;
 use super::error::ControlError;
-use super::orchestrator::node_eligible;
 use super::records::{self, NodeRecord};
 use super::tasks::{task_key, TaskRecord, TaskState, TaskView, TASK_PREFIX};
 use super::Control;

@@ -306,7 +306,7 @@ impl Control {
                     .unwrap_or_default();
                 nodes
                     .iter()
-                    .filter(|n| super::orchestrator::node_eligible(&n.record, &constraints))
+                    .filter(|n| super::constraints::node_eligible(&n.record, &constraints))
                     .count() as u64
             }
         };
