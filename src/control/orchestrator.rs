@@ -158,7 +158,7 @@ fn reconcile_group(
                 plan.shutdown(t);
             }
         }
-        *updating += 1;
+        *updating = updating.saturating_add(1);
         return;
     }
     let Some(t) = live.first() else {
@@ -202,7 +202,7 @@ fn reconcile_group(
         if p != 0 && *updating >= p {
             return;
         }
-        *updating += 1;
+        *updating = updating.saturating_add(1);
         let start_first = s
             .spec
             .update_config
@@ -215,7 +215,7 @@ fn reconcile_group(
         return;
     }
     if r.status.state < TaskState::Running {
-        *updating += 1;
+        *updating = updating.saturating_add(1);
     }
 }
 
@@ -252,6 +252,32 @@ fn remove_orphans(ctx: &Ctx, tasks: &[&TaskView], plan: &mut Plan) {
     }
 }
 
+fn unix_ms(rfc3339: &str) -> i64 {
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .unwrap_or(0)
+}
+
+/// Whether a task of the current update was created less than `UpdateConfig.Delay` ago.
+fn in_update_delay(ctx: &Ctx, s: &ServiceRecord, tasks: &[&TaskView]) -> bool {
+    let delay_ms = s
+        .spec
+        .update_config
+        .as_ref()
+        .map_or(0, |u| u.delay / 1_000_000);
+    let Some(started) = s.update_status.as_ref().map(|u| unix_ms(&u.started_at)) else {
+        return false;
+    };
+    delay_ms > 0
+        && tasks.iter().any(|t| {
+            let created = unix_ms(&t.record.created_at);
+            t.record.is_live()
+                && !s.is_dirty(&t.record)
+                && created >= started
+                && ctx.now_ms < created + delay_ms
+        })
+}
+
 fn reconcile_service(ctx: &Ctx, s: &ServiceRecord, tasks: &[&TaskView], plan: &mut Plan) {
     let mut groups: BTreeMap<(u64, String), Vec<&TaskView>> = BTreeMap::new();
     for t in tasks {
@@ -262,7 +288,13 @@ fn reconcile_service(ctx: &Ctx, s: &ServiceRecord, tasks: &[&TaskView], plan: &m
         };
         groups.entry((t.record.slot, node)).or_default().push(t);
     }
-    let mut updating = 0u64;
+    // UpdateConfig.Delay: the next batch waits until the last one is `delay` old; counting a
+    // full batch as in flight holds it back meanwhile.
+    let mut updating = if in_update_delay(ctx, s, tasks) {
+        s.spec.update_parallelism()
+    } else {
+        0
+    };
     let constraints = s
         .spec
         .task_template

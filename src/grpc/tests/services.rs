@@ -494,3 +494,48 @@ async fn update_then_rollback_replace_tasks_and_report_progress() {
         "{e}"
     );
 }
+
+/// UpdateConfig: parallelism 1 with a long Delay replaces one task, then waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_waits_the_delay_between_batches() {
+    let env = Env::new().await;
+    let (_a, _sa, _a_stream) = node(&env, "a").await;
+    create(&env, r#"{"Name":"web","TaskTemplate":{"ContainerSpec":{"Image":"bb:1"}},"Mode":{"Replicated":{"Replicas":2}},"UpdateConfig":{"Parallelism":1,"Delay":3600000000000}}"#).await;
+    let s = env.control.service("web").unwrap();
+    let mut spec = s.record.spec.clone();
+    spec.task_template.container_spec.image = "bb:2".into();
+    env.control
+        .update_service("web", s.version, spec, false)
+        .await
+        .unwrap();
+    env.control.orchestrate().await.unwrap();
+    // The first new task runs: without the delay the second slot would be replaced now.
+    for t in env.control.tasks().unwrap().into_iter().map(|t| t.record) {
+        if t.is_live() && t.spec.container_spec.image == "bb:2" {
+            let st = crate::control::tasks::ReportedStatus {
+                state: crate::control::tasks::TaskState::Running,
+                message: "started".into(),
+                err: String::new(),
+                container: None,
+            };
+            env.control
+                .report_task_status(&t.node_id, &t.id, st)
+                .await
+                .unwrap();
+        }
+    }
+    for _ in 0..3 {
+        env.control.orchestrate().await.unwrap();
+    }
+    let mut images: Vec<String> = env
+        .control
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.record)
+        .filter(|t| t.is_live())
+        .map(|t| t.spec.container_spec.image)
+        .collect();
+    images.sort();
+    assert_eq!(images, ["bb:1", "bb:2"], "one batch, then the delay");
+}
