@@ -109,6 +109,35 @@ fn scale_and_roll(m: &Manager, d: &Dockerd) {
     );
 }
 
+/// Drain the only worker, then make it active again.
+fn drain_and_back(m: &Manager, d: &Dockerd, worker: &str) {
+    // Drain the only worker: its tasks stop there and their replacements wait, saying why;
+    // active again, they run.
+    m.docker_ok(&["node", "update", "--availability", "drain", worker]);
+    poll("drained", Duration::from_secs(40), || {
+        worker_containers(d).iter().all(|n| !n.starts_with("app."))
+    });
+    poll(
+        "replacements pending with the reason",
+        Duration::from_secs(10),
+        || {
+            let rows = ps(m, "app");
+            rows.iter()
+                .filter(|r| r.contains("|Running|Pending") && r.contains("no suitable node"))
+                .count()
+                == 2
+        },
+    );
+    m.docker_ok(&["node", "update", "--availability", "active", worker]);
+    poll("running again", Duration::from_secs(30), || {
+        worker_containers(d)
+            .iter()
+            .filter(|n| n.starts_with("app."))
+            .count()
+            == 2
+    });
+}
+
 #[test]
 fn replicated_service_runs_on_a_stock_dockerd_worker() {
     let (mut d, _mdir, m, worker) = cluster();
@@ -178,6 +207,8 @@ fn replicated_service_runs_on_a_stock_dockerd_worker() {
 
     scale_and_roll(&m, &d);
 
+    drain_and_back(&m, &d, &worker);
+
     // A refused field is named, and nothing is created.
     let out = m.docker(&[
         "service",
@@ -222,6 +253,37 @@ fn audit_verify(dir: &std::path::Path) -> std::process::Output {
         .arg(dir)
         .output()
         .expect("run swarmguard audit verify")
+}
+
+/// `audit verify` passes on the log, then names line 3 after one byte changed there, and line
+/// 2 after it was removed.
+fn audit_chain_breaks_are_named(dir: &std::path::Path, log: &str) {
+    let ok = audit_verify(dir);
+    assert!(ok.status.success(), "{}", support::text(&ok));
+    let lines: Vec<String> = log.lines().map(str::to_string).collect();
+    assert!(lines.len() >= 5);
+    // One byte changed in line 3: named.
+    let mut changed = lines.clone();
+    changed[2] = changed[2].replacen("\"seq\":3", "\"seq\":4", 1);
+    std::fs::write(dir.join("audit.log"), changed.join("\n") + "\n").unwrap();
+    let out = audit_verify(dir);
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("line 3"),
+        "{}",
+        support::text(&out)
+    );
+    // Line 2 removed: named where the chain breaks.
+    let mut cut = lines.clone();
+    cut.remove(1);
+    std::fs::write(dir.join("audit.log"), cut.join("\n") + "\n").unwrap();
+    let out = audit_verify(dir);
+    assert!(!out.status.success());
+    assert!(
+        support::text(&out).contains("line 2"),
+        "{}",
+        support::text(&out)
+    );
 }
 
 #[test]
@@ -320,30 +382,5 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
     drop(m);
     d.stop();
 
-    let ok = audit_verify(mdir.path());
-    assert!(ok.status.success(), "{}", support::text(&ok));
-    let lines: Vec<String> = log.lines().map(str::to_string).collect();
-    assert!(lines.len() >= 5);
-    // One byte changed in line 3: named.
-    let mut changed = lines.clone();
-    changed[2] = changed[2].replacen("\"seq\":3", "\"seq\":4", 1);
-    std::fs::write(mdir.path().join("audit.log"), changed.join("\n") + "\n").unwrap();
-    let out = audit_verify(mdir.path());
-    assert!(!out.status.success());
-    assert!(
-        support::text(&out).contains("line 3"),
-        "{}",
-        support::text(&out)
-    );
-    // Line 2 removed: named where the chain breaks.
-    let mut cut = lines.clone();
-    cut.remove(1);
-    std::fs::write(mdir.path().join("audit.log"), cut.join("\n") + "\n").unwrap();
-    let out = audit_verify(mdir.path());
-    assert!(!out.status.success());
-    assert!(
-        support::text(&out).contains("line 2"),
-        "{}",
-        support::text(&out)
-    );
+    audit_chain_breaks_are_named(mdir.path(), &log);
 }
