@@ -80,6 +80,15 @@ impl Control {
             .map(UnlockKey::to_human))
     }
 
+    /// The raw unlock key, for `CA.GetUnlockKey` (managers only); `None` with autolock off.
+    pub fn unlock_key_bytes(&self) -> Option<Zeroizing<Vec<u8>>> {
+        self.unlock_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|k| Zeroizing::new(k.expose_bytes().to_vec()))
+    }
+
     /// How `swarm-node.key` is written now: sealed while autolock is on.
     pub fn key_codec(&self) -> StoreKeyCodec<'_> {
         StoreKeyCodec {
