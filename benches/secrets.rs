@@ -20,7 +20,9 @@ use support::manager::{unix_request, Manager};
 const CLI_ROUNDS: usize = 30;
 const API_ROUNDS: usize = 200;
 /// Creates per throughput run, split over the clients.
-const THROUGHPUT_CREATES: usize = 640;
+const THROUGHPUT_CREATES: usize = 2000;
+/// Throughput runs per peer and client count (alternating which peer goes first).
+const THROUGHPUT_ROUNDS: usize = 3;
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
@@ -162,25 +164,33 @@ fn main() {
         );
     }
     println!();
-    println!("| concurrent clients | swarmguard creates/s | dockerd 20.10 creates/s | ratio |");
+    println!("| concurrent clients | swarmguard creates/s (median, min–max) | dockerd 20.10 creates/s (median, min–max) | ratio of medians |");
     println!("|---|---|---|---|");
     for clients in [1, 8, 32] {
-        // Two runs each, alternating which peer goes first.
-        let (mut ours, mut theirs) = (0.0, 0.0);
-        for round in 0..2 {
-            if round == 0 {
-                ours += throughput(&sg.socket, clients);
-                theirs += throughput(&dockerd.socket, clients);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..THROUGHPUT_ROUNDS {
+            if round % 2 == 0 {
+                ours.push(throughput(&sg.socket, clients));
+                theirs.push(throughput(&dockerd.socket, clients));
             } else {
-                theirs += throughput(&dockerd.socket, clients);
-                ours += throughput(&sg.socket, clients);
+                theirs.push(throughput(&dockerd.socket, clients));
+                ours.push(throughput(&sg.socket, clients));
             }
         }
+        let summary = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let (o, t) = (summary(&mut ours), summary(&mut theirs));
         println!(
-            "| {clients} | {:.0} | {:.0} | {:.2}× |",
-            ours / 2.0,
-            theirs / 2.0,
-            ours / theirs
+            "| {clients} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {:.2}× |",
+            o.0,
+            o.1,
+            o.2,
+            t.0,
+            t.1,
+            t.2,
+            o.0 / t.0
         );
     }
 }
