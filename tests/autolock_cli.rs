@@ -104,6 +104,7 @@ fn autolock_cycle_with_the_docker_cli() {
     m.docker_with_stdin(&["secret", "create", "kept", "-"], Some(b"kept-value"));
     let dek_file = std::fs::read_to_string(dir.path().join("keys/dek")).unwrap();
     assert!(dek_file.contains("wrapped: true"), "{dek_file}");
+    assert_tls_key_sealed(dir.path(), true);
 
     m.terminate();
     m.restart();
@@ -141,6 +142,7 @@ fn autolock_cycle_with_the_docker_cli() {
         "{}",
         err(&none)
     );
+    assert_tls_key_sealed(dir.path(), false);
     m.terminate();
     m.restart();
     assert_unlocked_with_data(&m);
@@ -196,6 +198,14 @@ fn wrong_keys(m: &Manager, right: &str) {
         assert!(waited >= at_least, "attempt {n} answered after {waited:?}");
     }
     assert_eq!(node_state(m), "locked");
+}
+
+/// This manager's TLS key: sealed with the (wrapped) data key while autolock is on, PEM when off.
+fn assert_tls_key_sealed(data_dir: &Path, sealed: bool) {
+    let key = std::fs::read(data_dir.join("certificates/swarm-node.key")).unwrap();
+    let has = |n: &[u8]| key.windows(n.len()).any(|w| w == n);
+    assert_eq!(key.starts_with(b"swarmguard-sealed-key v1\n"), sealed);
+    assert_eq!(has(b"PRIVATE KEY"), !sealed);
 }
 
 fn no_key_on_disk_or_in_logs(data_dir: &Path, log_file: &Path, keys: &[&str]) {

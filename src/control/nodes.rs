@@ -468,8 +468,13 @@ impl Control {
                 self.node_cert_expiry(),
             )
             .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
-        LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
-            .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
+        LocalIdentity::replace_certificate(
+            &self.config.data_dir,
+            &self.key_codec(),
+            &issued.cert_pem,
+            &key_pem,
+        )
+        .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
         records::update(
             &self.store,
             &node_key(&node_id),

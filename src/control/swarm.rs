@@ -76,6 +76,7 @@ impl Control {
         // overwrites, while a commit without files would leave a cluster nobody can serve.
         let identity = LocalIdentity::write(
             &self.config.data_dir,
+            &self.key_codec(),
             new.ca.cert_pem(),
             &new.issued.cert_pem,
             &new.node_key_pem,
