@@ -23,8 +23,8 @@ pub struct Manager {
     pub nofile: Option<u64>,
     /// `RUST_LOG` for the manager, and where its stderr goes (the test's own when `None`).
     pub log: (String, Option<PathBuf>),
-    /// More `swarmguard manager` options (e.g. content trust).
-    pub extra: Vec<String>,
+    /// More `swarmguard manager` flags, for the next (re)start.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -83,7 +83,7 @@ impl Manager {
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile,
             log: ("info,openraft=warn".into(), None),
-            extra: vec![],
+            extra_args: Vec::new(),
             child: None,
         };
         m.spawn();
@@ -101,7 +101,7 @@ impl Manager {
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile: None,
             log: ("info,openraft=warn".into(), None),
-            extra: extra.to_vec(),
+            extra_args: extra.to_vec(),
             child: None,
         };
         m.spawn();
@@ -119,7 +119,7 @@ impl Manager {
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile: None,
             log: (rust_log.to_string(), Some(log_file.to_path_buf())),
-            extra: vec![],
+            extra_args: Vec::new(),
             child: None,
         };
         m.spawn();
@@ -157,7 +157,7 @@ impl Manager {
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--engine-api")
             .arg(format!("tcp://{}", self.tcp_api))
-            .args(&self.extra)
+            .args(&self.extra_args)
             .env("RUST_LOG", &self.log.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
