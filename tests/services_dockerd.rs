@@ -384,3 +384,81 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
 
     audit_chain_breaks_are_named(mdir.path(), &log);
 }
+
+/// Node IDs of the live tasks of `service`, from `GET /tasks`.
+fn task_nodes(m: &Manager) -> Vec<String> {
+    let tasks = m.request("GET", "/v1.41/tasks", None).json();
+    let mut nodes: Vec<String> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+        .map(|t| t["NodeID"].as_str().unwrap_or_default().to_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// Two stock workers, each in its own network namespace (the second reaches the manager through
+/// a loopback bridge at the address the manager advertises): `scale app=3` spreads the tasks
+/// over both; when one worker stops, its tasks move to the other once it is Down.
+#[test]
+fn tasks_spread_over_two_workers_and_move_off_a_stopped_one() {
+    let (d1, _mdir, m, w1) = cluster();
+    let mut d2 = Dockerd::start(true);
+    let port: u16 = m.cluster_addr.rsplit(':').next().unwrap().parse().unwrap();
+    let _bridge = support::bridge::Bridge::start(
+        port,
+        d2.netns.as_deref().unwrap(),
+        d1.netns.as_deref().unwrap(),
+    );
+    let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    d2.docker_ok(&["swarm", "join", "--token", token.trim(), &m.cluster_addr]);
+    let w2 = d2
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    poll("second worker Ready", Duration::from_secs(10), || {
+        m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &w2])
+            .trim()
+            == "ready"
+    });
+    d2.import_busybox_image("sg/bb:1");
+
+    m.docker_ok(&[
+        "service", "create", "--detach", "--name", "app", "sg/bb:1", "sleep", "600",
+    ]);
+    m.docker_ok(&["service", "scale", "--detach", "app=3"]);
+    poll("3 tasks running", Duration::from_secs(60), || {
+        task_nodes(&m).len() == 3
+    });
+    let nodes = task_nodes(&m);
+    let on = |w: &str| nodes.iter().filter(|n| *n == w).count();
+    assert!(
+        on(&w1) >= 1 && on(&w2) >= 1 && on(&w1) + on(&w2) == 3,
+        "spread: {nodes:?}"
+    );
+
+    // Stop the second worker: Down after 3 missed 1 s heartbeats, then its tasks run on the first.
+    let moved = on(&w2);
+    d2.stop_daemon();
+    poll("second worker Down", Duration::from_secs(15), || {
+        m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &w2])
+            .trim()
+            == "down"
+    });
+    poll("its tasks moved", Duration::from_secs(60), || {
+        worker_containers(&d1)
+            .iter()
+            .filter(|n| n.starts_with("app."))
+            .count()
+            == 3
+    });
+    let rows = ps(&m, "app");
+    assert!(
+        rows.iter().filter(|r| r.contains("|Shutdown|")).count() >= moved,
+        "the stopped worker's tasks are shut down in the history: {rows:?}"
+    );
+    drop(m);
+    d2.stop();
+}
