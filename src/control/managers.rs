@@ -58,6 +58,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         LocalIdentity::write(
             &self.config.data_dir,
+            &self.key_codec(),
             root_pem,
             cert_pem,
             key_pem,

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use swarmguard_ca::{CheckedCsr, NodeRole};
 
+use super::audit::AuditEvent;
 use super::error::{Code, ControlError};
 use super::local::LocalIdentity;
 use super::records::{
@@ -246,6 +247,19 @@ impl Control {
             };
             if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
                 tracing::info!(node_id = %node_id, role = %Role::from(role), state = ?record.certificate.state, "node joined with a token");
+                let role = Role::from(role).as_str().to_string();
+                self.audit.record(AuditEvent::NodeJoined {
+                    node_id: node_id.clone(),
+                    role: role.clone(),
+                    addr: req.addr.clone(),
+                });
+                if record.certificate.state == CertState::Issued {
+                    self.audit.record(AuditEvent::CertificateIssued {
+                        node_id: node_id.clone(),
+                        role,
+                        renewal: false,
+                    });
+                }
                 return Ok(node_id);
             }
         }
@@ -338,6 +352,16 @@ impl Control {
             },
         )
         .await?;
+        if let Some(n) = updated
+            .as_ref()
+            .filter(|n| n.record.certificate.state == CertState::Issued)
+        {
+            self.audit.record(AuditEvent::CertificateIssued {
+                node_id: n.record.id.clone(),
+                role: n.record.role.as_str().into(),
+                renewal: true,
+            });
+        }
         Ok(updated.map(|s| s.record))
     }
 
@@ -453,8 +477,13 @@ impl Control {
             })
             .await
             .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
-        LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
-            .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
+        LocalIdentity::replace_certificate(
+            &self.config.data_dir,
+            &self.key_codec(),
+            &issued.cert_pem,
+            &key_pem,
+        )
+        .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
         records::update(
             &self.store,
             &node_key(&node_id),

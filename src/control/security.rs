@@ -144,9 +144,10 @@ impl Security {
             return Ok(None);
         };
         let root = Arc::new(load_root_ca(store)?);
-        let identity = LocalIdentity::load(data_dir, &root)
+        let codec = super::autolock::StoreKeyCodec { store, seal: false };
+        let identity = LocalIdentity::load(data_dir, &root, &codec)
             .map_err(|e| ControlError::internal("cannot load this manager's identity", e))?;
-        let (cert, key) = LocalIdentity::read_pair(data_dir)
+        let (cert, key) = LocalIdentity::read_pair(data_dir, &codec)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         Self::build(
             cluster.record.id.clone(),
@@ -176,7 +177,8 @@ impl Security {
         if fingerprint(root_pem, &cert, &cluster.record.spec) == current.fingerprint {
             return Ok(false);
         }
-        let (cert, key) = LocalIdentity::read_pair(data_dir)
+        let codec = super::autolock::StoreKeyCodec { store, seal: false };
+        let (cert, key) = LocalIdentity::read_pair(data_dir, &codec)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root = if root_pem == current.root_pem.as_slice() {
             current.root.clone()

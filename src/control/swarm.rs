@@ -8,6 +8,7 @@ use base64::Engine as _;
 use swarmguard_ca::{IssuedCertificate, JoinToken, NodeRole, RootCa};
 use zeroize::Zeroizing;
 
+use super::audit::AuditEvent;
 use super::error::{Code, ControlError};
 use super::external;
 use super::local::{self, LocalIdentity};
@@ -81,6 +82,7 @@ impl Control {
         // overwrites, while a commit without files would leave a cluster nobody can serve.
         let identity = LocalIdentity::write(
             &self.config.data_dir,
+            &self.key_codec(),
             new.ca.cert_pem(),
             &new.issued.cert_pem,
             &new.node_key_pem,
@@ -107,6 +109,8 @@ impl Control {
             &cluster.spec,
         )?;
         self.security.install(material);
+        // `--autolock`: wrap the data key before the answer, after which the CLI shows the key.
+        self.reconcile_autolock(false)?;
         // Whatever the port did before belongs to an earlier membership.
         self.set_cluster_port(ClusterPort::Stopped);
         self.membership_changed.notify_one();
@@ -162,7 +166,7 @@ impl Control {
         }
         let spec = spec::replace_spec(req)?;
         refuse_unsupported(&spec, current.record.last_forced_rotation)?;
-        if rotate.manager_unlock_key {
+        if rotate.manager_unlock_key && !spec.encryption_config.auto_lock_managers {
             return Err(ControlError::rpc(
                 Code::FailedPrecondition,
                 "cannot rotate the unlock key: autolock is not turned on",
@@ -188,12 +192,22 @@ impl Control {
         };
         match self.apply(txn).await? {
             TxnOutcome::Committed { .. } => {
+                self.reconcile_autolock(rotate.manager_unlock_key)?;
                 if rotate.worker_token || rotate.manager_token {
                     tracing::info!(
                         worker = rotate.worker_token,
                         manager = rotate.manager_token,
                         "join token rotated; the old token is refused from now on"
                     );
+                }
+                for (rotated, role) in [
+                    (rotate.worker_token, "worker"),
+                    (rotate.manager_token, "manager"),
+                ] {
+                    if rotated {
+                        self.audit
+                            .record(AuditEvent::TokenRotated { role: role.into() });
+                    }
                 }
                 Ok(())
             }
@@ -226,12 +240,24 @@ impl Control {
         for (key, _) in self.store.list(NODE_PREFIX) {
             ops.push(Op::Delete { key });
         }
+        // Secrets belong to the swarm and go with it (dockerd removes the whole Raft state).
+        for prefix in [
+            super::secrets::SECRET_PREFIX,
+            super::secrets::SECRET_NAME_PREFIX,
+            super::secrets::SECRET_REF_PREFIX,
+        ] {
+            for (key, _) in self.store.list(prefix) {
+                ops.push(Op::Delete { key });
+            }
+        }
         self.apply(Txn {
             checks: vec![],
             ops,
         })
         .await?;
         self.security.clear();
+        // No swarm, no autolock: the data key file goes back to clear.
+        self.reconcile_autolock(false)?;
         self.membership_changed.notify_one();
         LocalIdentity::remove(&self.config.data_dir)
             .map_err(|e| ControlError::internal("cannot remove this manager's certificate", e))?;
@@ -370,12 +396,6 @@ fn refuse_unsupported(spec: &Spec, last_forced_rotation: u64) -> Result<(), Cont
             format!(
                 "root CA rotation is not supported by this swarmguard version; send back ForceRotate={last_forced_rotation} as GET /swarm returned it and no signing CA"
             ),
-        ));
-    }
-    if spec.encryption_config.auto_lock_managers {
-        return Err(ControlError::rpc(
-            Code::Unimplemented,
-            "autolock is not available in this swarmguard version: the store's data key is protected by file permissions only; run without --autolock",
         ));
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! at start-up of an initialized manager) and stops it when the swarm is left.
 
 pub mod accept;
+pub mod assignments;
 pub mod auth;
 pub mod ca;
 pub mod dispatcher;
@@ -12,6 +13,7 @@ pub mod dispatcher;
 pub mod fuzzing;
 pub mod join;
 pub mod limits;
+pub mod logs;
 pub mod raft;
 
 #[cfg(test)]
@@ -81,6 +83,8 @@ fn grpc_code(code: Code) -> tonic::Code {
     match code {
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
         Code::FailedPrecondition => tonic::Code::FailedPrecondition,
         Code::Aborted => tonic::Code::Aborted,
         Code::Unimplemented => tonic::Code::Unimplemented,

@@ -21,6 +21,8 @@ pub struct Manager {
     pub tcp_api: String,
     /// Run with this RLIMIT_NOFILE (soft and hard), set by `prlimit`, which execs the manager.
     pub nofile: Option<u64>,
+    /// `RUST_LOG` for the manager, and where its stderr goes (the test's own when `None`).
+    pub log: (String, Option<PathBuf>),
     /// More `swarmguard manager` flags, for the next (re)start.
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -80,6 +82,43 @@ impl Manager {
             netns: netns.map(str::to_string),
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile,
+            log: ("info,openraft=warn".into(), None),
+            extra_args: Vec::new(),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// [`Manager::start`] with more `swarmguard manager` options.
+    pub fn start_args(data_dir: &Path, extra: &[String]) -> Manager {
+        let mut m = Manager {
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.join("swarmguard.sock"),
+            docker_config: tempfile::tempdir().expect("tempdir"),
+            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
+            netns: None,
+            tcp_api: format!("127.0.0.1:{}", super::free_port()),
+            nofile: None,
+            log: ("info,openraft=warn".into(), None),
+            extra_args: extra.to_vec(),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    /// [`Manager::start`] logging at `rust_log` into `log_file` (appended across restarts).
+    pub fn start_logged(data_dir: &Path, rust_log: &str, log_file: &Path) -> Manager {
+        let mut m = Manager {
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.join("swarmguard.sock"),
+            docker_config: tempfile::tempdir().expect("tempdir"),
+            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
+            netns: None,
+            tcp_api: format!("127.0.0.1:{}", super::free_port()),
+            nofile: None,
+            log: (rust_log.to_string(), Some(log_file.to_path_buf())),
             extra_args: Vec::new(),
             child: None,
         };
@@ -119,10 +158,19 @@ impl Manager {
             .arg("--engine-api")
             .arg(format!("tcp://{}", self.tcp_api))
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", &self.log.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log.1 {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("manager log file"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start swarmguard manager");
         self.child = Some(child);

@@ -1,0 +1,709 @@
+//! Swarm secrets: `docker secret create|ls|inspect|rm` and the label-only update, with SwarmKit's
+//! rules and texts (`manager/controlapi/secret.go`), and the calls the dispatcher uses to hand
+//! secret values to the workers that run tasks needing them.
+//!
+//! A secret lives in two records written in one transaction: `secret/<id>` (the
+//! [`SecretRecord`]) and `secret-name/<lowercased name>` (its ID), so two concurrent creates of
+//! one name cannot both commit. The value is sealed with the store's data key inside the record
+//! ([`crate::store::Store::seal_field`]), bound to the secret's ID and data version, and the
+//! record is sealed again by the store; the value exists in clear only in the [`Zeroizing`]
+//! buffers of a create and of [`Control::open_secret`].
+//!
+//! Services keep `docker secret rm` honest through [`SecretUsers`] (who references a secret) and
+//! [`Control::secret_references`] (a guard their writes carry, so a removal that raced a new
+//! reference fails its version check and is retried against the new state).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::error::{Code, ControlError};
+use super::records::{self, Record, Stored};
+use super::{out_of_sequence, Control};
+use crate::store::{Check, Op, Txn, TxnOutcome};
+
+pub const SECRET_PREFIX: &str = "secret/";
+pub const SECRET_NAME_PREFIX: &str = "secret-name/";
+pub const SECRET_REF_PREFIX: &str = "secret-ref/";
+
+/// SwarmKit's `validation.MaxSecretSize`: data must be shorter than this.
+pub const MAX_SECRET_SIZE: usize = 500 * 1024;
+/// SwarmKit's name length limit (`manager/controlapi/common.go`).
+pub const MAX_NAME_LEN: usize = 64;
+/// Bounds on labels (SwarmKit has none; a record must stay well under the store's value limit).
+const MAX_LABELS: usize = 256;
+const MAX_LABEL_BYTES: usize = 64 * 1024;
+/// How many times a removal re-reads after a concurrent reference or change.
+const REMOVE_TRIES: u32 = records::MAX_TRIES;
+
+pub fn secret_key(id: &str) -> String {
+    format!("{SECRET_PREFIX}{id}")
+}
+
+fn name_key(name: &str) -> String {
+    format!("{SECRET_NAME_PREFIX}{}", name.to_ascii_lowercase())
+}
+
+fn ref_key(id: &str) -> String {
+    format!("{SECRET_REF_PREFIX}{id}")
+}
+
+/// The AAD of a secret's value: its ID and data version, so a sealed value moved to another
+/// secret, or replayed from another version, fails authentication.
+fn value_aad(id: &str, data_version: u32) -> String {
+    format!("secret/{id}/v{data_version}")
+}
+
+/// What the store keeps for one secret. The value is sealed (`sealed_b64`), and `Debug` omits
+/// it anyway.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretRecord {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Version of the data; SwarmKit's data never changes after create, so this is 1. It is in
+    /// the value's AAD, so a future data rotation cannot be rolled back by replaying a value.
+    pub data_version: u32,
+    /// The value sealed with [`crate::store::Store::seal_field`] (standard base64).
+    pub sealed_b64: String,
+}
+
+impl std::fmt::Debug for SecretRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("data_version", &self.data_version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Record for SecretRecord {
+    fn touch(&mut self) {
+        self.updated_at = crate::util::now_rfc3339();
+    }
+}
+
+pub type SecretView = Stored<SecretRecord>;
+
+/// A secret's spec as the Engine API sends it. `data` is decoded and zeroized on drop;
+/// `Debug` never shows it.
+#[derive(Default)]
+pub struct SecretSpec {
+    pub name: String,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub data: Option<Zeroizing<Vec<u8>>>,
+    /// `Driver.Name`, when a driver was named (refused: swarmguard has no secret plugins).
+    pub driver: Option<String>,
+    /// `Templating.Name`, when templating was asked for (refused likewise).
+    pub templating: Option<String>,
+}
+
+impl std::fmt::Debug for SecretSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSpec")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("data_len", &self.data.as_ref().map(|d| d.len()))
+            .field("driver", &self.driver)
+            .field("templating", &self.templating)
+            .finish()
+    }
+}
+
+/// Who references secrets: filled by the services layer, asked by `docker secret rm`.
+pub trait SecretUsers: Send + Sync {
+    /// Names of the services whose spec references the secret `secret_id`, sorted.
+    fn services_using(&self, ctl: &Control, secret_id: &str) -> Result<Vec<String>, ControlError>;
+}
+
+/// The guard a write that adds references to secrets must carry (see
+/// [`Control::secret_references`]): its checks fail if a secret was removed meanwhile, and its
+/// ops bump each secret's reference marker, so a concurrent `rm` that already read "unused"
+/// fails its own check and re-reads.
+#[derive(Debug, Default, Clone)]
+pub struct SecretGuard {
+    pub checks: Vec<Check>,
+    pub ops: Vec<Op>,
+}
+
+impl Control {
+    /// Every secret, in ID order (`GET /secrets`).
+    pub fn secrets(&self) -> Result<Vec<SecretView>, ControlError> {
+        self.cluster()?;
+        records::list(&self.store, SECRET_PREFIX)
+    }
+
+    /// One secret by exact ID, or `None` (for the dispatcher and services).
+    pub fn secret_by_id(&self, id: &str) -> Result<Option<SecretView>, ControlError> {
+        records::get(&self.store, &secret_key(id))
+    }
+
+    /// The records (never the data) of the secrets with these IDs, in the order asked; an ID
+    /// with no secret is `NotFound` with SwarmKit's text.
+    pub fn secret_records_by_ids(&self, ids: &[String]) -> Result<Vec<SecretView>, ControlError> {
+        ids.iter()
+            .map(|id| {
+                self.secret_by_id(id)?.ok_or_else(|| {
+                    ControlError::rpc(Code::NotFound, format!("secret {id} not found"))
+                })
+            })
+            .collect()
+    }
+
+    /// The value of secret `id`, for the dispatcher to send to a worker over mTLS. The buffer is
+    /// wiped when dropped; never log it.
+    pub fn open_secret(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, ControlError> {
+        let view = self
+            .secret_by_id(id)?
+            .ok_or_else(|| ControlError::rpc(Code::NotFound, format!("secret {id} not found")))?;
+        self.open_record(&view.record)
+    }
+
+    fn open_record(&self, r: &SecretRecord) -> Result<Zeroizing<Vec<u8>>, ControlError> {
+        let sealed = B64
+            .decode(r.sealed_b64.as_bytes())
+            .map_err(|e| ControlError::internal("the stored secret value is not base64", e))?;
+        self.store
+            .open_field(&value_aad(&r.id, r.data_version), &sealed)
+            .map_err(|e| ControlError::internal("cannot open a stored secret value", e))
+    }
+
+    /// The guard a services write must include when it makes a service reference secrets `ids`:
+    /// every secret must still exist at commit, and a concurrent `docker secret rm` of one of
+    /// them is forced to re-read (and then see the new reference through [`SecretUsers`]).
+    pub fn secret_references(&self, ids: &[String]) -> Result<SecretGuard, ControlError> {
+        let mut guard = SecretGuard::default();
+        for view in self.secret_records_by_ids(ids)? {
+            let id = &view.record.id;
+            guard.checks.push(Check::Version {
+                key: secret_key(id),
+                version: view.version,
+            });
+            guard.ops.push(Op::Put {
+                key: ref_key(id),
+                value: crate::util::now_rfc3339().into_bytes(),
+            });
+        }
+        Ok(guard)
+    }
+
+    /// Installs who answers "is this secret in use" for `docker secret rm`. Without one, no
+    /// service exists to reference a secret.
+    pub fn set_secret_users(&self, users: Arc<dyn SecretUsers>) {
+        *self.secret_users.write().unwrap_or_else(|e| e.into_inner()) = Some(users);
+    }
+
+    fn secret_users(&self) -> Option<Arc<dyn SecretUsers>> {
+        self.secret_users
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Finds a secret as dockerd does (`daemon/cluster/helpers.go` `getSecret`): full ID, then
+    /// exact name, then a unique ID prefix.
+    pub fn secret(&self, reference: &str) -> Result<SecretView, ControlError> {
+        let all = self.secrets()?;
+        if let Some(i) = all.iter().position(|s| s.record.id == reference) {
+            return Ok(all.into_iter().nth(i).expect("index"));
+        }
+        let mut by_name: Vec<SecretView> = Vec::new();
+        let mut by_prefix: Vec<SecretView> = Vec::new();
+        for s in all {
+            if s.record.name == reference {
+                by_name.push(s);
+            } else if !reference.is_empty() && s.record.id.starts_with(reference) {
+                by_prefix.push(s);
+            }
+        }
+        if by_name.len() == 1 {
+            return Ok(by_name.remove(0));
+        }
+        match by_prefix.len() {
+            0 => Err(ControlError::NotFound(format!(
+                "secret {reference} not found"
+            ))),
+            1 => Ok(by_prefix.remove(0)),
+            n => Err(ControlError::InvalidArgument(format!(
+                "secret {reference} is ambiguous ({n} matches found)"
+            ))),
+        }
+    }
+
+    /// `POST /secrets/create`: validates as SwarmKit does, seals the value, writes the secret
+    /// and its name in one transaction. Returns the new ID.
+    pub async fn create_secret(&self, spec: SecretSpec) -> Result<String, ControlError> {
+        self.cluster()?;
+        check_spec(&spec)?;
+        let data = match &spec.data {
+            Some(d) if !d.is_empty() && d.len() < MAX_SECRET_SIZE => d,
+            _ => {
+                return Err(ControlError::rpc(
+                    Code::InvalidArgument,
+                    format!(
+                        "secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes"
+                    ),
+                ))
+            }
+        };
+        let id = swarmguard_ca::new_id();
+        let data_version = 1;
+        let sealed = self
+            .store
+            .seal_field(&value_aad(&id, data_version), data)
+            .map_err(|e| ControlError::internal("cannot seal the secret value", e))?;
+        let now = crate::util::now_rfc3339();
+        let record = SecretRecord {
+            id: id.clone(),
+            created_at: now.clone(),
+            updated_at: now,
+            name: spec.name.clone(),
+            labels: spec.labels.clone().unwrap_or_default(),
+            data_version,
+            sealed_b64: B64.encode(&sealed),
+        };
+        let txn = Txn {
+            checks: vec![
+                Check::Absent {
+                    key: name_key(&spec.name),
+                },
+                Check::Absent {
+                    key: secret_key(&id),
+                },
+            ],
+            ops: vec![
+                records::put(&secret_key(&id), &record)?,
+                Op::Put {
+                    key: name_key(&spec.name),
+                    value: id.clone().into_bytes(),
+                },
+            ],
+        };
+        match self.apply(txn).await? {
+            TxnOutcome::Committed { .. } => {
+                self.audit.record(super::audit::AuditEvent::SecretCreated {
+                    secret_id: id.clone(),
+                    name: spec.name.clone(),
+                });
+                Ok(id)
+            }
+            TxnOutcome::Conflict { .. } => Err(ControlError::rpc(
+                Code::AlreadyExists,
+                format!("secret {} already exists", spec.name),
+            )),
+        }
+    }
+
+    /// `POST /secrets/{id}/update?version=`: only labels may change (SwarmKit's rule); the ID is
+    /// taken as given, as dockerd does.
+    pub async fn update_secret(
+        &self,
+        id: &str,
+        version: u64,
+        spec: SecretSpec,
+    ) -> Result<(), ControlError> {
+        self.cluster()?;
+        check_extensions(&spec)?;
+        check_labels(spec.labels.as_ref())?;
+        let current = self
+            .secret_by_id(id)?
+            .ok_or_else(|| ControlError::rpc(Code::NotFound, format!("secret {id} not found")))?;
+        let same_data = match &spec.data {
+            None => true,
+            Some(d) => {
+                let stored = self.open_record(&current.record)?;
+                swarmguard_secrets::ct_eq(d, &stored)
+            }
+        };
+        if spec.name != current.record.name || !same_data {
+            return Err(ControlError::rpc(
+                Code::InvalidArgument,
+                "only updates to Labels are allowed",
+            ));
+        }
+        if current.version != version {
+            return Err(out_of_sequence());
+        }
+        let mut record = current.record;
+        let labels = spec.labels.unwrap_or_default();
+        if record.labels == labels {
+            return Ok(());
+        }
+        record.labels = labels;
+        record.touch();
+        let txn = Txn {
+            checks: vec![Check::Version {
+                key: secret_key(id),
+                version,
+            }],
+            ops: vec![records::put(&secret_key(id), &record)?],
+        };
+        match self.apply(txn).await? {
+            TxnOutcome::Committed { .. } => Ok(()),
+            TxnOutcome::Conflict { .. } => Err(out_of_sequence()),
+        }
+    }
+
+    /// `DELETE /secrets/{id}`: refused while a service references the secret.
+    pub async fn remove_secret(&self, reference: &str) -> Result<(), ControlError> {
+        for _ in 0..REMOVE_TRIES {
+            let view = self.secret(reference)?;
+            let id = &view.record.id;
+            if let Some(users) = self.secret_users() {
+                let services = users.services_using(self, id)?;
+                if !services.is_empty() {
+                    let plural = if services.len() == 1 { "" } else { "s" };
+                    return Err(ControlError::rpc(
+                        Code::InvalidArgument,
+                        format!(
+                            "secret '{}' is in use by the following service{plural}: {}",
+                            view.record.name,
+                            services.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let reference_marker = match self.store.get(&ref_key(id)) {
+                Some(v) => Check::Version {
+                    key: ref_key(id),
+                    version: v.version,
+                },
+                None => Check::Absent { key: ref_key(id) },
+            };
+            let txn = Txn {
+                checks: vec![
+                    Check::Version {
+                        key: secret_key(id),
+                        version: view.version,
+                    },
+                    reference_marker,
+                ],
+                ops: vec![
+                    Op::Delete {
+                        key: secret_key(id),
+                    },
+                    Op::Delete {
+                        key: name_key(&view.record.name),
+                    },
+                    Op::Delete { key: ref_key(id) },
+                ],
+            };
+            if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
+                self.audit.record(super::audit::AuditEvent::SecretRemoved {
+                    secret_id: id.clone(),
+                    name: view.record.name.clone(),
+                });
+                return Ok(());
+            }
+        }
+        tracing::warn!(%reference, tries = REMOVE_TRIES, "gave up removing a secret that kept changing");
+        Err(ControlError::Contended {
+            what: "secret",
+            tries: REMOVE_TRIES,
+        })
+    }
+}
+
+/// SwarmKit's `validateSecretSpec` for a create, in its order: name, then extensions, then labels.
+fn check_spec(spec: &SecretSpec) -> Result<(), ControlError> {
+    check_name(&spec.name)?;
+    check_extensions(spec)?;
+    check_labels(spec.labels.as_ref())
+}
+
+/// SwarmKit's `validateAnnotations` name rule: `^[a-zA-Z0-9]+(?:[a-zA-Z0-9-_.]*[a-zA-Z0-9])?$`,
+/// at most 64 characters.
+pub fn check_name(name: &str) -> Result<(), ControlError> {
+    if name.is_empty() {
+        return Err(ControlError::rpc(
+            Code::InvalidArgument,
+            "name must be provided",
+        ));
+    }
+    let b = name.as_bytes();
+    let edge = |c: u8| c.is_ascii_alphanumeric();
+    let inner = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    let ok = b.len() <= MAX_NAME_LEN
+        && edge(b[0])
+        && edge(b[b.len() - 1])
+        && b.iter().all(|&c| inner(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ControlError::rpc(
+            Code::InvalidArgument,
+            "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end character must be [a-zA-Z0-9]",
+        ))
+    }
+}
+
+/// Secret drivers and templating need plugins and task context swarmguard does not have.
+fn check_extensions(spec: &SecretSpec) -> Result<(), ControlError> {
+    if let Some(driver) = &spec.driver {
+        return Err(ControlError::InvalidArgument(format!(
+            "secret drivers are not supported by swarmguard (Driver {driver:?} was given): store the value itself, without --driver"
+        )));
+    }
+    if let Some(t) = &spec.templating {
+        return Err(ControlError::InvalidArgument(format!(
+            "secret templating is not supported by swarmguard (Templating {t:?} was given): store the final value, without --template-driver"
+        )));
+    }
+    Ok(())
+}
+
+fn check_labels(labels: Option<&BTreeMap<String, String>>) -> Result<(), ControlError> {
+    if let Some(labels) = labels {
+        let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if labels.len() > MAX_LABELS || bytes > MAX_LABEL_BYTES {
+            return Err(ControlError::InvalidArgument(format!(
+                "too many secret labels: at most {MAX_LABELS} labels and {MAX_LABEL_BYTES} bytes are accepted"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::local::ManagerConfig;
+    use crate::control::swarm::InitOptions;
+    use crate::store::Store;
+
+    async fn control(dir: &std::path::Path) -> (Store, Arc<Control>) {
+        let store = Store::open(dir).await.unwrap();
+        let config = ManagerConfig {
+            data_dir: dir.to_path_buf(),
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_addr: Some("127.0.0.1".into()),
+        };
+        let ctl = Arc::new(Control::open(store.clone(), config).unwrap());
+        ctl.init(&InitOptions {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        (store, ctl)
+    }
+
+    fn spec(name: &str, data: &[u8]) -> SecretSpec {
+        SecretSpec {
+            name: name.into(),
+            data: Some(Zeroizing::new(data.to_vec())),
+            ..Default::default()
+        }
+    }
+
+    /// Eight creates of one name (in different cases) at once: exactly one commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_creates_of_one_name_leave_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ctl) = control(dir.path()).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let ctl = ctl.clone();
+                let name = if i % 2 == 0 { "db_pass" } else { "DB_pass" };
+                tokio::spawn(async move { ctl.create_secret(spec(name, b"v")).await })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(e) => {
+                    assert_eq!(e.http_status(), 409, "{e}");
+                    assert!(e.to_string().ends_with("already exists"), "{e}");
+                }
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(ctl.secrets().unwrap().len(), 1);
+        store.shutdown().await.unwrap();
+    }
+
+    /// The value is bound to its secret: a sealed value copied into another secret's record does
+    /// not open, and neither `Debug` nor the record's JSON holds it in clear.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealed_values_are_bound_to_their_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ctl) = control(dir.path()).await;
+        let a = ctl.create_secret(spec("a", b"value-of-a")).await.unwrap();
+        let b = ctl.create_secret(spec("b", b"value-of-b")).await.unwrap();
+        assert_eq!(&ctl.open_secret(&a).unwrap()[..], b"value-of-a");
+        let ra = ctl.secret_by_id(&a).unwrap().unwrap().record;
+        let mut rb = ctl.secret_by_id(&b).unwrap().unwrap().record;
+        rb.sealed_b64 = ra.sealed_b64.clone();
+        assert!(ctl.open_record(&rb).is_err(), "a's value opened as b's");
+        let mut newer = ra.clone();
+        newer.data_version = 2;
+        assert!(
+            ctl.open_record(&newer).is_err(),
+            "a value replayed as another version"
+        );
+        let shown = format!("{ra:?} {:?}", spec("a", b"value-of-a"));
+        assert!(
+            !shown.contains("value-of-a") && !shown.contains(&ra.sealed_b64),
+            "{shown}"
+        );
+        let json = String::from_utf8(store.get(&secret_key(&a)).unwrap().value).unwrap();
+        assert!(!json.contains("value-of-a") && !json.contains(&B64.encode("value-of-a")));
+        store.shutdown().await.unwrap();
+    }
+
+    struct Uses(Vec<String>);
+    impl SecretUsers for Uses {
+        fn services_using(&self, _: &Control, _: &str) -> Result<Vec<String>, ControlError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// `rm` asks the registered users; a reference written after `rm` read "unused" makes its
+    /// delete fail the marker check, and a reference to a removed secret fails its own check.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removal_respects_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ctl) = control(dir.path()).await;
+        let id = ctl.create_secret(spec("s", b"v")).await.unwrap();
+        ctl.set_secret_users(Arc::new(Uses(vec!["web".into(), "worker".into()])));
+        let err = ctl.remove_secret("s").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rpc error: code = InvalidArgument desc = secret 's' is in use by the following services: web, worker"
+        );
+        ctl.set_secret_users(Arc::new(Uses(vec!["web".into()])));
+        assert!(ctl
+            .remove_secret("s")
+            .await
+            .unwrap_err()
+            .to_string()
+            .ends_with("following service: web"));
+        ctl.set_secret_users(Arc::new(Uses(Vec::new())));
+
+        // A service write carrying the guard, committed between rm's read and its write.
+        let guard = ctl.secret_references(std::slice::from_ref(&id)).unwrap();
+        let stale_marker = Check::Absent { key: ref_key(&id) };
+        let txn = Txn {
+            checks: guard.checks.clone(),
+            ops: guard.ops.clone(),
+        };
+        assert!(matches!(
+            ctl.apply(txn).await.unwrap(),
+            TxnOutcome::Committed { .. }
+        ));
+        let view = ctl.secret_by_id(&id).unwrap().unwrap();
+        let rm_as_read_before = Txn {
+            checks: vec![
+                Check::Version {
+                    key: secret_key(&id),
+                    version: view.version,
+                },
+                stale_marker,
+            ],
+            ops: vec![Op::Delete {
+                key: secret_key(&id),
+            }],
+        };
+        assert!(matches!(
+            ctl.apply(rm_as_read_before).await.unwrap(),
+            TxnOutcome::Conflict { .. }
+        ));
+        ctl.remove_secret(&id).await.unwrap();
+        assert!(ctl.secret_by_id(&id).unwrap().is_none());
+        assert!(store.get(&ref_key(&id)).is_none() && store.get(&name_key("s")).is_none());
+        // The guard read before the removal no longer holds.
+        let late = Txn {
+            checks: guard.checks,
+            ops: guard.ops,
+        };
+        assert!(matches!(
+            ctl.apply(late).await.unwrap(),
+            TxnOutcome::Conflict { .. }
+        ));
+        store.shutdown().await.unwrap();
+    }
+
+    /// A Raft snapshot holds secret records as the log does: sealed twice, the value in clear
+    /// nowhere in the data dir (raw, base64 or hex).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_hold_no_value_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ctl) = control(dir.path()).await;
+        let value = b"SNAPSHOT-MARKER-5d1e0b-never-in-clear";
+        ctl.create_secret(spec("snap", value)).await.unwrap();
+        store.trigger_snapshot().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        store.shutdown().await.unwrap();
+        drop(ctl);
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        let needles = [
+            value.to_vec(),
+            B64.encode(value).into_bytes(),
+            hex.into_bytes(),
+        ];
+        let mut stack = vec![dir.path().to_path_buf()];
+        let mut files = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                files += 1;
+                let data = std::fs::read(&p).unwrap();
+                for n in &needles {
+                    assert!(
+                        !data.windows(n.len()).any(|w| w == &n[..]),
+                        "value in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+        assert!(files >= 4);
+        // The store reopens from the snapshot and the log, and the value still opens.
+        let store = Store::open(dir.path()).await.unwrap();
+        let config = ManagerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_addr: Some("127.0.0.1".into()),
+        };
+        let ctl = Control::open(store.clone(), config).unwrap();
+        let id = ctl.secret("snap").unwrap().record.id;
+        assert_eq!(&ctl.open_secret(&id).unwrap()[..], value);
+        store.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn names_follow_swarmkit() {
+        for ok in ["a", "db_pass", "a.b-c_d", "A1", &"x".repeat(64)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "_a",
+            "a_",
+            ".a",
+            "a.",
+            "a b",
+            "a/b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert_eq!(check_name(bad).unwrap_err().http_status(), 400, "{bad}");
+        }
+    }
+}
