@@ -117,6 +117,21 @@ fn no_secret_value_or_data_key_in_the_data_dir_or_trace_logs() {
         .unwrap()
         .expose_bytes()
         .to_vec();
+    // The cluster's secrets key (a record sealed at rest like the root CA key).
+    let secrets_key = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = swarmguard::store::Store::open(dir.path()).await.unwrap();
+            let v = store
+                .get(swarmguard::control::secrets::SECRETS_KEY)
+                .expect("a secrets key")
+                .value;
+            store.shutdown().await.unwrap();
+            v
+        });
+    assert_eq!(secrets_key.len(), 32);
     let log = std::fs::read(&log_file).unwrap();
     assert!(
         log.len() > 10_000 && contains(&log, b"TRACE"),
@@ -146,6 +161,7 @@ fn no_secret_value_or_data_key_in_the_data_dir_or_trace_logs() {
         ("removed value", &removed),
         ("refused value", &other),
         ("data key", &dek),
+        ("secrets key", &secrets_key),
     ];
     for (path, data) in &searched {
         for (what, secret) in &needles {

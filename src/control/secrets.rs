@@ -4,9 +4,9 @@
 //!
 //! A secret lives in two records written in one transaction: `secret/<id>` (the
 //! [`SecretRecord`]) and `secret-name/<lowercased name>` (its ID), so two concurrent creates of
-//! one name cannot both commit. The value is sealed with the store's data key inside the record
-//! ([`crate::store::Store::seal_field`]), bound to the secret's ID and data version, and the
-//! record is sealed again by the store; the value exists in clear only in the [`Zeroizing`]
+//! one name cannot both commit. The value is sealed with the cluster's secrets key
+//! ([`SECRETS_KEY`], made at the first create) inside the record, bound to the secret's ID and
+//! data version, and the record is sealed again by the store; the value exists in clear only in the [`Zeroizing`]
 //! buffers of a create and of [`Control::open_secret`].
 //!
 //! Services keep `docker secret rm` honest through [`SecretUsers`] (who references a secret) and
@@ -25,10 +25,15 @@ use super::error::{Code, ControlError};
 use super::records::{self, Record, Stored};
 use super::{out_of_sequence, Control};
 use crate::store::{Check, Op, Txn, TxnOutcome};
+use swarmguard_secrets::DataKey;
 
 pub const SECRET_PREFIX: &str = "secret/";
 pub const SECRET_NAME_PREFIX: &str = "secret-name/";
 pub const SECRET_REF_PREFIX: &str = "secret-ref/";
+/// The cluster-wide key secret values are sealed with. Every manager seals its store at rest
+/// with its own data key, so a value sealed with one manager's data key would not open on
+/// another; this key travels through Raft like the root CA key (sealed at rest everywhere).
+pub const SECRETS_KEY: &str = "secret-key/cluster";
 
 /// SwarmKit's `validation.MaxSecretSize`: data must be shorter than this.
 pub const MAX_SECRET_SIZE: usize = 500 * 1024;
@@ -71,7 +76,7 @@ pub struct SecretRecord {
     /// Version of the data; SwarmKit's data never changes after create, so this is 1. It is in
     /// the value's AAD, so a future data rotation cannot be rolled back by replaying a value.
     pub data_version: u32,
-    /// The value sealed with [`crate::store::Store::seal_field`] (standard base64).
+    /// The value sealed with the cluster's secrets key (standard base64).
     pub sealed_b64: String,
 }
 
@@ -172,9 +177,53 @@ impl Control {
         let sealed = B64
             .decode(r.sealed_b64.as_bytes())
             .map_err(|e| ControlError::internal("the stored secret value is not base64", e))?;
-        self.store
-            .open_field(&value_aad(&r.id, r.data_version), &sealed)
+        let key = self.secrets_key()?.ok_or_else(|| {
+            ControlError::internal(
+                "cannot open a stored secret value",
+                "the secrets key is missing",
+            )
+        })?;
+        key.open(value_aad(&r.id, r.data_version).as_bytes(), &sealed)
             .map_err(|e| ControlError::internal("cannot open a stored secret value", e))
+    }
+
+    /// The cluster's secrets key, `None` before the first secret.
+    fn secrets_key(&self) -> Result<Option<DataKey>, ControlError> {
+        let Some(v) = self.store.get(SECRETS_KEY) else {
+            return Ok(None);
+        };
+        let raw = Zeroizing::new(v.value);
+        let bytes: [u8; swarmguard_secrets::KEY_LEN] = raw[..]
+            .try_into()
+            .map_err(|_| ControlError::internal("the secrets key record", "wrong length"))?;
+        Ok(Some(DataKey::from_bytes(Zeroizing::new(bytes))))
+    }
+
+    /// Makes sure the cluster has a secrets key and returns it.
+    async fn ensure_secrets_key(&self) -> Result<DataKey, ControlError> {
+        for _ in 0..records::MAX_TRIES {
+            if let Some(k) = self.secrets_key()? {
+                return Ok(k);
+            }
+            let key = DataKey::generate()
+                .map_err(|e| ControlError::internal("cannot draw the secrets key", e))?;
+            let txn = Txn {
+                checks: vec![Check::Absent {
+                    key: SECRETS_KEY.into(),
+                }],
+                ops: vec![Op::Put {
+                    key: SECRETS_KEY.into(),
+                    value: Zeroizing::new(key.expose_bytes().to_vec()).to_vec(),
+                }],
+            };
+            if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
+                return Ok(key);
+            }
+        }
+        Err(ControlError::Contended {
+            what: "secrets key",
+            tries: records::MAX_TRIES,
+        })
     }
 
     /// The guard a services write must include when it makes a service reference secrets `ids`:
@@ -258,8 +307,9 @@ impl Control {
         let id = swarmguard_ca::new_id();
         let data_version = 1;
         let sealed = self
-            .store
-            .seal_field(&value_aad(&id, data_version), data)
+            .ensure_secrets_key()
+            .await?
+            .seal(value_aad(&id, data_version).as_bytes(), data)
             .map_err(|e| ControlError::internal("cannot seal the secret value", e))?;
         let now = crate::util::now_rfc3339();
         let record = SecretRecord {

@@ -250,6 +250,11 @@ impl Control {
                 ops.push(Op::Delete { key });
             }
         }
+        if self.store.get(super::secrets::SECRETS_KEY).is_some() {
+            ops.push(Op::Delete {
+                key: super::secrets::SECRETS_KEY.into(),
+            });
+        }
         self.apply(Txn {
             checks: vec![],
             ops,
