@@ -108,11 +108,13 @@ impl Control {
             &new.node_key_pem,
             &cluster.spec,
         )?;
+        // Whatever the port did before belongs to an earlier membership. Reset before the
+        // material is installed: from then on the supervisor may start the port at any moment,
+        // and a reset after it would hide that it serves (init would wait for it in vain).
+        self.set_cluster_port(ClusterPort::Stopped);
         self.security.install(material);
         // `--autolock`: wrap the data key before the answer, after which the CLI shows the key.
         self.reconcile_autolock(false)?;
-        // Whatever the port did before belongs to an earlier membership.
-        self.set_cluster_port(ClusterPort::Stopped);
         self.membership_changed.notify_one();
         tracing::info!(cluster_id = %cluster_id, node_id = %node_id, "swarm initialized");
         Ok(node_id)

@@ -289,6 +289,9 @@ impl Manager {
     /// Runs docker and returns stdout, failing the test with stderr when it fails.
     pub fn docker_ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
+        if !out.status.success() {
+            self.print_log_tail();
+        }
         assert!(
             out.status.success(),
             "docker {args:?} failed: {}{}",
@@ -296,6 +299,23 @@ impl Manager {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// When the manager logs to a file, its last lines (not at trace level) go to the test's
+    /// output, so a failure in CI shows what the manager was doing.
+    pub fn print_log_tail(&self) {
+        let Some(path) = &self.log.1 else { return };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(" TRACE ") && !l.contains("openraft"))
+            .collect();
+        eprintln!("--- last lines of the manager log {} ---", path.display());
+        for l in &lines[lines.len().saturating_sub(60)..] {
+            eprintln!("{l}");
+        }
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> HttpResponse {
