@@ -9,6 +9,8 @@
 
 pub mod audit;
 pub mod autolock;
+#[cfg(test)]
+mod autolock_tests;
 pub mod constraints;
 pub mod error;
 pub mod external;
@@ -23,6 +25,8 @@ pub mod records;
 pub mod renewal;
 pub mod scheduler;
 pub mod secrets;
+#[cfg(test)]
+mod secrets_tests;
 pub mod security;
 pub mod service_secrets;
 pub mod service_spec;
