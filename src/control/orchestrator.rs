@@ -252,12 +252,6 @@ fn remove_orphans(ctx: &Ctx, tasks: &[&TaskView], plan: &mut Plan) {
     }
 }
 
-fn unix_ms(rfc3339: &str) -> i64 {
-    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .unwrap_or(0)
-}
-
 /// Whether a task of the current update was created less than `UpdateConfig.Delay` ago.
 fn in_update_delay(ctx: &Ctx, s: &ServiceRecord, tasks: &[&TaskView]) -> bool {
     let delay_ms = s
@@ -265,12 +259,16 @@ fn in_update_delay(ctx: &Ctx, s: &ServiceRecord, tasks: &[&TaskView]) -> bool {
         .update_config
         .as_ref()
         .map_or(0, |u| u.delay / 1_000_000);
-    let Some(started) = s.update_status.as_ref().map(|u| unix_ms(&u.started_at)) else {
+    let Some(started) = s
+        .update_status
+        .as_ref()
+        .map(|u| crate::util::unix_ms(&u.started_at))
+    else {
         return false;
     };
     delay_ms > 0
         && tasks.iter().any(|t| {
-            let created = unix_ms(&t.record.created_at);
+            let created = crate::util::unix_ms(&t.record.created_at);
             t.record.is_live()
                 && !s.is_dirty(&t.record)
                 && created >= started

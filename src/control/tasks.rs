@@ -159,6 +159,9 @@ pub type TaskView = Stored<TaskRecord>;
 /// Bounds on what a node may write into a task's status (shown by `docker service ps`).
 pub const MAX_STATUS_TEXT: usize = 1024;
 
+/// The shortest time between two status writes of one task that keep its state.
+pub const STATUS_TEXT_INTERVAL_MS: i64 = 1000;
+
 /// A status a node reported for one of its tasks.
 #[derive(Debug, Clone)]
 pub struct ReportedStatus {
@@ -229,18 +232,26 @@ impl Control {
                 if t.node_id != node_id || st.state < t.status.state {
                     return Ok(());
                 }
-                let same = t.status.state == st.state
-                    && t.status.message == st.message
-                    && t.status.err == st.err
+                let (message, err) = (clean_text(&st.message), clean_text(&st.err));
+                let same_state = t.status.state == st.state;
+                let same = same_state
+                    && t.status.message == message
+                    && t.status.err == err
                     && (st.container.is_none() || t.status.container_status == st.container);
-                if same {
+                // States only move forward, so they bound the writes; within one state a node
+                // could change the text on every call and fill the Raft log: at most one such
+                // write per task per STATUS_TEXT_INTERVAL_MS.
+                let too_soon = same_state
+                    && crate::util::unix_now_ms() - crate::util::unix_ms(&t.status.timestamp)
+                        < STATUS_TEXT_INTERVAL_MS;
+                if same || too_soon {
                     return Ok(());
                 }
                 t.status = TaskStatus {
                     timestamp: crate::util::now_rfc3339(),
                     state: st.state,
-                    message: clean_text(&st.message),
-                    err: clean_text(&st.err),
+                    message,
+                    err,
                     container_status: st.container.clone().or(t.status.container_status.take()),
                 };
                 Ok(())

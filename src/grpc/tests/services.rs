@@ -142,12 +142,32 @@ async fn a_node_gets_only_its_tasks_and_their_secrets_and_reports_only_its_own()
         .unwrap();
     let t = env.control.task(&task.id).unwrap().record;
     assert_eq!(t.status.state, crate::control::tasks::TaskState::Running);
-    // A status message with terminal escapes is stored harmless.
+    // A node changing only the text, call after call, writes at most once per interval.
+    let before = env.control.task(&task.id).unwrap().version;
+    for i in 0..50 {
+        let mut r = report(&a_session, running);
+        r.updates[0].status.as_mut().unwrap().message = format!("flood {i}");
+        d.update_task_status(r).await.unwrap();
+    }
+    let t = env.control.task(&task.id).unwrap();
+    assert_eq!(
+        t.version, before,
+        "text-only updates within the interval are not written"
+    );
+    assert_eq!(t.record.status.message, "started");
+    // After the interval a text change is written, and terminal escapes are stored harmless.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        crate::control::tasks::STATUS_TEXT_INTERVAL_MS as u64 + 100,
+    ))
+    .await;
     let mut r = report(&a_session, running);
     r.updates[0].status.as_mut().unwrap().err = "\u{1b}[2Jboom".into();
     d.update_task_status(r).await.unwrap();
     let t = env.control.task(&task.id).unwrap().record;
-    assert!(!t.status.err.contains('\u{1b}'), "{:?}", t.status.err);
+    assert_eq!(
+        t.status.err, " [2Jboom",
+        "written, with the escape replaced"
+    );
 }
 
 fn live_on(env: &Env, service: &str) -> Vec<String> {
