@@ -775,6 +775,51 @@ fn stock_worker_fails_over_to_another_manager() {
     }
 }
 
+/// A worker gone together with the manager that held its session: no manager holds a session
+/// to expire, so the leader marks it Down once that manager has been unreachable for three
+/// heartbeat periods (SwarmKit's leader-only dispatcher would notice it by itself).
+#[test]
+fn the_leader_marks_down_a_worker_whose_manager_is_gone() {
+    let mut d = support::dockerd::Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let (_dirs, mut managers) = form_in(3, Some(&ns), &["--dispatcher-heartbeat", "1s"]);
+    let token = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    d.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        &managers[1].cluster_addr,
+    ]);
+    let worker = d
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    let state = |m: &Manager| {
+        let out = m.docker(&["node", "inspect", "--format", "{{.Status.State}}", &worker]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    support::wait_until("the worker is ready", Duration::from_secs(20), || {
+        state(&managers[0]) == "ready"
+    });
+    // The worker first (so it cannot move its session), then the manager that held it.
+    d.stop_daemon();
+    managers[1].kill9();
+    support::wait_until(
+        "a surviving manager shows the worker down",
+        Duration::from_secs(40),
+        || state(&managers[0]) == "down" && state(&managers[2]) == "down",
+    );
+    let message = managers[0].docker_ok(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{.Status.Message}}",
+        &worker,
+    ]);
+    assert!(message.contains("its manager is unreachable"), "{message}");
+}
+
 /// Two of three managers lost for good: the survivor restarted with `--force-new-cluster`
 /// keeps the swarm (same cluster, tokens and nodes), leads alone, and two fresh managers join it.
 #[test]

@@ -31,6 +31,7 @@ pub mod security;
 pub mod service_secrets;
 pub mod service_spec;
 pub mod services;
+pub mod sessions;
 pub mod signer;
 #[cfg(test)]
 mod signer_tests;

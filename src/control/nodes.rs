@@ -407,6 +407,7 @@ impl Control {
         node_id: &str,
         description: Option<NodeDescription>,
         addr: String,
+        session_manager: &str,
     ) -> Result<Option<NodeRecord>, ControlError> {
         let root_pem = self.cluster()?.record.root_ca_pem.clone();
         let description = description.map(|mut d| {
@@ -429,6 +430,7 @@ impl Control {
                     message: String::new(),
                     addr: addr.clone(),
                 };
+                n.session_manager = Some(session_manager.to_string());
                 Ok(())
             },
         )
@@ -436,13 +438,25 @@ impl Control {
         Ok(updated.map(|s| s.record))
     }
 
-    /// A node missed its heartbeats.
-    pub async fn node_down(&self, node_id: &str, message: &str) -> Result<(), ControlError> {
+    /// A node missed its heartbeats at `session_manager`. Nothing changes when its session
+    /// has moved to another manager meanwhile: only the manager holding it may say it is gone.
+    pub async fn node_down(
+        &self,
+        node_id: &str,
+        session_manager: &str,
+        message: &str,
+    ) -> Result<(), ControlError> {
         records::update(
             &self.store,
             &node_key(node_id),
             "node",
             |n: &mut NodeRecord| {
+                if n.session_manager
+                    .as_deref()
+                    .is_some_and(|m| m != session_manager)
+                {
+                    return Ok(());
+                }
                 n.status.state = NodeState::Down;
                 n.status.message = message.to_string();
                 Ok(())
@@ -520,6 +534,7 @@ fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) 
         manager_addr: None,
         raft_id: None,
         software: NodeSoftware::Unrecorded,
+        session_manager: None,
         certificate: CertificateRecord {
             state: CertState::Pending,
             cert_pem: String::new(),

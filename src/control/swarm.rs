@@ -381,6 +381,7 @@ fn own_node_record(
         manager_addr: Some(advertise.to_string()),
         raft_id: Some(raft_id),
         software: NodeSoftware::SwarmguardManager,
+        session_manager: None,
         certificate: CertificateRecord {
             state: CertState::Issued,
             cert_pem: String::from_utf8_lossy(&new.issued.cert_pem).into_owned(),

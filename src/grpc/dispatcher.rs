@@ -152,14 +152,30 @@ impl Sessions {
 /// Marks nodes Down once their heartbeat deadline passed.
 pub async fn expire_loop(s: Arc<PortContext>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut lost = crate::control::sessions::LostManagers::default();
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
             _ = tick.tick() => {}
         }
+        ticks += 1;
+        // Once a second: the nodes of managers that are gone (several managers only).
+        if ticks % 5 == 0 {
+            if let Ok(cluster) = s.cluster() {
+                let grace = 3 * heartbeat_period(&cluster.record);
+                if let Err(e) = s.control.mark_orphaned_nodes_down(&mut lost, grace).await {
+                    tracing::warn!(error = %e, "cannot mark the nodes of a lost manager down");
+                }
+            }
+        }
         for node_id in s.dispatcher.expired() {
             tracing::info!(node_id = %node_id, "heartbeat deadline passed: node is down");
-            if let Err(e) = s.control.node_down(&node_id, "heartbeat failure").await {
+            if let Err(e) = s
+                .control
+                .node_down(&node_id, &s.manager_id, "heartbeat failure")
+                .await
+            {
                 tracing::warn!(node_id = %node_id, error = %e, "cannot mark node down");
             }
         }
@@ -470,7 +486,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             .register(&me.node_id, heartbeat_period(&cluster.record));
         let updated = s
             .control
-            .node_ready(&me.node_id, desc, addr)
+            .node_ready(&me.node_id, desc, addr, &s.manager_id)
             .await
             .map_err(status)?;
         if updated.is_none() {

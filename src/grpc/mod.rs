@@ -237,15 +237,17 @@ pub async fn start_with(
 /// With several managers a node keeps its session with one of them, so no manager may expect
 /// every node; managers themselves hold no session at all.
 fn expect_ready_nodes(ctx: &PortContext) {
-    if ctx.control.store().member_addrs().len() > 1 {
-        return;
-    }
+    // With several managers, only the nodes whose session this manager held; the others are
+    // their own managers' (or, when those are gone, the leader's: `mark_orphaned_nodes_down`).
+    let single = ctx.control.store().member_addrs().len() <= 1;
     let (Ok(cluster), Ok(nodes)) = (ctx.cluster(), ctx.control.nodes()) else {
         return;
     };
     let period = dispatcher::heartbeat_period(&cluster.record);
     for n in nodes {
-        if n.record.id != ctx.manager_id
+        let ours = single || n.record.session_manager.as_deref() == Some(ctx.manager_id.as_str());
+        if ours
+            && n.record.id != ctx.manager_id
             && n.record.manager_addr.is_none()
             && n.record.status.state == NodeState::Ready
         {

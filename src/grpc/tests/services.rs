@@ -209,7 +209,11 @@ async fn orchestration_spreads_moves_drains_restarts_and_trims_history() {
 
     // b goes Down: its replicated task moves to a; the global one is not replaced.
     env.control
-        .node_down(&b.node_id, "heartbeat failure")
+        .node_down(
+            &b.node_id,
+            &env.control.local_node_id().unwrap(),
+            "heartbeat failure",
+        )
         .await
         .unwrap();
     env.control.orchestrate().await.unwrap();
