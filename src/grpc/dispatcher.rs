@@ -434,8 +434,19 @@ fn session_message(
     })
 }
 
+/// The next store event, or `None` when `look` ticks first.
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<crate::store::Applied>,
+    look: &mut tokio::time::Interval,
+) -> Option<Result<crate::store::Applied, tokio::sync::broadcast::error::RecvError>> {
+    tokio::select! {
+        ev = events.recv() => Some(ev),
+        _ = look.tick() => None,
+    }
+}
+
 /// What a node acts on from a SessionMessage; another message goes out when it changes.
-fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>) {
+fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>, Vec<String>) {
     let n = m.node.clone().unwrap_or_default();
     let spec = n.spec.unwrap_or_default();
     let cert_state = n
@@ -449,6 +460,10 @@ fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>) {
         spec.availability,
         cert_state,
         m.root_ca.clone(),
+        m.managers
+            .iter()
+            .filter_map(|p| p.peer.as_ref().map(|p| p.addr.clone()))
+            .collect(),
     )
 }
 
@@ -501,16 +516,27 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         tokio::spawn(async move {
             let key = node_key(&node_id);
             let mut last = watched(&first);
+            // A change of the raft group (a manager joined, was demoted or removed) changes
+            // the manager list: the node hears of it without waiting for its next session.
+            // Membership changes are not store events, so the loop also looks every 2 s.
+            let mut members = s.control.store().member_addrs();
+            let mut look = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     _ = crate::util::until_true(&mut end) => return,
                     _ = tx.closed() => return,
-                    ev = events.recv() => {
-                        let relevant = match ev {
-                            Ok(a) => a.keys.iter().any(|k| *k == key || k == CLUSTER_KEY),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(_) => return,
+                    ev = next_event(&mut events, &mut look) => {
+                        let mut relevant = match ev {
+                            Some(Ok(a)) => a.keys.iter().any(|k| *k == key || k == CLUSTER_KEY),
+                            Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => true,
+                            Some(Err(_)) => return,
+                            None => false,
                         };
+                        let now = s.control.store().member_addrs();
+                        if now != members {
+                            members = now;
+                            relevant = true;
+                        }
                         if !relevant {
                             continue;
                         }
