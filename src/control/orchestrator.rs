@@ -293,13 +293,7 @@ fn reconcile_service(ctx: &Ctx, s: &ServiceRecord, tasks: &[&TaskView], plan: &m
     } else {
         0
     };
-    let constraints = s
-        .spec
-        .task_template
-        .placement
-        .as_ref()
-        .map(|p| p.constraints.clone())
-        .unwrap_or_default();
+    let constraints = s.spec.task_template.constraints().to_vec();
     match s.spec.replicas() {
         Some(n) => {
             for slot in 1..=n {

@@ -47,12 +47,7 @@ fn choose(
     per_service: &HashMap<(String, String), usize>,
     per_node: &HashMap<String, usize>,
 ) -> Option<String> {
-    let constraints = t
-        .spec
-        .placement
-        .as_ref()
-        .map(|p| p.constraints.clone())
-        .unwrap_or_default();
+    let constraints = t.spec.constraints().to_vec();
     if !t.node_id.is_empty() {
         // A global task names its node already: it may only go there.
         return nodes
@@ -122,12 +117,7 @@ impl Control {
                     );
                 }
                 None => {
-                    let constraints = r
-                        .spec
-                        .placement
-                        .as_ref()
-                        .map(|p| p.constraints.clone())
-                        .unwrap_or_default();
+                    let constraints = r.spec.constraints().to_vec();
                     let err = no_node_reason(nodes, &constraints);
                     if r.status.err == err {
                         continue;

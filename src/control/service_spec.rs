@@ -322,6 +322,15 @@ fn check_secret(r: &mut SecretReference) -> Result<(), ControlError> {
     Ok(())
 }
 
+impl TaskTemplate {
+    /// The placement constraints (`node.role==worker`, …), none when there is no placement.
+    pub fn constraints(&self) -> &[String] {
+        self.placement
+            .as_ref()
+            .map_or(&[], |p| p.constraints.as_slice())
+    }
+}
+
 impl ServiceSpec {
     /// Checks the spec and fills the defaults dockerd stores (1 replica, secret file 0/0/0444).
     pub fn validate(&mut self) -> Result<(), ControlError> {

@@ -297,13 +297,7 @@ impl Control {
             Some(n) => n,
             None => {
                 let nodes = self.nodes()?;
-                let constraints = s
-                    .spec
-                    .task_template
-                    .placement
-                    .as_ref()
-                    .map(|p| p.constraints.clone())
-                    .unwrap_or_default();
+                let constraints = s.spec.task_template.constraints().to_vec();
                 nodes
                     .iter()
                     .filter(|n| super::constraints::node_eligible(&n.record, &constraints))

@@ -73,26 +73,32 @@ impl Manager {
 
     /// [`Manager::start_in`] with a descriptor limit of `nofile` (soft and hard).
     pub fn start_with(data_dir: &Path, netns: Option<&str>, nofile: Option<u64>) -> Manager {
-        let socket = data_dir.join("swarmguard.sock");
-        let mut m = Manager {
-            data_dir: data_dir.to_path_buf(),
-            socket,
-            docker_config: tempfile::tempdir().expect("tempdir"),
-            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
-            netns: netns.map(str::to_string),
-            tcp_api: format!("127.0.0.1:{}", super::free_port()),
-            nofile,
-            log: ("info,openraft=warn".into(), None),
-            extra_args: Vec::new(),
-            child: None,
-        };
+        let mut m = Manager::unstarted(data_dir);
+        m.netns = netns.map(str::to_string);
+        m.nofile = nofile;
         m.spawn();
         m
     }
 
     /// [`Manager::start`] with more `swarmguard manager` options.
     pub fn start_args(data_dir: &Path, extra: &[String]) -> Manager {
-        let mut m = Manager {
+        let mut m = Manager::unstarted(data_dir);
+        m.extra_args = extra.to_vec();
+        m.spawn();
+        m
+    }
+
+    /// [`Manager::start`] logging at `rust_log` into `log_file` (appended across restarts).
+    pub fn start_logged(data_dir: &Path, rust_log: &str, log_file: &Path) -> Manager {
+        let mut m = Manager::unstarted(data_dir);
+        m.log = (rust_log.to_string(), Some(log_file.to_path_buf()));
+        m.spawn();
+        m
+    }
+
+    /// A manager on `data_dir` with free loopback ports, not running yet.
+    fn unstarted(data_dir: &Path) -> Manager {
+        Manager {
             data_dir: data_dir.to_path_buf(),
             socket: data_dir.join("swarmguard.sock"),
             docker_config: tempfile::tempdir().expect("tempdir"),
@@ -101,29 +107,9 @@ impl Manager {
             tcp_api: format!("127.0.0.1:{}", super::free_port()),
             nofile: None,
             log: ("info,openraft=warn".into(), None),
-            extra_args: extra.to_vec(),
-            child: None,
-        };
-        m.spawn();
-        m
-    }
-
-    /// [`Manager::start`] logging at `rust_log` into `log_file` (appended across restarts).
-    pub fn start_logged(data_dir: &Path, rust_log: &str, log_file: &Path) -> Manager {
-        let mut m = Manager {
-            data_dir: data_dir.to_path_buf(),
-            socket: data_dir.join("swarmguard.sock"),
-            docker_config: tempfile::tempdir().expect("tempdir"),
-            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
-            netns: None,
-            tcp_api: format!("127.0.0.1:{}", super::free_port()),
-            nofile: None,
-            log: (rust_log.to_string(), Some(log_file.to_path_buf())),
             extra_args: Vec::new(),
             child: None,
-        };
-        m.spawn();
-        m
+        }
     }
 
     fn spawn(&mut self) {
