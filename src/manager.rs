@@ -201,10 +201,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     }
-    // The spec decides whether the key file is wrapped: catch up after a crash between them.
-    if let Err(e) = control.reconcile_autolock(false) {
-        tracing::error!(error = %e, "cannot bring the data key file in line with the autolock setting");
-    }
+    // The key file catches up with the swarm's unlock key in `follow_autolock`, once this
+    // manager's state is current.
     if let Some(policy) = trust {
         tracing::info!(require = ?policy.require, "content trust on: images are pinned to signed digests");
         control.set_trust(policy);
@@ -376,7 +374,12 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
         crate::control::orchestrator::run(c, s).await;
         Ok(())
     });
-    vec![port, renewal, signing, orchestration]
+    let (c, s) = (control.clone(), stop.clone());
+    let autolock = tokio::spawn(async move {
+        c.follow_autolock(s).await;
+        Ok(())
+    });
+    vec![port, renewal, signing, orchestration, autolock]
 }
 
 /// Creates the data dir 0700 and refuses one others can read: it holds the store's key.

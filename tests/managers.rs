@@ -775,6 +775,78 @@ fn stock_worker_fails_over_to_another_manager() {
     }
 }
 
+/// Autolock with three managers: one swarm unlock key wraps every manager's data key. A
+/// restarted follower starts locked and opens with it; a rotation through another manager
+/// reaches it (the old key is refused after its next restart, the new one opens it).
+#[test]
+fn autolock_covers_every_manager_and_rotation_reaches_all() {
+    let (dirs, mut managers) = form_in(3, None, &["--autolock"]);
+    let key_of = |m: &Manager| {
+        m.docker_ok(&["swarm", "unlock-key", "-q"])
+            .trim()
+            .to_string()
+    };
+    let key = key_of(&managers[0]);
+    assert!(key.starts_with("SWMKEY-1-"), "{key}");
+    for m in &managers[1..] {
+        support::wait_until(
+            "the follower's data key is wrapped",
+            Duration::from_secs(10),
+            || {
+                std::fs::read(m.data_dir.join("keys/dek"))
+                    .is_ok_and(|b| !b.windows(key.len()).any(|w| w == key.as_bytes()))
+                    && key_of(m) == key
+            },
+        );
+    }
+    let state = |m: &Manager| {
+        let out = m.docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let unlock = |m: &Manager, k: &str| {
+        m.docker_with_stdin(&["swarm", "unlock"], Some(format!("{k}\n").as_bytes()))
+    };
+    // The state file takes applied entries up to 1 s late, idle or not; a follower killed
+    // before it has the cluster record cannot restart (docs/threat-model.md, M10).
+    std::thread::sleep(Duration::from_secs(2));
+    managers[1].kill9();
+    managers[1].restart();
+    assert_eq!(state(&managers[1]), "locked");
+    let out = unlock(&managers[1], &key);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    support::wait_until(
+        "the unlocked follower serves",
+        Duration::from_secs(20),
+        || state(&managers[1]) == "active",
+    );
+
+    // Rotate through manager 2; manager 1 re-wraps on its own.
+    managers[2].docker_ok(&["swarm", "unlock-key", "--rotate"]);
+    let new = key_of(&managers[2]);
+    assert_ne!(new, key);
+    support::wait_until("manager 1 has the new key", Duration::from_secs(20), || {
+        key_of(&managers[1]) == new
+    });
+    // Give its follow loop the moment to rewrite keys/dek, then restart it.
+    std::thread::sleep(Duration::from_secs(2));
+    managers[1].kill9();
+    managers[1].restart();
+    assert_eq!(state(&managers[1]), "locked");
+    let old = unlock(&managers[1], &key);
+    assert!(!old.status.success(), "the old key still opens manager 1");
+    let out = unlock(&managers[1], &new);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(dirs);
+}
+
 /// A stock worker that joined a single manager hears of the managers that join later within
 /// its running session (SwarmKit's SessionMessage), not only at its next session.
 #[test]

@@ -20,6 +20,11 @@ use super::error::ControlError;
 use super::local::{KeyCodec, LocalIdentity, SEALED_KEY_HEADER};
 use super::Control;
 use crate::store::Store;
+use crate::store::{Check, Op, Txn};
+
+/// The swarm's unlock key (`SWMKEY-1-…`), one for every manager, as SwarmKit keeps it in its
+/// cluster object. Like every record it is sealed by each manager's data key, which it wraps.
+pub const UNLOCK_KEY_RECORD: &str = "cluster/unlock-key";
 
 /// AAD of this manager's TLS key sealed with the data key.
 const TLS_KEY_AAD: &str = "tls/swarm-node.key";
@@ -69,23 +74,34 @@ impl Control {
         *self.unlock_key.lock().unwrap_or_else(|e| e.into_inner()) = key;
     }
 
+    /// The swarm's unlock key as the store holds it (one for every manager), if autolock is on.
+    fn recorded_unlock_key(&self) -> Result<Option<UnlockKey>, ControlError> {
+        let Some(v) = self.store.get(UNLOCK_KEY_RECORD) else {
+            return Ok(None);
+        };
+        let text = Zeroizing::new(
+            String::from_utf8(v.value)
+                .map_err(|_| ControlError::internal("the unlock key record", "not UTF-8"))?,
+        );
+        UnlockKey::parse(&text)
+            .map(Some)
+            .map_err(|e| ControlError::internal("the unlock key record", e))
+    }
+
     /// `GET /swarm/unlockkey`: the unlock key's human form, or `None` when autolock is off.
     pub fn unlock_key(&self) -> Result<Option<Zeroizing<String>>, ControlError> {
         self.cluster()?;
         Ok(self
-            .unlock_key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recorded_unlock_key()?
             .as_ref()
             .map(UnlockKey::to_human))
     }
 
     /// The raw unlock key, for `CA.GetUnlockKey` (managers only); `None` with autolock off.
     pub fn unlock_key_bytes(&self) -> Option<Zeroizing<Vec<u8>>> {
-        self.unlock_key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
+        self.recorded_unlock_key()
+            .ok()
+            .flatten()
             .map(|k| Zeroizing::new(k.expose_bytes().to_vec()))
     }
 
@@ -108,11 +124,60 @@ impl Control {
             .unwrap_or(false)
     }
 
-    /// Brings `keys/dek` in line with the spec; `rotate` draws a new unlock key even if one is
-    /// set. The new key is installed only after the key file holding the data key wrapped under
-    /// it is durable.
-    pub fn reconcile_autolock(&self, rotate: bool) -> Result<(), ControlError> {
-        let want = self.autolock_wanted();
+    /// Brings the swarm's unlock key record in line with the spec: a key when autolock is on
+    /// (a new one when `rotate`, or when there is none: the one this manager was unlocked with,
+    /// if any, so a data dir from before the record keeps its key), none when it is off. Every
+    /// manager then follows the record ([`Control::reconcile_autolock`]).
+    pub async fn sync_unlock_key_record(&self, rotate: bool) -> Result<(), ControlError> {
+        let recorded = self.store.get(UNLOCK_KEY_RECORD).is_some();
+        let op = match (self.autolock_wanted(), recorded) {
+            (true, has) if !has || rotate => {
+                let in_memory = self
+                    .unlock_key
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(UnlockKey::to_human);
+                let human = match in_memory {
+                    Some(k) if !rotate => k,
+                    _ => UnlockKey::generate()
+                        .map_err(|e| ControlError::internal("cannot draw an unlock key", e))?
+                        .to_human(),
+                };
+                (
+                    // A first key never replaces one another manager recorded meanwhile.
+                    (!rotate).then(|| Check::Absent {
+                        key: UNLOCK_KEY_RECORD.into(),
+                    }),
+                    Op::Put {
+                        key: UNLOCK_KEY_RECORD.into(),
+                        value: human.as_bytes().to_vec(),
+                    },
+                )
+            }
+            (false, true) => (
+                None,
+                Op::Delete {
+                    key: UNLOCK_KEY_RECORD.into(),
+                },
+            ),
+            _ => return Ok(()),
+        };
+        let (check, op) = op;
+        self.apply(Txn {
+            checks: check.into_iter().collect(),
+            ops: vec![op],
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Brings `keys/dek` in line with the swarm's unlock key record: wrapped under the recorded
+    /// key, or in clear when there is none. The key is installed here only after the key file
+    /// holding the data key wrapped under it is durable. Every manager runs this whenever the
+    /// record may have changed, so a rotation or an on/off made through any manager reaches all.
+    pub fn reconcile_autolock(&self) -> Result<(), ControlError> {
+        let recorded = self.recorded_unlock_key()?;
         let mut current = self.unlock_key.lock().unwrap_or_else(|e| e.into_inner());
         let write = |kek: Option<&UnlockKey>| {
             self.store
@@ -140,26 +205,77 @@ impl Control {
             LocalIdentity::rewrite_key(&self.config.data_dir, from, to)
                 .map_err(|e| ControlError::internal("cannot rewrite this manager's TLS key", e))
         };
-        match (want, current.is_some()) {
-            (true, has) if !has || rotate => {
-                let new = UnlockKey::generate()
-                    .map_err(|e| ControlError::internal("cannot draw an unlock key", e))?;
+        match (recorded, current.as_ref()) {
+            (Some(new), old) => {
+                let same = old.is_some_and(|o| {
+                    swarmguard_secrets::ct_eq(o.expose_bytes(), new.expose_bytes())
+                });
+                if same {
+                    return Ok(());
+                }
                 tls_key(true)?;
                 write(Some(&new))?;
+                let rotated = old.is_some();
                 *current = Some(new);
                 tracing::info!(
-                    rotated = has,
-                    "autolock: the data key is wrapped under a new unlock key (see `docker swarm unlock-key`)"
+                    rotated,
+                    "autolock: the data key is wrapped under the swarm's unlock key (see `docker swarm unlock-key`)"
                 );
             }
-            (false, true) => {
+            (None, Some(_)) => {
                 write(None)?;
                 tls_key(false)?;
                 *current = None;
                 tracing::info!("autolock turned off: the data key file is no longer wrapped");
             }
-            _ => {}
+            (None, None) => {}
         }
         Ok(())
+    }
+
+    /// Follows the unlock key record for as long as this manager runs (see
+    /// [`Control::reconcile_autolock`]): the record changes through whichever manager the
+    /// operator asked.
+    pub async fn follow_autolock(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut events = self.store.subscribe();
+        // First catch up with the swarm: a restarted manager's state may lag the leader's
+        // until a read index, and acting on it could unwrap a key the swarm still wants (or
+        // record a second one). Then the spec decides, in case a crash fell between the
+        // spec's write and the record's.
+        loop {
+            // A manager of a swarm whose state has not replayed the cluster yet is not
+            // caught up (its identity is on disk before the state knows it).
+            let member = LocalIdentity::read_recorded(&self.config.data_dir).is_ok();
+            let caught_up = match self.read_barrier().await {
+                Ok(()) if self.local_identity().is_some() => {
+                    self.sync_unlock_key_record(false).await.is_ok()
+                }
+                Ok(()) => !member,
+                Err(_) => false,
+            };
+            if caught_up {
+                if let Err(e) = self.reconcile_autolock() {
+                    tracing::error!(error = %e, "cannot bring the data key file in line with the swarm's unlock key");
+                }
+                break;
+            }
+            tokio::select! {
+                _ = crate::util::until_true(&mut stop) => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = crate::util::until_true(&mut stop) => return,
+                ev = events.recv() => match ev {
+                    Ok(a) if !a.keys.iter().any(|k| k == UNLOCK_KEY_RECORD) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                },
+            }
+            if let Err(e) = self.reconcile_autolock() {
+                tracing::error!(error = %e, "cannot bring the data key file in line with the swarm's unlock key");
+            }
+        }
     }
 }

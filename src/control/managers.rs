@@ -73,6 +73,9 @@ impl Control {
         // Reset first: once the material is in, the supervisor may report Serving at once.
         self.set_cluster_port(ClusterPort::Stopped);
         self.security.install(material);
+        // An autolocked swarm: this manager's data key (and TLS key) take the swarm's unlock
+        // key now, since the record may have come in a snapshot rather than as an event.
+        self.reconcile_autolock()?;
         self.membership_changed.notify_one();
         tracing::info!(%node_id, "joined the swarm as a manager");
         Ok(())

@@ -113,8 +113,10 @@ impl Control {
         // and a reset after it would hide that it serves (init would wait for it in vain).
         self.set_cluster_port(ClusterPort::Stopped);
         self.security.install(material);
-        // `--autolock`: wrap the data key before the answer, after which the CLI shows the key.
-        self.reconcile_autolock(false)?;
+        // `--autolock`: record the swarm's unlock key and wrap the data key under it before
+        // the answer, after which the CLI shows the key.
+        self.sync_unlock_key_record(false).await?;
+        self.reconcile_autolock()?;
         self.membership_changed.notify_one();
         tracing::info!(cluster_id = %cluster_id, node_id = %node_id, "swarm initialized");
         Ok(node_id)
@@ -194,7 +196,9 @@ impl Control {
         };
         match self.apply(txn).await? {
             TxnOutcome::Committed { .. } => {
-                self.reconcile_autolock(rotate.manager_unlock_key)?;
+                self.sync_unlock_key_record(rotate.manager_unlock_key)
+                    .await?;
+                self.reconcile_autolock()?;
                 if rotate.worker_token || rotate.manager_token {
                     tracing::info!(
                         worker = rotate.worker_token,
@@ -252,10 +256,13 @@ impl Control {
                 ops.push(Op::Delete { key });
             }
         }
-        if self.store.get(super::secrets::SECRETS_KEY).is_some() {
-            ops.push(Op::Delete {
-                key: super::secrets::SECRETS_KEY.into(),
-            });
+        for key in [
+            super::secrets::SECRETS_KEY,
+            super::autolock::UNLOCK_KEY_RECORD,
+        ] {
+            if self.store.get(key).is_some() {
+                ops.push(Op::Delete { key: key.into() });
+            }
         }
         self.apply(Txn {
             checks: vec![],
@@ -264,7 +271,7 @@ impl Control {
         .await?;
         self.security.clear();
         // No swarm, no autolock: the data key file goes back to clear.
-        self.reconcile_autolock(false)?;
+        self.reconcile_autolock()?;
         self.membership_changed.notify_one();
         LocalIdentity::remove(&self.config.data_dir)
             .map_err(|e| ControlError::internal("cannot remove this manager's certificate", e))?;

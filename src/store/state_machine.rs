@@ -206,13 +206,16 @@ impl StateMachine {
         }
         *lock_write(&shared.map) = map;
         let (guard, closed) = CloseGuard::new();
+        let db = Arc::new(SmDb {
+            db,
+            closed,
+            _guard: guard,
+        });
+        let pending: Arc<Mutex<Pending>> = Default::default();
+        spawn_idle_flusher(&db, &pending, path);
         Ok(StateMachine {
-            db: Arc::new(SmDb {
-                db,
-                closed,
-                _guard: guard,
-            }),
-            pending: Default::default(),
+            db,
+            pending,
             path: path.to_path_buf(),
             dek,
             shared,
@@ -225,6 +228,42 @@ impl StateMachine {
     /// Becomes true once the database file is closed.
     pub(crate) fn closed_flag(&self) -> Arc<AtomicBool> {
         self.db.closed.clone()
+    }
+}
+
+/// Applied state that waits in memory is written within about `DURABLE_EVERY` even when no
+/// further entry arrives: a follower that goes idle right after it joined must find the
+/// cluster in its state file after a crash, since it replays its log only once the leader
+/// reaches it, and the leader reaches it through the cluster port it serves only when it
+/// knows the cluster. Ends when the state machine is gone.
+fn spawn_idle_flusher(db: &Arc<SmDb>, pending: &Arc<Mutex<Pending>>, path: &Path) {
+    let (db, pending, path) = (
+        Arc::downgrade(db),
+        Arc::downgrade(pending),
+        path.to_path_buf(),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("state-flush".into())
+        .spawn(move || loop {
+            std::thread::sleep(DURABLE_EVERY);
+            let (Some(db), Some(pending)) = (db.upgrade(), pending.upgrade()) else {
+                return;
+            };
+            if db.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            let waiting = {
+                let p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                !p.kv.is_empty() || p.applied.is_some()
+            };
+            if waiting {
+                if let Err(e) = flush_pending(&db, &path, &pending, |_, _| Ok(())) {
+                    tracing::warn!(error = %e, "state machine not written while idle; the log still has it");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no idle flusher for the state machine: applied state waits for the next batch");
     }
 }
 
