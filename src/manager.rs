@@ -222,7 +222,12 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
         crate::control::signer::reconcile(c, s).await;
         Ok(())
     });
-    vec![port, renewal, signing]
+    let (c, s) = (control.clone(), stop.clone());
+    let rotation = tokio::spawn(async move {
+        crate::control::rotation::reconcile(c, s).await;
+        Ok(())
+    });
+    vec![port, renewal, signing, rotation]
 }
 
 /// Creates the data dir 0700 and refuses one others can read: it holds the store's key.

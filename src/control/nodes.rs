@@ -461,6 +461,8 @@ impl Control {
             "node",
             |n: &mut NodeRecord| {
                 record_outcome(n, Ok(issued.clone()));
+                // What this manager's certificate now chains to (a rotation converges on it).
+                n.description.tls_info = material.tls_info();
                 Ok(())
             },
         )

@@ -65,7 +65,7 @@ impl Control {
             ));
         }
         let spec = spec::merge_init_spec(&req.spec, req.auto_lock_managers)?;
-        refuse_unsupported(&spec, 0)?;
+        refuse_unsupported(&spec)?;
         let availability = match req.availability.as_str() {
             "" => Availability::Active,
             a => Availability::parse(a)?,
@@ -129,6 +129,7 @@ impl Control {
                 .key_pkcs8_der()
                 .map(|k| B64.encode(k.as_slice()))
                 .unwrap_or_default(),
+            rotation_key_pkcs8_b64: String::new(),
         };
         let txn = Txn {
             checks: vec![Check::Absent {
@@ -161,7 +162,7 @@ impl Control {
             return Err(out_of_sequence());
         }
         let spec = spec::replace_spec(req)?;
-        refuse_unsupported(&spec, current.record.last_forced_rotation)?;
+        refuse_unsupported(&spec)?;
         if rotate.manager_unlock_key {
             return Err(ControlError::rpc(
                 Code::FailedPrecondition,
@@ -171,6 +172,18 @@ impl Control {
         let material = self.security.current().ok_or(ControlError::NotManager)?;
         external::check_update(&spec, &material.root)?;
         let mut record = current.record.clone();
+        let rotate_root = spec.ca_config.force_rotate != record.last_forced_rotation;
+        let mut checks = vec![Check::Version {
+            key: CLUSTER_KEY.into(),
+            version,
+        }];
+        let mut ops = vec![];
+        if rotate_root {
+            let (check, op) = self.start_rotation(&material, &mut record)?;
+            record.last_forced_rotation = spec.ca_config.force_rotate;
+            checks.push(check);
+            ops.push(op);
+        }
         record.spec = spec;
         if rotate.worker_token {
             record.join_tokens.worker = JoinToken::generate(&material.root_pem).to_string();
@@ -179,15 +192,13 @@ impl Control {
             record.join_tokens.manager = JoinToken::generate(&material.root_pem).to_string();
         }
         record.updated_at = now_rfc3339();
-        let txn = Txn {
-            checks: vec![Check::Version {
-                key: CLUSTER_KEY.into(),
-                version,
-            }],
-            ops: vec![records::put(CLUSTER_KEY, &record)?],
-        };
+        ops.push(records::put(CLUSTER_KEY, &record)?);
+        let txn = Txn { checks, ops };
         match self.apply(txn).await? {
             TxnOutcome::Committed { .. } => {
+                if rotate_root {
+                    tracing::info!("root CA rotation started: nodes are re-issued certificates from the new root");
+                }
                 if rotate.worker_token || rotate.manager_token {
                     tracing::info!(
                         worker = rotate.worker_token,
@@ -318,6 +329,7 @@ fn cluster_record(new: &NewCluster, spec: Spec, req: &InitOptions) -> ClusterRec
         } else {
             req.data_path_port
         },
+        root_rotation: None,
     }
 }
 
@@ -358,18 +370,14 @@ fn own_node_record(
     }
 }
 
-/// Root rotation and signing-CA changes come with their own issue; until then a request that
-/// would start one is refused rather than half-done.
-fn refuse_unsupported(spec: &Spec, last_forced_rotation: u64) -> Result<(), ControlError> {
-    if spec.ca_config.force_rotate != last_forced_rotation
-        || !spec.ca_config.signing_ca_cert.is_empty()
-        || !spec.ca_config.signing_ca_key.is_empty()
-    {
+/// A root the operator brings (`--ca-cert/--ca-key`) is not supported yet; a request that
+/// would start such a rotation is refused rather than half-done. `--rotate` alone is
+/// (see `rotation.rs`); at init there is nothing to rotate.
+fn refuse_unsupported(spec: &Spec) -> Result<(), ControlError> {
+    if !spec.ca_config.signing_ca_cert.is_empty() || !spec.ca_config.signing_ca_key.is_empty() {
         return Err(ControlError::rpc(
             Code::Unimplemented,
-            format!(
-                "root CA rotation is not supported by this swarmguard version; send back ForceRotate={last_forced_rotation} as GET /swarm returned it and no signing CA"
-            ),
+            "rotating to a root CA given with --ca-cert/--ca-key is not supported by this swarmguard version; use `docker swarm ca --rotate` for a new internal root",
         ));
     }
     if spec.encryption_config.auto_lock_managers {

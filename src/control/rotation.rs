@@ -1,0 +1,297 @@
+//! Root CA rotation (`docker swarm ca --rotate`), in SwarmKit's three phases.
+//!
+//! 1. [`Control::start_rotation`] (inside `swarm update`): a new root, the same certificate
+//!    cross-signed by the current root, and the new key go to the store in one write; the
+//!    trusted root and the join tokens stay as they are.
+//! 2. While the record says a rotation runs, [`super::security::Security`] trusts both roots
+//!    and signs with the new key ([`RotatingCa`]), handing out `[leaf][cross-signed root]` so
+//!    nodes that still trust only the old root accept every new certificate. [`reconcile`]
+//!    (leader only) marks nodes whose reported issuer is not yet the new root ROTATE, 30 every
+//!    3 s; they renew over mTLS and report their new issuer when their session restarts.
+//! 3. When every node reports the new issuer, one write makes the new root the only one,
+//!    draws new join tokens (new digest) and drops the old key; sessions carry the new root.
+//!
+//! Everything is in the store, so a manager killed mid-way picks the rotation up where the
+//! store says it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use swarmguard_ca::{IssuedCertificate, JoinToken, RootCa};
+use tokio::sync::watch;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use zeroize::Zeroizing;
+
+use super::error::{Code, ControlError};
+use super::local;
+use super::records::{
+    self, node_key, CertState, ClusterRecord, NodeRecord, RootCaRecord, RootRotation,
+    CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
+};
+use super::security::{load_root_record, Material};
+use super::signer::{NodeSigner, SignError, SignFuture, SignRequest};
+use super::Control;
+use crate::store::{Check, Op, Txn, TxnOutcome};
+
+/// SwarmKit's `IssuanceStateRotateMaxBatchSize`.
+const ROTATE_BATCH: usize = 30;
+/// SwarmKit's `defaultRootReconciliationInterval`.
+const RECONCILE_EVERY: Duration = Duration::from_secs(3);
+
+/// A rotation's target: the new root with its key, and its certificate cross-signed by the
+/// current root.
+pub struct Rotation {
+    pub new_root: Arc<RootCa>,
+    pub cross_signed_pem: Vec<u8>,
+}
+
+impl Rotation {
+    /// Loads the target from the store's parts and checks that they belong together: the key
+    /// is the new root's, and the cross-signed certificate carries the new root's name and key
+    /// and was signed by `old`.
+    pub fn load(old: &RootCa, r: &RootRotation, key_der: &[u8]) -> Result<Rotation, ControlError> {
+        let bad = |what: &'static str| {
+            ControlError::internal(
+                "the stored root rotation is inconsistent",
+                format!("{what}; start it again with `docker swarm ca --rotate`"),
+            )
+        };
+        let new_root = RootCa::from_pem(r.new_root_pem.as_bytes(), key_der)
+            .map_err(|e| ControlError::internal("cannot load the rotation's new root", e))?;
+        let ders = crate::tls::certs_from_pem(r.cross_signed_pem.as_bytes(), "cross-signed root")
+            .map_err(|_| bad("cross-signed certificate unreadable"))?;
+        let (_, cross) = X509Certificate::from_der(ders[0].as_ref())
+            .map_err(|_| bad("cross-signed certificate unreadable"))?;
+        let (_, old_cert) = X509Certificate::from_der(old.cert_der())
+            .map_err(|_| bad("current root unreadable"))?;
+        if ders.len() != 1
+            || cross.subject().as_raw() != new_root.subject_der()
+            || cross.public_key().raw != new_root.spki_der()
+            || cross.issuer().as_raw() != old.subject_der()
+            || cross.verify_signature(Some(old_cert.public_key())).is_err()
+        {
+            return Err(bad("the cross-signed certificate is not the new root signed by the current root"));
+        }
+        Ok(Rotation {
+            new_root: Arc::new(new_root),
+            cross_signed_pem: r.cross_signed_pem.as_bytes().to_vec(),
+        })
+    }
+}
+
+/// The signer during a rotation: the new root's key, the cross-signed root as intermediate.
+pub struct RotatingCa(pub Arc<Rotation>);
+
+impl RotatingCa {
+    fn issue(&self, req: &SignRequest) -> Result<IssuedCertificate, SignError> {
+        let mut issued = self
+            .0
+            .new_root
+            .issue_node_certificate(
+                &req.csr,
+                &req.node_id,
+                req.role,
+                &req.cluster_id,
+                req.expiry,
+            )
+            .map_err(|e| SignError::Refused(e.to_string()))?;
+        if !issued.cert_pem.ends_with(b"\n") {
+            issued.cert_pem.push(b'\n');
+        }
+        issued.cert_pem.extend_from_slice(&self.0.cross_signed_pem);
+        Ok(issued)
+    }
+}
+
+impl NodeSigner for RotatingCa {
+    fn sign_now(&self, req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
+        Some(self.issue(req))
+    }
+
+    fn sign(&self, req: SignRequest) -> SignFuture {
+        let result = self.issue(&req);
+        Box::pin(async move { result })
+    }
+}
+
+impl Control {
+    /// Phase 1, as part of `swarm update`: adds to `record` a new internal root cross-signed by
+    /// the current one and returns the `ca/root` write (with its version check) that stores the
+    /// new key. A rotation already running is replaced (SwarmKit restarts it the same way).
+    pub(crate) fn start_rotation(
+        &self,
+        material: &Material,
+        record: &mut ClusterRecord,
+    ) -> Result<(Check, Op), ControlError> {
+        if !material.root.has_key() {
+            return Err(ControlError::rpc(
+                Code::Unimplemented,
+                "rotating away from an external root CA is not supported by this swarmguard version",
+            ));
+        }
+        let new = RootCa::create()
+            .map_err(|e| ControlError::internal("cannot create the new root CA", e))?;
+        let cross = material
+            .root
+            .cross_sign(&new)
+            .map_err(|e| ControlError::internal("cannot cross-sign the new root CA", e))?;
+        let key = new
+            .key_pkcs8_der()
+            .ok_or_else(|| ControlError::internal("new root CA", "created without a key"))?;
+        let (mut root_record, version) = load_root_record(&self.store)?;
+        root_record.rotation_key_pkcs8_b64 = B64.encode(key.as_slice());
+        record.root_rotation = Some(RootRotation {
+            new_root_pem: String::from_utf8_lossy(new.cert_pem()).into_owned(),
+            cross_signed_pem: String::from_utf8_lossy(&cross).into_owned(),
+        });
+        let op = Op::Put {
+            key: ROOT_CA_KEY.into(),
+            value: Zeroizing::new(records::encode(&root_record)?).to_vec(),
+        };
+        let check = Check::Version {
+            key: ROOT_CA_KEY.into(),
+            version,
+        };
+        Ok((check, op))
+    }
+
+    /// One step of phases 2 and 3; the leader calls it every few seconds.
+    pub async fn rotation_step(&self) -> Result<(), ControlError> {
+        let cluster = self.cluster()?;
+        let Some(wanted) = cluster.record.root_rotation.clone() else {
+            return Ok(());
+        };
+        let Some(material) = self.security.current() else {
+            return Ok(());
+        };
+        // The material follows the store through the port supervisor; wait for it.
+        let Some(rotation) = material.rotation.clone().filter(|r| {
+            r.new_root.cert_pem() == wanted.new_root_pem.as_bytes()
+                && r.cross_signed_pem == wanted.cross_signed_pem.as_bytes()
+        }) else {
+            return Ok(());
+        };
+        let target = local::tls_info(&rotation.new_root);
+        let nodes = records::list::<NodeRecord>(&self.store, NODE_PREFIX)?;
+        let behind: Vec<NodeRecord> = nodes
+            .into_iter()
+            .map(|s| s.record)
+            .filter(|n| {
+                n.description.tls_info.cert_issuer_subject != target.cert_issuer_subject
+                    || n.description.tls_info.cert_issuer_public_key
+                        != target.cert_issuer_public_key
+            })
+            .collect();
+        if behind.is_empty() {
+            return self.finish_rotation(&cluster, &wanted).await;
+        }
+        let me = material.identity.node_id.clone();
+        if behind.iter().any(|n| n.id == me) {
+            self.renew_own_certificate().await?;
+        }
+        let to_mark = behind
+            .iter()
+            .filter(|n| n.id != me && n.certificate.state == CertState::Issued)
+            .take(ROTATE_BATCH);
+        for n in to_mark {
+            records::update(
+                &self.store,
+                &node_key(&n.id),
+                "node",
+                |r: &mut NodeRecord| {
+                    if r.certificate.state == CertState::Issued {
+                        r.certificate.state = CertState::Rotate;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        tracing::info!(
+            unconverged = behind.len(),
+            "root rotation: waiting for nodes to hold a certificate from the new root"
+        );
+        Ok(())
+    }
+
+    /// Phase 3: the new root becomes the only one, with new join tokens; the old key goes.
+    async fn finish_rotation(
+        &self,
+        cluster: &super::ClusterView,
+        wanted: &RootRotation,
+    ) -> Result<(), ControlError> {
+        let (old, root_version) = load_root_record(&self.store)?;
+        let new_root_record = RootCaRecord {
+            cert_pem: wanted.new_root_pem.clone(),
+            key_pkcs8_b64: old.rotation_key_pkcs8_b64.clone(),
+            rotation_key_pkcs8_b64: String::new(),
+        };
+        drop(old);
+        let mut record = cluster.record.clone();
+        let root_pem = wanted.new_root_pem.as_bytes();
+        record.root_ca_pem = wanted.new_root_pem.clone();
+        record.join_tokens.worker = JoinToken::generate(root_pem).to_string();
+        record.join_tokens.manager = JoinToken::generate(root_pem).to_string();
+        record.root_rotation = None;
+        record.updated_at = crate::util::now_rfc3339();
+        let txn = Txn {
+            checks: vec![
+                Check::Version {
+                    key: CLUSTER_KEY.into(),
+                    version: cluster.version,
+                },
+                Check::Version {
+                    key: ROOT_CA_KEY.into(),
+                    version: root_version,
+                },
+            ],
+            ops: vec![
+                records::put(CLUSTER_KEY, &record)?,
+                Op::Put {
+                    key: ROOT_CA_KEY.into(),
+                    value: Zeroizing::new(records::encode(&new_root_record)?).to_vec(),
+                },
+            ],
+        };
+        if let TxnOutcome::Conflict { .. } = self.apply(txn).await? {
+            // Someone changed the cluster meanwhile (another `--rotate`?): look again later.
+            return Ok(());
+        }
+        tracing::info!("root rotation finished: the new root is the only trusted one, join tokens replaced");
+        // This manager now trusts only the new root; its description says so.
+        if let Some(m) = self.security.current() {
+            let new_root = RootCa::from_cert_pem(root_pem)
+                .map_err(|e| ControlError::internal("cannot read the new root", e))?;
+            let info = local::tls_info(&new_root);
+            records::update(
+                &self.store,
+                &node_key(&m.identity.node_id),
+                "node",
+                |n: &mut NodeRecord| {
+                    n.description.tls_info = info.clone();
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Drives phases 2 and 3 on the leader until `stop`.
+pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = crate::util::until_true(&mut stop) => return,
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+        }
+        if !control.store().is_leader() {
+            continue;
+        }
+        if let Err(e) = control.rotation_step().await {
+            tracing::warn!(error = %e, "root rotation step failed; trying again");
+        }
+    }
+}
