@@ -1,0 +1,225 @@
+//! The must-show for root rotation (issue 11): a stock dockerd worker and two agents joined,
+//! `docker swarm ca --rotate` completes with the CLI's progress output while every node stays
+//! Ready (`docker node ls` polled every 200 ms), the worker ends with a certificate from the new
+//! root, the old join token is refused and the new one works; then a second rotation with the
+//! manager killed (-9) mid-way finishes after a restart.
+//!
+//! Everything runs in one fresh network namespace (loopback only), as in `join_dockerd.rs`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::dockerd::Dockerd;
+use support::manager::Manager;
+use x509_parser::prelude::FromDer;
+
+fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} not reached within {limit:?}");
+}
+
+/// `swarmguard agent …` inside the namespace.
+fn agent_cmd(ns: &str, dir: &Path, m: &Manager, token: &str, no_run: bool) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}"))
+        .arg(env!("CARGO_BIN_EXE_swarmguard"))
+        .args(["agent", "join"]);
+    if no_run {
+        c.arg("--no-run");
+    }
+    c.arg("--data-dir")
+        .arg(dir)
+        .arg(&m.cluster_addr)
+        .env("SWARMGUARD_JOIN_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+/// A running agent, killed by the PID this test started.
+struct Agent {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn join(ns: &str, m: &Manager, token: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let child = agent_cmd(ns, dir.path(), m, token, false)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start swarmguard agent");
+        Agent { child, _dir: dir }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn join_once(ns: &str, m: &Manager, token: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    agent_cmd(ns, dir.path(), m, token, true)
+        .output()
+        .expect("run swarmguard agent join")
+}
+
+fn first_der(pem: &[u8]) -> Vec<u8> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
+    pem.contents
+}
+
+/// The leaf of `chain_pem` is signed by the key of the root in `root_pem`.
+fn signed_by(chain_pem: &[u8], root_pem: &[u8]) -> bool {
+    let (leaf_der, root_der) = (first_der(chain_pem), first_der(root_pem));
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&leaf_der).unwrap();
+    let (_, root) = x509_parser::certificate::X509Certificate::from_der(&root_der).unwrap();
+    leaf.verify_signature(Some(root.public_key())).is_ok()
+}
+
+fn swarm(m: &Manager) -> serde_json::Value {
+    m.request("GET", "/v1.41/swarm", None).json()
+}
+
+fn trust_root(m: &Manager) -> String {
+    swarm(m)["TLSInfo"]["TrustRoot"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every node's `ID Status` from `docker node ls`, polled every 200 ms until `stop`; returns
+/// the polls that showed a node other than Ready (or failed).
+fn watch_ready(m: &Manager, expect: usize, stop: &AtomicBool) -> (usize, Vec<String>) {
+    let (mut polls, mut bad) = (0, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let out = m.docker(&["node", "ls", "--format", "{{.ID}} {{.Status}}"]);
+        polls += 1;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let ready = text.lines().filter(|l| l.ends_with(" Ready")).count();
+        if !out.status.success() || ready != expect || text.lines().count() != expect {
+            bad.push(format!(
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (polls, bad)
+}
+
+#[test]
+fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
+    let mut d = Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let mdir = tempfile::tempdir().unwrap();
+    let mut m = Manager::start_in(mdir.path(), Some(&ns));
+    m.init_swarm(&[]);
+    let old_token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let old_token = old_token.trim().to_string();
+    d.docker_ok(&["swarm", "join", "--token", &old_token, &m.cluster_addr]);
+    let worker_id = d
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    let _agents = [
+        Agent::join(&ns, &m, &old_token),
+        Agent::join(&ns, &m, &old_token),
+    ];
+    poll("4 nodes Ready", Duration::from_secs(20), || {
+        let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
+        ls.lines().filter(|l| *l == "Ready").count() == 4
+    });
+    let old_root = trust_root(&m);
+
+    // Rotate with the CLI's progress, polling `docker node ls` meanwhile.
+    let stop = AtomicBool::new(false);
+    let (out, (polls, bad)) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_ready(&m, 4, &stop));
+        let started = Instant::now();
+        let out = m.docker(&["swarm", "ca", "--rotate"]);
+        eprintln!("docker swarm ca --rotate took {:?}", started.elapsed());
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        (out, watcher.join().unwrap())
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "ca --rotate failed: {stdout}{stderr}");
+    assert!(polls >= 5, "only {polls} polls");
+    assert!(bad.is_empty(), "nodes not all Ready in {} of {polls} polls: {bad:?}", bad.len());
+    let new_root = trust_root(&m);
+    assert_ne!(new_root, old_root);
+    assert!(stdout.contains(new_root.trim()), "the CLI prints the new root: {stdout}");
+    assert_eq!(swarm(&m)["RootRotationInProgress"], false);
+    eprintln!("{polls} polls of docker node ls, all 4 nodes Ready in each");
+
+    // The worker holds a certificate from the new root and trusts only it.
+    let certs = d.root.join("data/swarm/certificates");
+    poll("worker trusts the new root", Duration::from_secs(10), || {
+        std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default() == new_root
+    });
+    let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
+    assert!(signed_by(&chain, new_root.as_bytes()), "worker cert not from the new root");
+    let tls = m.docker_ok(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{json .Description.TLSInfo}}",
+        &worker_id,
+    ]);
+    let tls: serde_json::Value = serde_json::from_str(&tls).unwrap();
+    let swarm_tls = swarm(&m)["TLSInfo"].clone();
+    assert_eq!(tls["TrustRoot"], swarm_tls["TrustRoot"]);
+    assert_eq!(tls["CertIssuerPublicKey"], swarm_tls["CertIssuerPublicKey"]);
+    assert_eq!(tls["CertIssuerSubject"], swarm_tls["CertIssuerSubject"]);
+
+    // The old token pins the old root: refused. The new one works.
+    let refused = join_once(&ns, &m, &old_token);
+    assert!(!refused.status.success(), "join with the old token succeeded");
+    let new_token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    assert_ne!(new_token.trim(), old_token);
+    let ok = join_once(&ns, &m, new_token.trim());
+    assert!(
+        ok.status.success(),
+        "join with the new token: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // A second rotation, the manager killed -9 while it runs: after a restart it finishes.
+    m.docker_ok(&["swarm", "ca", "--rotate", "--detach"]);
+    assert_eq!(swarm(&m)["RootRotationInProgress"], true);
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(swarm(&m)["RootRotationInProgress"], true, "finished before the kill");
+    m.kill9();
+    m.restart();
+    let took = poll("rotation finished after restart", Duration::from_secs(60), || {
+        swarm(&m)["RootRotationInProgress"] == false
+    });
+    eprintln!("rotation finished {took:?} after the restart");
+    let third_root = trust_root(&m);
+    assert_ne!(third_root, new_root);
+    poll("worker Ready on the third root", Duration::from_secs(30), || {
+        let ready = m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker_id]);
+        std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default() == third_root
+            && ready.trim() == "ready"
+    });
+    let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
+    assert!(signed_by(&chain, third_root.as_bytes()));
+    drop(m);
+    d.stop();
+}
