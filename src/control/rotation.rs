@@ -178,6 +178,9 @@ impl Control {
         let behind: Vec<NodeRecord> = nodes
             .into_iter()
             .map(|s| s.record)
+            // A node that never reported its TLS info (joined, no session yet) is not waited
+            // for, as SwarmKit's reconciler ignores it: it could never report convergence.
+            .filter(|n| !n.description.tls_info.cert_issuer_public_key.is_empty())
             .filter(|n| {
                 n.description.tls_info.cert_issuer_subject != target.cert_issuer_subject
                     || n.description.tls_info.cert_issuer_public_key
