@@ -160,6 +160,12 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "ca --rotate failed: {stdout}{stderr}");
+    eprintln!("docker swarm ca --rotate printed:\n{stdout}{stderr}");
+    // The CLI's progress (rendered without a terminal) reached both totals.
+    assert!(
+        stdout.contains("rotated TLS certificates") && stdout.contains("rotated CA certificates"),
+        "no progress output: {stdout}"
+    );
     assert!(polls >= 5, "only {polls} polls");
     assert!(bad.is_empty(), "nodes not all Ready in {} of {polls} polls: {bad:?}", bad.len());
     let new_root = trust_root(&m);
