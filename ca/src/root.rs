@@ -353,7 +353,14 @@ impl RootCa {
                     "only CN and O subjects can be cross-signed",
                 ));
             };
-            dn.push(ty, printable(value)?);
+            // Keep the string type (Go writes PrintableString, openssl UTF8String): the
+            // cross-signed subject must equal the new root's byte for byte.
+            let value = if attr.attr_value().header.tag() == x509_parser::der_parser::asn1_rs::Tag::Utf8String {
+                DnValue::Utf8String(value.to_string())
+            } else {
+                printable(value)?
+            };
+            dn.push(ty, value);
         }
         params.distinguished_name = dn;
         params.not_before = parsed.validity().not_before.to_datetime();

@@ -275,3 +275,27 @@ fn cross_signed_new_root_bridges_old_and_new() {
     assert!(trust_only.cross_sign(&new).is_err());
     assert!(old.cross_sign(&trust_only).is_err());
 }
+
+/// A root an operator made with openssl (CN as UTF8String, not Go's PrintableString) can be
+/// rotated to: the cross-signed certificate carries its subject byte for byte.
+#[test]
+fn cross_signing_keeps_an_openssl_roots_utf8_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let sh = format!(
+        "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {k} \
+         && openssl req -x509 -new -key {k} -subj /CN=operator-ca -days 3650 -out {c}",
+        k = key.display(),
+        c = cert.display()
+    );
+    let st = std::process::Command::new("sh").args(["-c", &sh]).status().expect("openssl");
+    assert!(st.success(), "openssl failed");
+    let new = RootCa::from_pem(&std::fs::read(&cert).unwrap(), &std::fs::read(&key).unwrap())
+        .unwrap();
+    let old = RootCa::create().unwrap();
+    let cross_pem = old.cross_sign(&new).unwrap();
+    let (_, p) = x509_parser::pem::parse_x509_pem(&cross_pem).unwrap();
+    let (_, cross) = X509Certificate::from_der(&p.contents).unwrap();
+    assert_eq!(cross.subject().as_raw(), new.subject_der());
+    assert_eq!(cross.public_key().raw, new.spki_der());
+}

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use swarmguard_ca::{IssuedCertificate, JoinToken, RootCa};
 use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::error::{Code, ControlError};
 use super::local;
@@ -116,14 +116,85 @@ impl NodeSigner for RotatingCa {
     }
 }
 
+/// What a `swarm update` asks of the root (SwarmKit's `validateCAConfig`).
+pub(crate) enum RootChange {
+    Keep,
+    /// `--ca-cert` is the current root: a rotation in progress stops.
+    Abort,
+    /// A new root: created here (`--rotate`) or the operator's (`--ca-cert/--ca-key`).
+    Start(Option<RootCa>),
+}
+
+/// A root the operator brings must stay valid this long (SwarmKit: one year).
+const MIN_NEW_ROOT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Reads the signing CA from the request's spec (and removes it: the key never sits in the
+/// cluster record) and decides what happens to the root, with SwarmKit's texts on refusal.
+pub(crate) fn root_change(
+    material: &Material,
+    record: &ClusterRecord,
+    spec: &mut super::types::Spec,
+) -> Result<RootChange, ControlError> {
+    let cert = std::mem::take(&mut spec.ca_config.signing_ca_cert);
+    let key = Zeroizing::new(std::mem::take(&mut spec.ca_config.signing_ca_key));
+    let forced = spec.ca_config.force_rotate != record.last_forced_rotation;
+    let invalid = |m: &str| ControlError::InvalidArgument(m.to_string());
+    if cert.is_empty() {
+        if !key.is_empty() {
+            return Err(invalid(
+                "if a signing CA key is provided, the signing CA cert must also be provided",
+            ));
+        }
+        return Ok(if forced {
+            RootChange::Start(None)
+        } else {
+            RootChange::Keep
+        });
+    }
+    let ders = crate::tls::certs_from_pem(cert.as_bytes(), "signing CA certificate")
+        .map_err(|e| invalid(&format!("invalid signing CA certificate: {e}")))?;
+    if ders.len() > 1 {
+        return Err(invalid(
+            "the desired CA certificate cannot contain multiple certificates",
+        ));
+    }
+    let same = |pem: &[u8]| {
+        crate::tls::certs_from_pem(pem, "root").is_ok_and(|d| d.len() == 1 && d[0] == ders[0])
+    };
+    if same(material.root.cert_pem()) {
+        return Ok(RootChange::Abort);
+    }
+    let target = record.root_rotation.as_ref();
+    if !forced && target.is_some_and(|t| same(t.new_root_pem.as_bytes())) {
+        return Ok(RootChange::Keep);
+    }
+    if key.is_empty() {
+        return Err(ControlError::rpc(
+            Code::Unimplemented,
+            "rotating to a root CA without its key (--ca-cert with --external-ca) is not supported by this swarmguard version; give --ca-key",
+        ));
+    }
+    let new = RootCa::from_pem(cert.as_bytes(), key.as_bytes())
+        .map_err(|e| invalid(&format!("invalid signing CA certificate or key: {e}")))?;
+    if new.not_after() < std::time::SystemTime::now() + MIN_NEW_ROOT_VALIDITY {
+        return Err(invalid("CA certificate expires too soon"));
+    }
+    if new.spki_der() == material.root.spki_der() {
+        return Err(invalid("Cannot update to a cert with an identical key"));
+    }
+    Ok(RootChange::Start(Some(new)))
+}
+
 impl Control {
-    /// Phase 1, as part of `swarm update`: adds to `record` a new internal root cross-signed by
-    /// the current one and returns the `ca/root` write (with its version check) that stores the
-    /// new key. A rotation already running is replaced (SwarmKit restarts it the same way).
+    /// Phase 1, as part of `swarm update`: adds to `record` the new root (`new`, else a fresh
+    /// internal one) cross-signed by the current root and returns the `ca/root` write (with its
+    /// version check) that stores the new key. A rotation already running is replaced
+    /// (SwarmKit restarts it the same way).
     pub(crate) fn start_rotation(
         &self,
         material: &Material,
         record: &mut ClusterRecord,
+        new: Option<RootCa>,
     ) -> Result<(Check, Op), ControlError> {
         if !material.root.has_key() {
             return Err(ControlError::rpc(
@@ -131,15 +202,17 @@ impl Control {
                 "rotating away from an external root CA is not supported by this swarmguard version",
             ));
         }
-        let new = RootCa::create()
-            .map_err(|e| ControlError::internal("cannot create the new root CA", e))?;
-        let cross = material
-            .root
-            .cross_sign(&new)
-            .map_err(|e| ControlError::internal("cannot cross-sign the new root CA", e))?;
+        let new = match new {
+            Some(n) => n,
+            None => RootCa::create()
+                .map_err(|e| ControlError::internal("cannot create the new root CA", e))?,
+        };
+        let cross = material.root.cross_sign(&new).map_err(|e| {
+            ControlError::InvalidArgument(format!("cannot cross-sign the new root CA: {e}"))
+        })?;
         let key = new
             .key_pkcs8_der()
-            .ok_or_else(|| ControlError::internal("new root CA", "created without a key"))?;
+            .ok_or_else(|| ControlError::internal("new root CA", "has no key"))?;
         let (mut root_record, version) = load_root_record(&self.store)?;
         root_record.rotation_key_pkcs8_b64 = B64.encode(key.as_slice());
         record.root_rotation = Some(RootRotation {
@@ -155,6 +228,30 @@ impl Control {
             version,
         };
         Ok((check, op))
+    }
+
+    /// Stops a rotation in progress (`--ca-cert` with the current root): the target and its
+    /// key go; certificates already issued from it still chain to the current root through
+    /// the cross-signed certificate until they are renewed.
+    pub(crate) fn abort_rotation(
+        &self,
+        record: &mut ClusterRecord,
+    ) -> Result<Option<(Check, Op)>, ControlError> {
+        if record.root_rotation.take().is_none() {
+            return Ok(None);
+        }
+        let (mut root_record, version) = load_root_record(&self.store)?;
+        root_record.rotation_key_pkcs8_b64.zeroize();
+        root_record.rotation_key_pkcs8_b64.clear();
+        let op = Op::Put {
+            key: ROOT_CA_KEY.into(),
+            value: Zeroizing::new(records::encode(&root_record)?).to_vec(),
+        };
+        let check = Check::Version {
+            key: ROOT_CA_KEY.into(),
+            version,
+        };
+        Ok(Some((check, op)))
     }
 
     /// One step of phases 2 and 3; the leader calls it every few seconds.

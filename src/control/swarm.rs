@@ -17,6 +17,7 @@ use super::records::{
 };
 use super::security::Security;
 use super::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
+use super::rotation::{self, RootChange};
 use super::{out_of_sequence, spec, ClusterPort, Control, Rotate};
 use crate::store::{Check, Op, Txn, TxnOutcome};
 use crate::util::{now_rfc3339, unix_seconds};
@@ -161,8 +162,8 @@ impl Control {
         if current.version != version {
             return Err(out_of_sequence());
         }
-        let spec = spec::replace_spec(req)?;
-        refuse_unsupported(&spec)?;
+        let mut spec = spec::replace_spec(req)?;
+        refuse_autolock(&spec)?;
         if rotate.manager_unlock_key {
             return Err(ControlError::rpc(
                 Code::FailedPrecondition,
@@ -172,18 +173,23 @@ impl Control {
         let material = self.security.current().ok_or(ControlError::NotManager)?;
         external::check_update(&spec, &material.root)?;
         let mut record = current.record.clone();
-        let rotate_root = spec.ca_config.force_rotate != record.last_forced_rotation;
+        let change = rotation::root_change(&material, &record, &mut spec)?;
+        let rotate_root = matches!(change, RootChange::Start(_));
         let mut checks = vec![Check::Version {
             key: CLUSTER_KEY.into(),
             version,
         }];
         let mut ops = vec![];
-        if rotate_root {
-            let (check, op) = self.start_rotation(&material, &mut record)?;
-            record.last_forced_rotation = spec.ca_config.force_rotate;
+        let root_write = match change {
+            RootChange::Keep => None,
+            RootChange::Abort => self.abort_rotation(&mut record)?,
+            RootChange::Start(new) => Some(self.start_rotation(&material, &mut record, new)?),
+        };
+        if let Some((check, op)) = root_write {
             checks.push(check);
             ops.push(op);
         }
+        record.last_forced_rotation = spec.ca_config.force_rotate;
         record.spec = spec;
         if rotate.worker_token {
             record.join_tokens.worker = JoinToken::generate(&material.root_pem).to_string();
@@ -370,16 +376,19 @@ fn own_node_record(
     }
 }
 
-/// A root the operator brings (`--ca-cert/--ca-key`) is not supported yet; a request that
-/// would start such a rotation is refused rather than half-done. `--rotate` alone is
-/// (see `rotation.rs`); at init there is nothing to rotate.
+/// At init the root is created here or learned from an external CA; a signing CA in the init
+/// spec has nothing to rotate from.
 fn refuse_unsupported(spec: &Spec) -> Result<(), ControlError> {
     if !spec.ca_config.signing_ca_cert.is_empty() || !spec.ca_config.signing_ca_key.is_empty() {
         return Err(ControlError::rpc(
             Code::Unimplemented,
-            "rotating to a root CA given with --ca-cert/--ca-key is not supported by this swarmguard version; use `docker swarm ca --rotate` for a new internal root",
+            "a signing CA at swarm init is not supported; init, then `docker swarm ca --rotate --ca-cert … --ca-key …`",
         ));
     }
+    refuse_autolock(spec)
+}
+
+fn refuse_autolock(spec: &Spec) -> Result<(), ControlError> {
     if spec.encryption_config.auto_lock_managers {
         return Err(ControlError::rpc(
             Code::Unimplemented,
