@@ -206,6 +206,14 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
         String::from_utf8_lossy(&ok.stderr)
     );
 
+    // The node that joined with `--no-run` never reports TLS info; the CLI's progress counts
+    // every node, so it goes before the next rotation.
+    let ls = m.docker_ok(&["node", "ls", "--format", "{{.ID}} {{.Status}}"]);
+    for l in ls.lines().filter(|l| !l.ends_with(" Ready")) {
+        let id = l.split(' ').next().unwrap();
+        m.docker_ok(&["node", "rm", "--force", id]);
+    }
+
     // A second rotation, the manager killed -9 while it runs: after a restart it finishes.
     m.docker_ok(&["swarm", "ca", "--rotate", "--detach"]);
     assert_eq!(swarm(&m)["RootRotationInProgress"], true);
@@ -226,6 +234,121 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     });
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     assert!(signed_by(&chain, third_root.as_bytes()));
+
+    // The same to a root the operator brings (--ca-cert/--ca-key, made by openssl).
+    let ca_dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_ca(ca_dir.path(), "operator-ca", 3650, None);
+    let out = m.docker_ok(&["swarm", "ca", "--rotate", "--ca-cert", &cert, "--ca-key", &key]);
+    let operator_root = std::fs::read_to_string(&cert).unwrap();
+    assert_eq!(trust_root(&m), operator_root);
+    assert!(out.contains(operator_root.trim()), "{out}");
+    poll("worker on the operator's root", Duration::from_secs(30), || {
+        std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default()
+            == operator_root
+    });
+    let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
+    assert!(signed_by(&chain, operator_root.as_bytes()));
+    let ready = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
+    assert_eq!(ready.lines().filter(|l| *l == "Ready").count(), 4, "{ready}");
     drop(m);
     d.stop();
+}
+
+/// A P-256 root made by openssl (PKCS#8 key), valid `days`; with `key` given, that key is
+/// reused. Returns the certificate and key paths.
+fn make_ca(dir: &Path, cn: &str, days: u32, key: Option<&str>) -> (String, String) {
+    let cert = dir.join(format!("{cn}.crt")).display().to_string();
+    let key = match key {
+        Some(k) => k.to_string(),
+        None => {
+            let k = dir.join(format!("{cn}.key")).display().to_string();
+            let sh = format!(
+                "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {k}"
+            );
+            assert!(Command::new("sh").args(["-c", &sh]).status().unwrap().success());
+            k
+        }
+    };
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-new", "-key", &key, "-subj", &format!("/CN={cn}")])
+        .args(["-days", &days.to_string(), "-out", &cert])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl req");
+    (cert, key)
+}
+
+/// `POST /swarm/update` with the spec `GET /swarm` returned, changed by `edit`.
+fn update(m: &Manager, edit: impl FnOnce(&mut serde_json::Value)) -> support::manager::HttpResponse {
+    let sw = swarm(m);
+    let mut spec = sw["Spec"].clone();
+    edit(&mut spec);
+    let path = format!("/v1.41/swarm/update?version={}", sw["Version"]["Index"]);
+    m.request("POST", &path, Some(spec.to_string().as_bytes()))
+}
+
+#[test]
+fn a_signing_ca_is_validated_with_swarmkits_texts_and_the_current_root_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(dir.path());
+    m.init_swarm(&[]);
+    let ca = tempfile::tempdir().unwrap();
+    let (cert, key) = make_ca(ca.path(), "good", 3650, None);
+    let (short, short_key) = make_ca(ca.path(), "short", 30, None);
+    let (other, _) = make_ca(ca.path(), "other", 3650, None);
+    let read = |p: &str| std::fs::read_to_string(p).unwrap();
+    let refused = |edit: &dyn Fn(&mut serde_json::Value), want: &str| {
+        let r = update(&m, |s| edit(s));
+        assert_eq!(r.status, 400, "{}", r.message());
+        assert!(r.message().contains(want), "{} (wanted {want})", r.message());
+    };
+    refused(
+        &|s| s["CAConfig"]["SigningCAKey"] = read(&key).into(),
+        "if a signing CA key is provided, the signing CA cert must also be provided",
+    );
+    refused(
+        &|s| {
+            s["CAConfig"]["SigningCACert"] = format!("{}{}", read(&cert), read(&other)).into();
+            s["CAConfig"]["SigningCAKey"] = read(&key).into();
+        },
+        "the desired CA certificate cannot contain multiple certificates",
+    );
+    refused(
+        &|s| {
+            s["CAConfig"]["SigningCACert"] = read(&short).into();
+            s["CAConfig"]["SigningCAKey"] = read(&short_key).into();
+        },
+        "CA certificate expires too soon",
+    );
+    refused(
+        &|s| {
+            s["CAConfig"]["SigningCACert"] = read(&other).into();
+            s["CAConfig"]["SigningCAKey"] = read(&key).into();
+        },
+        "invalid signing CA certificate or key",
+    );
+    assert_eq!(swarm(&m)["RootRotationInProgress"], false);
+
+    // To the operator's root; then a certificate with the same key is refused.
+    m.docker_ok(&["swarm", "ca", "--rotate", "--ca-cert", &cert, "--ca-key", &key]);
+    assert_eq!(trust_root(&m), read(&cert));
+    assert!(swarm(&m)["Spec"]["CAConfig"]["SigningCAKey"].is_null()
+        || swarm(&m)["Spec"]["CAConfig"]["SigningCAKey"] == "");
+    let (same_key, _) = make_ca(ca.path(), "same-key", 3650, Some(&key));
+    refused(
+        &|s| {
+            s["CAConfig"]["SigningCACert"] = read(&same_key).into();
+            s["CAConfig"]["SigningCAKey"] = read(&key).into();
+        },
+        "Cannot update to a cert with an identical key",
+    );
+
+    // A rotation in progress stops when the current root is given as signing CA.
+    m.docker_ok(&["swarm", "ca", "--rotate", "--detach"]);
+    assert_eq!(swarm(&m)["RootRotationInProgress"], true);
+    let r = update(&m, |s| s["CAConfig"]["SigningCACert"] = read(&cert).into());
+    assert_eq!(r.status, 200, "{}", r.message());
+    assert_eq!(swarm(&m)["RootRotationInProgress"], false);
+    assert_eq!(trust_root(&m), read(&cert));
 }
