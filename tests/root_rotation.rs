@@ -112,10 +112,7 @@ fn watch_ready(m: &Manager, expect: usize, stop: &AtomicBool) -> (usize, Vec<Str
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let ready = text.lines().filter(|l| l.ends_with(" Ready")).count();
         if !out.status.success() || ready != expect || text.lines().count() != expect {
-            bad.push(format!(
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            bad.push(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -167,20 +164,32 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
         "no progress output: {stdout}"
     );
     assert!(polls >= 5, "only {polls} polls");
-    assert!(bad.is_empty(), "nodes not all Ready in {} of {polls} polls: {bad:?}", bad.len());
+    assert!(
+        bad.is_empty(),
+        "nodes not all Ready in {} of {polls} polls: {bad:?}",
+        bad.len()
+    );
     let new_root = trust_root(&m);
     assert_ne!(new_root, old_root);
-    assert!(stdout.contains(new_root.trim()), "the CLI prints the new root: {stdout}");
+    assert!(
+        stdout.contains(new_root.trim()),
+        "the CLI prints the new root: {stdout}"
+    );
     assert_eq!(swarm(&m)["RootRotationInProgress"], false);
     eprintln!("{polls} polls of docker node ls, all 4 nodes Ready in each");
 
     // The worker holds a certificate from the new root and trusts only it.
     let certs = d.root.join("data/swarm/certificates");
-    poll("worker trusts the new root", Duration::from_secs(10), || {
-        std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default() == new_root
-    });
+    poll(
+        "worker trusts the new root",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default() == new_root,
+    );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
-    assert!(signed_by(&chain, new_root.as_bytes()), "worker cert not from the new root");
+    assert!(
+        signed_by(&chain, new_root.as_bytes()),
+        "worker cert not from the new root"
+    );
     let tls = m.docker_ok(&[
         "node",
         "inspect",
@@ -196,7 +205,10 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
 
     // The old token pins the old root: refused. The new one works.
     let refused = join_once(&ns, &m, &old_token);
-    assert!(!refused.status.success(), "join with the old token succeeded");
+    assert!(
+        !refused.status.success(),
+        "join with the old token succeeded"
+    );
     let new_token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     assert_ne!(new_token.trim(), old_token);
     let ok = join_once(&ns, &m, new_token.trim());
@@ -218,38 +230,71 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     m.docker_ok(&["swarm", "ca", "--rotate", "--detach"]);
     assert_eq!(swarm(&m)["RootRotationInProgress"], true);
     std::thread::sleep(Duration::from_millis(3500));
-    assert_eq!(swarm(&m)["RootRotationInProgress"], true, "finished before the kill");
+    assert_eq!(
+        swarm(&m)["RootRotationInProgress"],
+        true,
+        "finished before the kill"
+    );
     m.kill9();
     m.restart();
-    let took = poll("rotation finished after restart", Duration::from_secs(60), || {
-        swarm(&m)["RootRotationInProgress"] == false
-    });
+    let took = poll(
+        "rotation finished after restart",
+        Duration::from_secs(60),
+        || swarm(&m)["RootRotationInProgress"] == false,
+    );
     eprintln!("rotation finished {took:?} after the restart");
     let third_root = trust_root(&m);
     assert_ne!(third_root, new_root);
-    poll("worker Ready on the third root", Duration::from_secs(30), || {
-        let ready = m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker_id]);
-        std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default() == third_root
-            && ready.trim() == "ready"
-    });
+    poll(
+        "worker Ready on the third root",
+        Duration::from_secs(30),
+        || {
+            let ready = m.docker_ok(&[
+                "node",
+                "inspect",
+                "--format",
+                "{{.Status.State}}",
+                &worker_id,
+            ]);
+            std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default()
+                == third_root
+                && ready.trim() == "ready"
+        },
+    );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     assert!(signed_by(&chain, third_root.as_bytes()));
 
     // The same to a root the operator brings (--ca-cert/--ca-key, made by openssl).
     let ca_dir = tempfile::tempdir().unwrap();
     let (cert, key) = make_ca(ca_dir.path(), "operator-ca", 3650, None);
-    let out = m.docker_ok(&["swarm", "ca", "--rotate", "--ca-cert", &cert, "--ca-key", &key]);
+    let out = m.docker_ok(&[
+        "swarm",
+        "ca",
+        "--rotate",
+        "--ca-cert",
+        &cert,
+        "--ca-key",
+        &key,
+    ]);
     let operator_root = std::fs::read_to_string(&cert).unwrap();
     assert_eq!(trust_root(&m), operator_root);
     assert!(out.contains(operator_root.trim()), "{out}");
-    poll("worker on the operator's root", Duration::from_secs(30), || {
-        std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default()
-            == operator_root
-    });
+    poll(
+        "worker on the operator's root",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default()
+                == operator_root
+        },
+    );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     assert!(signed_by(&chain, operator_root.as_bytes()));
     let ready = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
-    assert_eq!(ready.lines().filter(|l| *l == "Ready").count(), 4, "{ready}");
+    assert_eq!(
+        ready.lines().filter(|l| *l == "Ready").count(),
+        4,
+        "{ready}"
+    );
     drop(m);
     d.stop();
 }
@@ -265,12 +310,24 @@ fn make_ca(dir: &Path, cn: &str, days: u32, key: Option<&str>) -> (String, Strin
             let sh = format!(
                 "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {k}"
             );
-            assert!(Command::new("sh").args(["-c", &sh]).status().unwrap().success());
+            assert!(Command::new("sh")
+                .args(["-c", &sh])
+                .status()
+                .unwrap()
+                .success());
             k
         }
     };
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-new", "-key", &key, "-subj", &format!("/CN={cn}")])
+        .args([
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={cn}"),
+        ])
         .args(["-days", &days.to_string(), "-out", &cert])
         .stderr(Stdio::null())
         .status()
@@ -280,7 +337,10 @@ fn make_ca(dir: &Path, cn: &str, days: u32, key: Option<&str>) -> (String, Strin
 }
 
 /// `POST /swarm/update` with the spec `GET /swarm` returned, changed by `edit`.
-fn update(m: &Manager, edit: impl FnOnce(&mut serde_json::Value)) -> support::manager::HttpResponse {
+fn update(
+    m: &Manager,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> support::manager::HttpResponse {
     let sw = swarm(m);
     let mut spec = sw["Spec"].clone();
     edit(&mut spec);
@@ -301,7 +361,11 @@ fn a_signing_ca_is_validated_with_swarmkits_texts_and_the_current_root_aborts() 
     let refused = |edit: &dyn Fn(&mut serde_json::Value), want: &str| {
         let r = update(&m, |s| edit(s));
         assert_eq!(r.status, 400, "{}", r.message());
-        assert!(r.message().contains(want), "{} (wanted {want})", r.message());
+        assert!(
+            r.message().contains(want),
+            "{} (wanted {want})",
+            r.message()
+        );
     };
     refused(
         &|s| s["CAConfig"]["SigningCAKey"] = read(&key).into(),
@@ -331,10 +395,20 @@ fn a_signing_ca_is_validated_with_swarmkits_texts_and_the_current_root_aborts() 
     assert_eq!(swarm(&m)["RootRotationInProgress"], false);
 
     // To the operator's root; then a certificate with the same key is refused.
-    m.docker_ok(&["swarm", "ca", "--rotate", "--ca-cert", &cert, "--ca-key", &key]);
+    m.docker_ok(&[
+        "swarm",
+        "ca",
+        "--rotate",
+        "--ca-cert",
+        &cert,
+        "--ca-key",
+        &key,
+    ]);
     assert_eq!(trust_root(&m), read(&cert));
-    assert!(swarm(&m)["Spec"]["CAConfig"]["SigningCAKey"].is_null()
-        || swarm(&m)["Spec"]["CAConfig"]["SigningCAKey"] == "");
+    assert!(
+        swarm(&m)["Spec"]["CAConfig"]["SigningCAKey"].is_null()
+            || swarm(&m)["Spec"]["CAConfig"]["SigningCAKey"] == ""
+    );
     let (same_key, _) = make_ca(ca.path(), "same-key", 3650, Some(&key));
     refused(
         &|s| {

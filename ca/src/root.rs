@@ -355,7 +355,9 @@ impl RootCa {
             };
             // Keep the string type (Go writes PrintableString, openssl UTF8String): the
             // cross-signed subject must equal the new root's byte for byte.
-            let value = if attr.attr_value().header.tag() == x509_parser::der_parser::asn1_rs::Tag::Utf8String {
+            let value = if attr.attr_value().header.tag()
+                == x509_parser::der_parser::asn1_rs::Tag::Utf8String
+            {
                 DnValue::Utf8String(value.to_string())
             } else {
                 printable(value)?

@@ -288,10 +288,16 @@ fn cross_signing_keeps_an_openssl_roots_utf8_subject() {
         k = key.display(),
         c = cert.display()
     );
-    let st = std::process::Command::new("sh").args(["-c", &sh]).status().expect("openssl");
+    let st = std::process::Command::new("sh")
+        .args(["-c", &sh])
+        .status()
+        .expect("openssl");
     assert!(st.success(), "openssl failed");
-    let new = RootCa::from_pem(&std::fs::read(&cert).unwrap(), &std::fs::read(&key).unwrap())
-        .unwrap();
+    let new = RootCa::from_pem(
+        &std::fs::read(&cert).unwrap(),
+        &std::fs::read(&key).unwrap(),
+    )
+    .unwrap();
     let old = RootCa::create().unwrap();
     let cross_pem = old.cross_sign(&new).unwrap();
     let (_, p) = x509_parser::pem::parse_x509_pem(&cross_pem).unwrap();

@@ -529,7 +529,12 @@ async fn adopt_root(
     root: Vec<u8>,
     manager: SocketAddr,
 ) -> Result<Credentials, AgentError> {
-    if let Ok(kept) = validate(&root, &creds.cert_pem, creds.key_pem.clone(), &creds.node_id) {
+    if let Ok(kept) = validate(
+        &root,
+        &creds.cert_pem,
+        creds.key_pem.clone(),
+        &creds.node_id,
+    ) {
         return Ok(kept);
     }
     let mut both = creds.root_pem.clone();
@@ -538,7 +543,12 @@ async fn adopt_root(
     }
     both.extend_from_slice(&root);
     let renewed = request_certificate(manager, &both, None, Some(creds)).await?;
-    validate(&root, &renewed.cert_pem, renewed.key_pem.clone(), &renewed.node_id)
+    validate(
+        &root,
+        &renewed.cert_pem,
+        renewed.key_pem.clone(),
+        &renewed.node_id,
+    )
 }
 
 /// The issuer a node reports: the certificate after the leaf when the chain has one (the

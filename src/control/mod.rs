@@ -15,6 +15,7 @@ pub mod managers;
 pub mod nodes;
 pub mod records;
 pub mod renewal;
+pub mod rotating_ca;
 pub mod rotation;
 pub mod security;
 pub mod signer;

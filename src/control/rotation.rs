@@ -19,19 +19,17 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use swarmguard_ca::{IssuedCertificate, JoinToken, RootCa};
+use swarmguard_ca::{JoinToken, RootCa};
 use tokio::sync::watch;
-use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::error::{Code, ControlError};
 use super::local;
 use super::records::{
-    self, node_key, CertState, ClusterRecord, NodeRecord, RootCaRecord, RootRotation,
-    CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
+    self, node_key, CertState, ClusterRecord, NodeRecord, RootCaRecord, RootRotation, CLUSTER_KEY,
+    NODE_PREFIX, ROOT_CA_KEY,
 };
 use super::security::{load_root_record, Material};
-use super::signer::{NodeSigner, SignError, SignFuture, SignRequest};
 use super::Control;
 use crate::store::{Check, Op, Txn, TxnOutcome};
 
@@ -40,89 +38,13 @@ const ROTATE_BATCH: usize = 30;
 /// SwarmKit's `defaultRootReconciliationInterval`.
 const RECONCILE_EVERY: Duration = Duration::from_secs(3);
 
-/// A rotation's target: the new root with its key, and its certificate cross-signed by the
-/// current root.
-pub struct Rotation {
-    pub new_root: Arc<RootCa>,
-    pub cross_signed_pem: Vec<u8>,
-}
-
-impl Rotation {
-    /// Loads the target from the store's parts and checks that they belong together: the key
-    /// is the new root's, and the cross-signed certificate carries the new root's name and key
-    /// and was signed by `old`.
-    pub fn load(old: &RootCa, r: &RootRotation, key_der: &[u8]) -> Result<Rotation, ControlError> {
-        let bad = |what: &'static str| {
-            ControlError::internal(
-                "the stored root rotation is inconsistent",
-                format!("{what}; start it again with `docker swarm ca --rotate`"),
-            )
-        };
-        let new_root = RootCa::from_pem(r.new_root_pem.as_bytes(), key_der)
-            .map_err(|e| ControlError::internal("cannot load the rotation's new root", e))?;
-        let ders = crate::tls::certs_from_pem(r.cross_signed_pem.as_bytes(), "cross-signed root")
-            .map_err(|_| bad("cross-signed certificate unreadable"))?;
-        let (_, cross) = X509Certificate::from_der(ders[0].as_ref())
-            .map_err(|_| bad("cross-signed certificate unreadable"))?;
-        let (_, old_cert) = X509Certificate::from_der(old.cert_der())
-            .map_err(|_| bad("current root unreadable"))?;
-        if ders.len() != 1
-            || cross.subject().as_raw() != new_root.subject_der()
-            || cross.public_key().raw != new_root.spki_der()
-            || cross.issuer().as_raw() != old.subject_der()
-            || cross.verify_signature(Some(old_cert.public_key())).is_err()
-        {
-            return Err(bad("the cross-signed certificate is not the new root signed by the current root"));
-        }
-        Ok(Rotation {
-            new_root: Arc::new(new_root),
-            cross_signed_pem: r.cross_signed_pem.as_bytes().to_vec(),
-        })
-    }
-}
-
-/// The signer during a rotation: the new root's key, the cross-signed root as intermediate.
-pub struct RotatingCa(pub Arc<Rotation>);
-
-impl RotatingCa {
-    fn issue(&self, req: &SignRequest) -> Result<IssuedCertificate, SignError> {
-        let mut issued = self
-            .0
-            .new_root
-            .issue_node_certificate(
-                &req.csr,
-                &req.node_id,
-                req.role,
-                &req.cluster_id,
-                req.expiry,
-            )
-            .map_err(|e| SignError::Refused(e.to_string()))?;
-        if !issued.cert_pem.ends_with(b"\n") {
-            issued.cert_pem.push(b'\n');
-        }
-        issued.cert_pem.extend_from_slice(&self.0.cross_signed_pem);
-        Ok(issued)
-    }
-}
-
-impl NodeSigner for RotatingCa {
-    fn sign_now(&self, req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
-        Some(self.issue(req))
-    }
-
-    fn sign(&self, req: SignRequest) -> SignFuture {
-        let result = self.issue(&req);
-        Box::pin(async move { result })
-    }
-}
-
 /// What a `swarm update` asks of the root (SwarmKit's `validateCAConfig`).
 pub(crate) enum RootChange {
     Keep,
     /// `--ca-cert` is the current root: a rotation in progress stops.
     Abort,
     /// A new root: created here (`--rotate`) or the operator's (`--ca-cert/--ca-key`).
-    Start(Option<RootCa>),
+    Start(Option<Box<RootCa>>),
 }
 
 /// A root the operator brings must stay valid this long (SwarmKit: one year).
@@ -182,7 +104,7 @@ pub(crate) fn root_change(
     if new.spki_der() == material.root.spki_der() {
         return Err(invalid("Cannot update to a cert with an identical key"));
     }
-    Ok(RootChange::Start(Some(new)))
+    Ok(RootChange::Start(Some(Box::new(new))))
 }
 
 impl Control {
@@ -194,7 +116,7 @@ impl Control {
         &self,
         material: &Material,
         record: &mut ClusterRecord,
-        new: Option<RootCa>,
+        new: Option<Box<RootCa>>,
     ) -> Result<(Check, Op), ControlError> {
         if !material.root.has_key() {
             return Err(ControlError::rpc(
@@ -203,7 +125,7 @@ impl Control {
             ));
         }
         let new = match new {
-            Some(n) => n,
+            Some(n) => *n,
             None => RootCa::create()
                 .map_err(|e| ControlError::internal("cannot create the new root CA", e))?,
         };
@@ -359,7 +281,9 @@ impl Control {
             // Someone changed the cluster meanwhile (another `--rotate`?): look again later.
             return Ok(());
         }
-        tracing::info!("root rotation finished: the new root is the only trusted one, join tokens replaced");
+        tracing::info!(
+            "root rotation finished: the new root is the only trusted one, join tokens replaced"
+        );
         // This manager now trusts only the new root; its description says so.
         if let Some(m) = self.security.current() {
             let new_root = RootCa::from_cert_pem(root_pem)

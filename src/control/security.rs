@@ -19,7 +19,7 @@ use super::error::ControlError;
 use super::external;
 use super::local::{self, LocalIdentity};
 use super::records::{self, ClusterRecord, RootCaRecord, RootRotation, CLUSTER_KEY, ROOT_CA_KEY};
-use super::rotation::{Rotation, RotatingCa};
+use super::rotating_ca::{RotatingCa, Rotation};
 use super::signer::NodeSigner;
 use super::types::{Spec, TlsInfo};
 use crate::store::Store;
@@ -223,9 +223,10 @@ impl Security {
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root_pem = cluster.record.root_ca_pem.as_bytes();
         let wanted = cluster.record.root_rotation.as_ref();
-        let rotation_pem = wanted.map(|r| r.new_root_pem.as_bytes()).unwrap_or_default();
-        if fingerprint(root_pem, &cert, &cluster.record.spec, rotation_pem) == current.fingerprint
-        {
+        let rotation_pem = wanted
+            .map(|r| r.new_root_pem.as_bytes())
+            .unwrap_or_default();
+        if fingerprint(root_pem, &cert, &cluster.record.spec, rotation_pem) == current.fingerprint {
             return Ok(false);
         }
         let (cert, key) = LocalIdentity::read_pair(data_dir)

@@ -15,9 +15,9 @@ use super::records::{
     self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
     RootCaRecord, TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
 };
+use super::rotation::{self, RootChange};
 use super::security::Security;
 use super::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
-use super::rotation::{self, RootChange};
 use super::{out_of_sequence, spec, ClusterPort, Control, Rotate};
 use crate::store::{Check, Op, Txn, TxnOutcome};
 use crate::util::{now_rfc3339, unix_seconds};
