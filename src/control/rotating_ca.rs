@@ -89,3 +89,65 @@ impl NodeSigner for RotatingCa {
         Box::pin(async move { result })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(old: &RootCa, new: &RootCa) -> RootRotation {
+        RootRotation {
+            new_root_pem: String::from_utf8(new.cert_pem().to_vec()).unwrap(),
+            cross_signed_pem: String::from_utf8(old.cross_sign(new).unwrap()).unwrap(),
+        }
+    }
+
+    /// A stored rotation loads only when its parts belong together: the key is the new root's
+    /// and the cross-signed certificate is the new root signed by the current root.
+    #[test]
+    fn a_tampered_stored_rotation_is_refused() {
+        let (old, new, other) = (
+            RootCa::create().unwrap(),
+            RootCa::create().unwrap(),
+            RootCa::create().unwrap(),
+        );
+        let key = new.key_pkcs8_der().unwrap();
+        let good = stored(&old, &new);
+        assert!(Rotation::load(&old, &good, &key).is_ok());
+        // Cross-signed by another root.
+        assert!(Rotation::load(&old, &stored(&other, &new), &key).is_err());
+        // Another root's key.
+        let other_key = other.key_pkcs8_der().unwrap();
+        assert!(Rotation::load(&old, &good, &other_key).is_err());
+        // The cross-signed certificate of another new root.
+        let mut swapped = good.clone();
+        swapped.cross_signed_pem = stored(&old, &other).cross_signed_pem;
+        assert!(Rotation::load(&old, &swapped, &key).is_err());
+        // Two certificates where one is expected.
+        let mut two = good.clone();
+        two.cross_signed_pem.push_str(&good.cross_signed_pem);
+        assert!(Rotation::load(&old, &two, &key).is_err());
+    }
+
+    /// Certificates issued during a rotation carry the cross-signed root after the leaf.
+    #[test]
+    fn the_rotating_signer_appends_the_cross_signed_root() {
+        let (old, new) = (RootCa::create().unwrap(), RootCa::create().unwrap());
+        let key = new.key_pkcs8_der().unwrap();
+        let rotation = Rotation::load(&old, &stored(&old, &new), &key).unwrap();
+        let signer = RotatingCa(Arc::new(rotation));
+        let (_, csr) = swarmguard_ca::generate_node_key_and_csr();
+        let req = SignRequest {
+            csr: swarmguard_ca::check_csr(&csr).unwrap(),
+            csr_pem: csr,
+            node_id: swarmguard_ca::new_id(),
+            role: swarmguard_ca::NodeRole::Worker,
+            cluster_id: swarmguard_ca::new_id(),
+            expiry: swarmguard_ca::DEFAULT_NODE_CERT_EXPIRY,
+        };
+        let issued = signer.sign_now(&req).unwrap().unwrap();
+        let chain = crate::tls::certs_from_pem(&issued.cert_pem, "chain").unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(swarmguard_ca::verify_node_certificate(&new, &issued.cert_pem).is_ok());
+        assert!(swarmguard_ca::verify_node_certificate(&old, &issued.cert_pem).is_err());
+    }
+}
