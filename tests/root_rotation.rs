@@ -426,3 +426,98 @@ fn a_signing_ca_is_validated_with_swarmkits_texts_and_the_current_root_aborts() 
     assert_eq!(swarm(&m)["RootRotationInProgress"], false);
     assert_eq!(trust_root(&m), read(&cert));
 }
+
+/// Moving an internal-root swarm to a real cfssl CA (`--ca-cert` + `--external-ca`): the stock
+/// worker and an agent end with certificates cfssl signed, the root is the cfssl CA's, and the
+/// manager never holds that CA's key.
+#[test]
+fn an_internal_root_moves_to_a_cfssl_ca() {
+    use support::cfssl::{CfsslCa, CfsslServer, ServeOptions, GOOD_PROFILE};
+    let mut d = Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let work = support::short_tempdir("sgr");
+    let ca = CfsslCa::create(work.path(), "ca", "cfssl-swarm-root");
+    let tls = ca.server_cert(work.path(), "server");
+    let cf = CfsslServer::start(
+        work.path(),
+        ServeOptions {
+            ca: &ca,
+            profile: GOOD_PROFILE.into(),
+            auth_key: None,
+            tls: Some(tls),
+            netns: Some(ns.clone()),
+        },
+    );
+    let mdir = tempfile::tempdir().unwrap();
+    let m = Manager::start_in(mdir.path(), Some(&ns));
+    m.init_swarm(&[]);
+    let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    d.docker_ok(&["swarm", "join", "--token", token.trim(), &m.cluster_addr]);
+    let _agent = Agent::join(&ns, &m, token.trim());
+    poll("3 nodes Ready", Duration::from_secs(20), || {
+        let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
+        ls.lines().filter(|l| *l == "Ready").count() == 3
+    });
+    assert_eq!(cf.signed(), 0);
+
+    let flag = format!("protocol=cfssl,url={}", cf.url("sign"));
+    let cert = ca.cert.display().to_string();
+    let out = m.docker(&[
+        "swarm",
+        "ca",
+        "--rotate",
+        "--ca-cert",
+        &cert,
+        "--external-ca",
+        &flag,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca_pem = String::from_utf8(ca.cert_pem()).unwrap();
+    assert_eq!(trust_root(&m).trim(), ca_pem.trim());
+    // The manager, the worker and the agent: one cfssl signature each.
+    assert!(cf.signed() >= 3, "{}", cf.log());
+    let certs = d.root.join("data/swarm/certificates");
+    poll(
+        "worker trusts the cfssl root",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(certs.join("swarm-root-ca.crt"))
+                .unwrap_or_default()
+                .trim()
+                == ca_pem.trim()
+        },
+    );
+    let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
+    assert!(
+        signed_by(&chain, ca_pem.as_bytes()),
+        "worker cert not cfssl's"
+    );
+    let own = std::fs::read(mdir.path().join("certificates/swarm-node.crt")).unwrap();
+    assert!(
+        signed_by(&own, ca_pem.as_bytes()),
+        "manager cert not cfssl's"
+    );
+    let ready = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
+    assert_eq!(
+        ready.lines().filter(|l| *l == "Ready").count(),
+        3,
+        "{ready}"
+    );
+    // A node joining now is signed by cfssl too.
+    let new_token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let before = cf.signed();
+    let ok = join_once(&ns, &m, new_token.trim());
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(cf.signed(), before + 1);
+    drop(m);
+    d.stop();
+}

@@ -30,8 +30,13 @@ impl Rotation {
                 format!("{what}; start it again with `docker swarm ca --rotate`"),
             )
         };
-        let new_root = RootCa::from_pem(r.new_root_pem.as_bytes(), key_der)
-            .map_err(|e| ControlError::internal("cannot load the rotation's new root", e))?;
+        // No key: an external CA holds it (moving the swarm to cfssl).
+        let new_root = if key_der.is_empty() {
+            RootCa::from_cert_pem(r.new_root_pem.as_bytes())
+        } else {
+            RootCa::from_pem(r.new_root_pem.as_bytes(), key_der)
+        }
+        .map_err(|e| ControlError::internal("cannot load the rotation's new root", e))?;
         let ders = crate::tls::certs_from_pem(r.cross_signed_pem.as_bytes(), "cross-signed root")
             .map_err(|_| bad("cross-signed certificate unreadable"))?;
         let (_, cross) = X509Certificate::from_der(ders[0].as_ref())
@@ -55,38 +60,40 @@ impl Rotation {
     }
 }
 
-/// The signer during a rotation: the new root's key, the cross-signed root as intermediate.
-pub struct RotatingCa(pub Arc<Rotation>);
+/// The signer during a rotation: whoever signs for the new root (its key here, or the external
+/// CA that holds it), with the cross-signed root appended to every certificate as intermediate.
+pub struct RotatingCa {
+    pub rotation: Arc<Rotation>,
+    pub inner: Arc<dyn NodeSigner>,
+}
 
 impl RotatingCa {
-    fn issue(&self, req: &SignRequest) -> Result<IssuedCertificate, SignError> {
-        let mut issued = self
-            .0
-            .new_root
-            .issue_node_certificate(
-                &req.csr,
-                &req.node_id,
-                req.role,
-                &req.cluster_id,
-                req.expiry,
-            )
-            .map_err(|e| SignError::Refused(e.to_string()))?;
+    fn with_intermediate(
+        cross: &[u8],
+        issued: Result<IssuedCertificate, SignError>,
+    ) -> Result<IssuedCertificate, SignError> {
+        let mut issued = issued?;
         if !issued.cert_pem.ends_with(b"\n") {
             issued.cert_pem.push(b'\n');
         }
-        issued.cert_pem.extend_from_slice(&self.0.cross_signed_pem);
+        issued.cert_pem.extend_from_slice(cross);
         Ok(issued)
     }
 }
 
 impl NodeSigner for RotatingCa {
     fn sign_now(&self, req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
-        Some(self.issue(req))
+        let cross = &self.rotation.cross_signed_pem;
+        self.inner
+            .sign_now(req)
+            .map(|r| Self::with_intermediate(cross, r))
     }
 
     fn sign(&self, req: SignRequest) -> SignFuture {
-        let result = self.issue(&req);
-        Box::pin(async move { result })
+        let (inner, rotation) = (self.inner.clone(), self.rotation.clone());
+        Box::pin(async move {
+            Self::with_intermediate(&rotation.cross_signed_pem, inner.sign(req).await)
+        })
     }
 }
 
@@ -134,7 +141,13 @@ mod tests {
         let (old, new) = (RootCa::create().unwrap(), RootCa::create().unwrap());
         let key = new.key_pkcs8_der().unwrap();
         let rotation = Rotation::load(&old, &stored(&old, &new), &key).unwrap();
-        let signer = RotatingCa(Arc::new(rotation));
+        let rotation = Arc::new(rotation);
+        let signer = RotatingCa {
+            inner: Arc::new(crate::control::signer::InternalCa(
+                rotation.new_root.clone(),
+            )),
+            rotation,
+        };
         let (_, csr) = swarmguard_ca::generate_node_key_and_csr();
         let req = SignRequest {
             csr: swarmguard_ca::check_csr(&csr).unwrap(),

@@ -90,14 +90,17 @@ pub(crate) fn root_change(
     if !forced && target.is_some_and(|t| same(t.new_root_pem.as_bytes())) {
         return Ok(RootChange::Keep);
     }
-    if key.is_empty() {
-        return Err(ControlError::rpc(
-            Code::Unimplemented,
-            "rotating to a root CA without its key (--ca-cert with --external-ca) is not supported by this swarmguard version; give --ca-key",
-        ));
-    }
-    let new = RootCa::from_pem(cert.as_bytes(), key.as_bytes())
-        .map_err(|e| invalid(&format!("invalid signing CA certificate or key: {e}")))?;
+    let new = if key.is_empty() {
+        // Moving to an external CA: it holds the key, and the spec must name it.
+        let new = RootCa::from_cert_pem(cert.as_bytes())
+            .map_err(|e| invalid(&format!("invalid signing CA certificate: {e}")))?;
+        let new = std::sync::Arc::new(new);
+        super::external::check_update(spec, &new)?;
+        std::sync::Arc::try_unwrap(new).map_err(|_| invalid("signing CA certificate"))?
+    } else {
+        RootCa::from_pem(cert.as_bytes(), key.as_bytes())
+            .map_err(|e| invalid(&format!("invalid signing CA certificate or key: {e}")))?
+    };
     if new.not_after() < std::time::SystemTime::now() + MIN_NEW_ROOT_VALIDITY {
         return Err(invalid("CA certificate expires too soon"));
     }
@@ -132,11 +135,12 @@ impl Control {
         let cross = material.root.cross_sign(&new).map_err(|e| {
             ControlError::InvalidArgument(format!("cannot cross-sign the new root CA: {e}"))
         })?;
-        let key = new
-            .key_pkcs8_der()
-            .ok_or_else(|| ControlError::internal("new root CA", "has no key"))?;
         let (mut root_record, version) = load_root_record(&self.store)?;
-        root_record.rotation_key_pkcs8_b64 = B64.encode(key.as_slice());
+        // Empty when an external CA holds the new root's key.
+        root_record.rotation_key_pkcs8_b64 = new
+            .key_pkcs8_der()
+            .map(|k| B64.encode(k.as_slice()))
+            .unwrap_or_default();
         record.root_rotation = Some(RootRotation {
             new_root_pem: String::from_utf8_lossy(new.cert_pem()).into_owned(),
             cross_signed_pem: String::from_utf8_lossy(&cross).into_owned(),

@@ -151,13 +151,20 @@ impl Security {
         }
         let server_config = crate::tls::server_config(&trust, &cert_pem, key_pem)
             .map_err(|e| ControlError::internal("cannot build the cluster port's TLS", e))?;
+        // The signer for the root that signs: the new one during a rotation (the spec's
+        // external CAs for it, else its own key).
+        let signing_root = rotation.as_ref().map_or(&root, |r| &r.new_root);
+        let signer = external::signer_for(
+            spec,
+            signing_root,
+            (cert_pem.clone(), Zeroizing::new(key_pem.to_vec())),
+        );
         let signer: Arc<dyn NodeSigner> = match &rotation {
-            Some(r) => Arc::new(RotatingCa(r.clone())),
-            None => external::signer_for(
-                spec,
-                &root,
-                (cert_pem.clone(), Zeroizing::new(key_pem.to_vec())),
-            ),
+            Some(r) => Arc::new(RotatingCa {
+                rotation: r.clone(),
+                inner: signer,
+            }),
+            None => signer,
         };
         let client_config = crate::agent::tls::verified(&trust, Some((&cert_pem, key_pem)))
             .map_err(|e| ControlError::internal("cannot build the managers' client TLS", e))?;
