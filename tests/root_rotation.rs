@@ -521,3 +521,29 @@ fn an_internal_root_moves_to_a_cfssl_ca() {
     drop(m);
     d.stop();
 }
+
+/// `--rotate` while a rotation runs restarts it towards a fresh root, as SwarmKit does; the
+/// rotation that finishes is the second one.
+#[test]
+fn rotate_during_a_rotation_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(dir.path());
+    m.init_swarm(&[]);
+    let issuer = |m: &Manager| swarm(m)["TLSInfo"]["CertIssuerPublicKey"].clone();
+    let original = issuer(&m);
+    m.docker_ok(&["swarm", "ca", "--rotate", "--detach"]);
+    let first = issuer(&m);
+    m.docker_ok(&["swarm", "ca", "--rotate", "--detach"]);
+    assert_eq!(swarm(&m)["RootRotationInProgress"], true);
+    let second = issuer(&m);
+    assert_ne!(first, original);
+    assert_ne!(
+        second, first,
+        "the second --rotate did not restart the rotation"
+    );
+    poll("rotation finished", Duration::from_secs(30), || {
+        swarm(&m)["RootRotationInProgress"] == false
+    });
+    assert_eq!(issuer(&m), second);
+    assert_eq!(swarm(&m)["Spec"]["CAConfig"]["ForceRotate"], 2);
+}
