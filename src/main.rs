@@ -36,6 +36,35 @@ enum Command {
     /// Be a swarm node without dockerd: join with a token, then keep a session, heartbeats and a
     /// rotating mTLS identity (`agent join --token … ADDR`, `agent run`).
     Agent(agent::cli::AgentArgs),
+    /// The manager's hash-chained audit log (`audit verify --data-dir DIR`).
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks every line's hash and its link to the line before; names the first broken line.
+    Verify {
+        /// The manager's data dir (holding audit.log and audit.head).
+        #[arg(long, default_value = "./swarmguard-data", env = "SWARMGUARD_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    match args.command {
+        AuditCommand::Verify { data_dir } => {
+            let n = swarmguard::control::audit::verify(&data_dir)
+                .map_err(|e| anyhow::anyhow!("audit log broken: {e}"))?;
+            println!("audit log intact: {n} lines");
+            Ok(())
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +77,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::Audit(args) = cli.command {
+        return audit(args);
+    }
     if let Command::TrustSigner(_) = cli.command {
         exec_small_trust_signer();
     }
@@ -69,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             Command::TrustServer(args) => Ok(swarmguard_notary::server::serve(args).await?),
             Command::TrustSigner(args) => Ok(swarmguard_notary::remote::serve_signer(args).await?),
             Command::Agent(args) => agent::cli::run(args).await,
+            Command::Audit(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

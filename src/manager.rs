@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::control::local::ManagerConfig;
 use crate::control::Control;
-use crate::store::Store;
+use crate::engine::locked::{Gate, Locked};
+use crate::store::{Store, StoreOptions};
 
 #[derive(Debug, Args)]
 pub struct ManagerArgs {
@@ -52,6 +53,58 @@ pub struct ManagerArgs {
     /// managers join again with the manager token and fresh data dirs.
     #[arg(long)]
     pub force_new_cluster: bool,
+
+    /// Content trust: the trust server (`https://host:port`) that `service create|update`
+    /// resolves signed image digests through. Needs --trust-ca and --require-signed.
+    #[arg(long, value_name = "URL")]
+    pub trust_server: Option<String>,
+
+    /// PEM certificate(s) the trust server's TLS certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub trust_ca: Option<PathBuf>,
+
+    /// A repository's root.json to trust instead of pinning the first one seen (repeatable).
+    #[arg(long = "trust-root", value_name = "GUN=FILE")]
+    pub trust_root: Vec<String>,
+
+    /// Repositories whose images must be signed: a prefix such as `registry:5000/` or
+    /// `registry:5000/team/`, or `*` for every repository (repeatable).
+    #[arg(long = "require-signed", value_name = "PREFIX")]
+    pub require_signed: Vec<String>,
+}
+
+/// The content-trust options as a policy, or `None` when content trust is off.
+fn trust_policy(args: &ManagerArgs) -> anyhow::Result<Option<crate::control::trust::TrustPolicy>> {
+    let Some(url) = &args.trust_server else {
+        if !args.require_signed.is_empty() || !args.trust_root.is_empty() {
+            bail!("--require-signed and --trust-root need --trust-server https://HOST:PORT");
+        }
+        return Ok(None);
+    };
+    if args.require_signed.is_empty() {
+        bail!("--trust-server {url}: name the repositories that must be signed with --require-signed PREFIX (or '*')");
+    }
+    let ca_path = args
+        .trust_ca
+        .as_ref()
+        .context("--trust-server needs --trust-ca FILE: the CA its TLS certificate chains to")?;
+    let ca = fs::read(ca_path)
+        .with_context(|| format!("cannot read --trust-ca {}", ca_path.display()))?;
+    let server =
+        swarmguard_notary::client::Server::new(url, &ca).map_err(|e| anyhow::anyhow!(e))?;
+    let mut roots = std::collections::HashMap::new();
+    for r in &args.trust_root {
+        let (gun, file) = r
+            .split_once('=')
+            .with_context(|| format!("--trust-root {r:?}: expected GUN=FILE"))?;
+        let raw = fs::read(file).with_context(|| format!("cannot read --trust-root {file}"))?;
+        roots.insert(gun.to_string(), raw);
+    }
+    Ok(Some(crate::control::trust::TrustPolicy {
+        server,
+        require: args.require_signed.clone(),
+        roots,
+    }))
 }
 
 enum Endpoint {
@@ -89,59 +142,80 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
 
-    // A fresh manager gets its raft group at `swarm init`, or joins one at `swarm join`.
-    if args.raft_election_ms < 3 * args.raft_heartbeat_ms {
-        bail!(
-            "--raft-election-ms {} must be at least 3 times --raft-heartbeat-ms {}, or followers campaign against a live leader",
-            args.raft_election_ms,
-            args.raft_heartbeat_ms
-        );
-    }
-    let recorded = crate::control::local::LocalIdentity::read_recorded(&data_dir);
-    if args.force_new_cluster && recorded.is_err() {
-        bail!(
-            "--force-new-cluster: {} is not the data dir of a swarm manager",
-            data_dir.display()
-        );
-    }
-    let opts = crate::store::StoreOptions {
-        bootstrap: false,
-        force_new_cluster: args.force_new_cluster,
-        advertise_addr: recorded
-            .map(|l| l.advertise_addr.to_string())
-            .unwrap_or_else(|_| crate::store::StoreOptions::default().advertise_addr),
-        heartbeat_ms: args.raft_heartbeat_ms,
-        election_ms: (args.raft_election_ms, 2 * args.raft_election_ms),
-        ..Default::default()
-    };
-    let store = Store::open_with(&data_dir, opts)
-        .await
-        .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
+    let opts = store_options(&args, &data_dir)?;
     let config = ManagerConfig {
         data_dir: data_dir.clone(),
         listen_addr: args.listen_addr,
         advertise_addr: args.advertise_addr.clone(),
     };
-    let control =
-        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
+    let trust = trust_policy(&args)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (unlock_tx, mut unlock_rx) = tokio::sync::mpsc::channel(1);
+    let wrapped = wrapped_key(&data_dir)?;
+    let locked = wrapped.map(|w| Locked::new(data_dir.clone(), w, unlock_tx));
+    let gates: Vec<_> = endpoints
+        .iter()
+        .map(|ep| Gate::new(locked.clone(), ep.transport()))
+        .collect();
+    let (store, control, mut servers) = if locked.is_some() {
+        // Locked: serve `docker swarm unlock` (and 503s) until the right key arrives.
+        let servers = serve_engine_api(endpoints, &gates, &stop_rx).await?;
+        tracing::warn!(
+            "this manager is locked (autolock): run `docker swarm unlock` with the unlock key"
+        );
+        let (dek, key, reply) = tokio::select! {
+            u = unlock_rx.recv() => u.context("the unlock channel closed")?,
+            _ = term.recv() => return stop_locked(stop_tx, servers).await,
+            _ = int.recv() => return stop_locked(stop_tx, servers).await,
+        };
+        match open_control(&data_dir, opts, config, Some(dek)).await {
+            Ok((store, control)) => {
+                control.set_unlock_key(Some(key));
+                // The full API first, so the CLI's next request after the answer meets it.
+                for gate in &gates {
+                    gate.open(control.clone());
+                }
+                let _ = reply.send(Ok(()));
+                tracing::info!("unlocked");
+                (store, control, servers)
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("{e:#}")));
+                return Err(e);
+            }
+        }
+    } else {
+        // Open before serving, so the first request already meets the full API.
+        let (store, control) = open_control(&data_dir, opts, config, None).await?;
+        for gate in &gates {
+            gate.open(control.clone());
+        }
+        let servers = serve_engine_api(endpoints, &gates, &stop_rx).await?;
+        (store, control, servers)
+    };
     if args.force_new_cluster {
         control
             .forget_other_managers()
             .await
             .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     }
+    // The spec decides whether the key file is wrapped: catch up after a crash between them.
+    if let Err(e) = control.reconcile_autolock(false) {
+        tracing::error!(error = %e, "cannot bring the data key file in line with the autolock setting");
+    }
+    if let Some(policy) = trust {
+        tracing::info!(require = ?policy.require, "content trust on: images are pinned to signed digests");
+        control.set_trust(policy);
+    }
     match control.local_node_id() {
         Some(id) => tracing::info!(node_id = %id, "manager of an existing swarm"),
         None => tracing::info!("not part of a swarm yet: run `docker swarm init`"),
     }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut servers = serve_engine_api(endpoints, &control, &stop_rx).await?;
     tracing::info!("Engine API ready");
     servers.extend(spawn_background(&control, &stop_rx));
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -160,19 +234,93 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
 
 type Task = tokio::task::JoinHandle<std::io::Result<()>>;
 
+impl Endpoint {
+    fn transport(&self) -> crate::engine::Transport {
+        match self {
+            Endpoint::Unix(_) => crate::engine::Transport::Unix,
+            Endpoint::Tcp(_) => crate::engine::Transport::Tcp,
+        }
+    }
+}
+
+/// The wrapped data key, when autolock left `keys/dek` wrapped (the manager starts locked).
+fn wrapped_key(data_dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    use swarmguard_secrets::keyfile::{read_dek_file, DekFile};
+    let path = Store::key_path(data_dir);
+    if fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    match read_dek_file(&path).with_context(|| format!("cannot read {}", path.display()))? {
+        DekFile::Wrapped(w) => Ok(Some(w)),
+        DekFile::Plain(_) => Ok(None),
+    }
+}
+
+/// The store's options from the command line. A fresh manager gets its raft group at
+/// `swarm init`, or joins one at `swarm join`.
+fn store_options(args: &ManagerArgs, data_dir: &Path) -> anyhow::Result<StoreOptions> {
+    if args.raft_election_ms < 3 * args.raft_heartbeat_ms {
+        bail!(
+            "--raft-election-ms {} must be at least 3 times --raft-heartbeat-ms {}, or followers campaign against a live leader",
+            args.raft_election_ms,
+            args.raft_heartbeat_ms
+        );
+    }
+    let recorded = crate::control::local::LocalIdentity::read_recorded(data_dir);
+    if args.force_new_cluster && recorded.is_err() {
+        bail!(
+            "--force-new-cluster: {} is not the data dir of a swarm manager",
+            data_dir.display()
+        );
+    }
+    Ok(StoreOptions {
+        bootstrap: false,
+        force_new_cluster: args.force_new_cluster,
+        advertise_addr: recorded
+            .map(|l| l.advertise_addr.to_string())
+            .unwrap_or_else(|_| StoreOptions::default().advertise_addr),
+        heartbeat_ms: args.raft_heartbeat_ms,
+        election_ms: (args.raft_election_ms, 2 * args.raft_election_ms),
+        ..Default::default()
+    })
+}
+
+/// Opens the store (with the unwrapped data key of a locked manager) and the control layer.
+async fn open_control(
+    data_dir: &Path,
+    opts: StoreOptions,
+    config: ManagerConfig,
+    dek: Option<swarmguard_secrets::DataKey>,
+) -> anyhow::Result<(Store, Arc<Control>)> {
+    let store = match dek {
+        Some(dek) => Store::open_unlocked(data_dir, opts, dek).await,
+        None => Store::open_with(data_dir, opts).await,
+    }
+    .with_context(|| format!("cannot open the cluster store in {}", data_dir.display()))?;
+    let control =
+        Arc::new(Control::open(store.clone(), config).map_err(|e| anyhow::anyhow!(e.to_string()))?);
+    Ok((store, control))
+}
+
+/// A signal while locked: nothing is open but the Engine API.
+async fn stop_locked(stop_tx: watch::Sender<bool>, servers: Vec<Task>) -> anyhow::Result<()> {
+    tracing::info!("shutting down while locked");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        s.await??;
+    }
+    Ok(())
+}
+
 /// One HTTP server per Engine API endpoint, each stopping when `stop` turns true.
 async fn serve_engine_api(
     endpoints: Vec<Endpoint>,
-    control: &Arc<Control>,
+    gates: &[Arc<Gate>],
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<Task>> {
     let mut servers = Vec::new();
-    for ep in endpoints {
-        let transport = match ep {
-            Endpoint::Unix(_) => crate::engine::Transport::Unix,
-            Endpoint::Tcp(_) => crate::engine::Transport::Tcp,
-        };
-        let app = crate::engine::service(control.clone(), transport);
+    for (ep, gate) in endpoints.into_iter().zip(gates) {
+        let app = gate.service();
         let mut stop = stop_rx.clone();
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -205,7 +353,8 @@ async fn serve_engine_api(
 }
 
 /// The manager's background work: the cluster gRPC port (while part of a swarm), this
-/// manager's own certificate renewal, and signing what a signer could not sign at once.
+/// manager's own certificate renewal, signing what a signer could not sign at once, and the
+/// orchestrator and scheduler that turn services into placed tasks.
 fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec<Task> {
     let (c, s) = (control.clone(), stop.clone());
     let port = tokio::spawn(async move {
@@ -227,7 +376,12 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
         crate::control::rotation::reconcile(c, s).await;
         Ok(())
     });
-    vec![port, renewal, signing, rotation]
+    let (c, s) = (control.clone(), stop.clone());
+    let orchestration = tokio::spawn(async move {
+        crate::control::orchestrator::run(c, s).await;
+        Ok(())
+    });
+    vec![port, renewal, signing, rotation, orchestration]
 }
 
 /// Creates the data dir 0700 and refuses one others can read: it holds the store's key.

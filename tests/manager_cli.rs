@@ -648,14 +648,6 @@ fn bad_inputs_change_nothing() {
         ),
         (
             "POST",
-            upd(&ok_q),
-            spec.replace("\"AutoLockManagers\":false", "\"AutoLockManagers\":true")
-                .into_bytes(),
-            501,
-            "autolock is not available",
-        ),
-        (
-            "POST",
             upd(&format!("rotateManagerUnlockKey=true&version={version}")),
             spec.clone().into_bytes(),
             400,

@@ -775,6 +775,90 @@ fn stock_worker_fails_over_to_another_manager() {
     }
 }
 
+/// A stock worker that joined a single manager hears of the managers that join later within
+/// its running session (SwarmKit's SessionMessage), not only at its next session.
+#[test]
+fn a_running_worker_learns_of_managers_that_join_later() {
+    let d = support::dockerd::Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let first_dir = support::short_tempdir("sg-l0-");
+    let first = Manager::start_in(first_dir.path(), Some(&ns));
+    first.init_swarm(&[]);
+    let worker_token = first.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    d.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        worker_token.trim(),
+        &first.cluster_addr,
+    ]);
+    let remote = || d.docker_ok(&["info", "--format", "{{len .Swarm.RemoteManagers}}"]);
+    assert_eq!(remote().trim(), "1");
+    let token = first
+        .docker_ok(&["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    let dirs: Vec<_> = (1..3)
+        .map(|i| support::short_tempdir(&format!("sg-l{i}-")))
+        .collect();
+    let mut others = Vec::new();
+    for dir in &dirs {
+        let m = Manager::start_in(dir.path(), Some(&ns));
+        m.docker_ok(&["swarm", "join", "--token", &token, &first.cluster_addr]);
+        others.push(m);
+    }
+    support::wait_until(
+        "the worker knows all three managers",
+        Duration::from_secs(20),
+        || remote().trim() == "3",
+    );
+}
+
+/// A worker gone together with the manager that held its session: no manager holds a session
+/// to expire, so the leader marks it Down once that manager has been unreachable for three
+/// heartbeat periods (SwarmKit's leader-only dispatcher would notice it by itself).
+#[test]
+fn the_leader_marks_down_a_worker_whose_manager_is_gone() {
+    let mut d = support::dockerd::Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let (_dirs, mut managers) = form_in(3, Some(&ns), &["--dispatcher-heartbeat", "1s"]);
+    let token = managers[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    d.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        token.trim(),
+        &managers[1].cluster_addr,
+    ]);
+    let worker = d
+        .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    let state = |m: &Manager| {
+        let out = m.docker(&["node", "inspect", "--format", "{{.Status.State}}", &worker]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    support::wait_until("the worker is ready", Duration::from_secs(20), || {
+        state(&managers[0]) == "ready"
+    });
+    // The worker first (so it cannot move its session), then the manager that held it.
+    d.stop_daemon();
+    managers[1].kill9();
+    support::wait_until(
+        "a surviving manager shows the worker down",
+        Duration::from_secs(40),
+        || state(&managers[0]) == "down" && state(&managers[2]) == "down",
+    );
+    let message = managers[0].docker_ok(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{.Status.Message}}",
+        &worker,
+    ]);
+    assert!(message.contains("its manager is unreachable"), "{message}");
+}
+
 /// Two of three managers lost for good: the survivor restarted with `--force-new-cluster`
 /// keeps the swarm (same cluster, tokens and nodes), leads alone, and two fresh managers join it.
 #[test]

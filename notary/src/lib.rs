@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cjson;
+pub mod client;
 pub mod guard;
 pub mod metrics;
 pub mod multipart;

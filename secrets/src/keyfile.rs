@@ -8,8 +8,11 @@
 //! key: <base64 (standard alphabet, padded) of the 32 key bytes>
 //! ```
 //!
-//! `wrapped: true` is reserved for autolock, where `key:` will hold the DEK sealed under a
-//! key-encryption key. This build refuses such files with a clear error.
+//! With autolock on, `wrapped: true` and `key:` holds the DEK wrapped under the key-encryption
+//! key ([`crate::kek::UnlockKey::wrap`]); [`read_dek_file`] returns it as [`DekFile::Wrapped`]
+//! and [`load_dek`] refuses it (the store cannot open until the manager is unlocked). Turning
+//! autolock on or off and rotating the unlock key each replace the file in one atomic rename
+//! ([`write_dek_file`]), so a crash leaves the old file or the new one.
 //!
 //! The file must be a regular file with mode `0600` (no group/other bits). It is created
 //! atomically: written to a temporary file created with mode 0600, fsync'd, hard-linked into place
@@ -48,7 +51,7 @@ pub enum KeyFileError {
     TooLarge { path: PathBuf, len: u64 },
     #[error("key file {path} is malformed: {reason}; restore the original keys/dek from a backup (a new key cannot decrypt existing data)")]
     Format { path: PathBuf, reason: String },
-    #[error("key file {path} holds a wrapped (autolocked) key, which this build cannot unlock yet; use a swarmguard version with autolock support")]
+    #[error("key file {path} holds a key wrapped by the autolock unlock key: the manager must be unlocked with `docker swarm unlock`")]
     Wrapped { path: PathBuf },
     #[error("could not generate a key: {0}")]
     Generate(#[from] SealError),
@@ -84,10 +87,48 @@ pub fn load_or_create_dek(path: &Path) -> Result<DataKey, KeyFileError> {
     }
 }
 
-/// Loads an existing DEK file, checking its permissions and format.
+/// Loads an existing DEK file, checking its permissions and format. A wrapped key is refused.
 pub fn load_dek(path: &Path) -> Result<DataKey, KeyFileError> {
+    match read_dek_file(path)? {
+        DekFile::Plain(key) => Ok(*key),
+        DekFile::Wrapped(_) => Err(KeyFileError::Wrapped {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// What a DEK file holds.
+pub enum DekFile {
+    Plain(Box<DataKey>),
+    /// The DEK wrapped under the unlock key (autolock on).
+    Wrapped(Vec<u8>),
+}
+
+impl std::fmt::Debug for DekFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DekFile::Plain(_) => f.write_str("DekFile::Plain(<redacted>)"),
+            DekFile::Wrapped(w) => write!(f, "DekFile::Wrapped({} bytes)", w.len()),
+        }
+    }
+}
+
+/// Reads a DEK file in either form, checking its permissions and format.
+pub fn read_dek_file(path: &Path) -> Result<DekFile, KeyFileError> {
     let text = read_private_text(path)?;
     parse(path, &text)
+}
+
+/// Replaces the DEK file in one atomic step (temporary file, fsync, rename, directory fsync):
+/// after a crash the file is the old one or the new one.
+pub fn write_dek_file(path: &Path, content: &DekFile) -> Result<(), KeyFileError> {
+    crate::atomic::write_atomic(
+        path,
+        render(content).as_bytes(),
+        0o600,
+        crate::atomic::Placement::Replace,
+    )
+    .map_err(io_err(path))
 }
 
 /// Reads a small secret text file (at most 4 KiB) that must be a regular file readable by its
@@ -148,7 +189,7 @@ fn format_err(path: &Path, reason: impl Into<String>) -> KeyFileError {
     }
 }
 
-fn parse(path: &Path, text: &str) -> Result<DataKey, KeyFileError> {
+fn parse(path: &Path, text: &str) -> Result<DekFile, KeyFileError> {
     let Some(body) = text.strip_suffix('\n') else {
         return Err(format_err(path, "missing final newline (file truncated?)"));
     };
@@ -162,23 +203,35 @@ fn parse(path: &Path, text: &str) -> Result<DataKey, KeyFileError> {
             format!("expected 3 lines, found {}", lines.len()),
         ));
     }
-    match lines[1] {
-        "wrapped: false" => {}
-        "wrapped: true" => {
-            return Err(KeyFileError::Wrapped {
-                path: path.to_path_buf(),
-            })
-        }
+    let wrapped = match lines[1] {
+        "wrapped: false" => false,
+        "wrapped: true" => true,
         _ => {
             return Err(format_err(
                 path,
                 "second line must be `wrapped: false` or `wrapped: true`",
             ))
         }
-    }
+    };
     let Some(b64) = lines[2].strip_prefix("key: ") else {
         return Err(format_err(path, "third line must start with `key: `"));
     };
+    if wrapped {
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|_| format_err(path, "wrapped key is not valid base64"))?;
+        if sealed.len() != KEY_LEN + crate::SEAL_OVERHEAD {
+            return Err(format_err(
+                path,
+                format!(
+                    "wrapped key is {} bytes, expected {}",
+                    sealed.len(),
+                    KEY_LEN + crate::SEAL_OVERHEAD
+                ),
+            ));
+        }
+        return Ok(DekFile::Wrapped(sealed));
+    }
     let mut buf = Zeroizing::new([0u8; 64]);
     let n = base64::engine::general_purpose::STANDARD
         .decode_slice(b64.as_bytes(), &mut buf[..])
@@ -191,14 +244,23 @@ fn parse(path: &Path, text: &str) -> Result<DataKey, KeyFileError> {
     }
     let mut raw = Zeroizing::new([0u8; KEY_LEN]);
     raw.copy_from_slice(&buf[..KEY_LEN]);
-    Ok(DataKey::from_bytes(raw))
+    Ok(DekFile::Plain(Box::new(DataKey::from_bytes(raw))))
 }
 
-fn render(key: &DataKey) -> Zeroizing<String> {
-    let mut s = Zeroizing::new(String::with_capacity(128));
+fn render(content: &DekFile) -> Zeroizing<String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut s = Zeroizing::new(String::with_capacity(160));
     s.push_str(HEADER);
-    s.push_str("\nwrapped: false\nkey: ");
-    base64::engine::general_purpose::STANDARD.encode_string(key.expose_bytes(), &mut s);
+    match content {
+        DekFile::Plain(key) => {
+            s.push_str("\nwrapped: false\nkey: ");
+            b64.encode_string(key.expose_bytes(), &mut s);
+        }
+        DekFile::Wrapped(sealed) => {
+            s.push_str("\nwrapped: true\nkey: ");
+            b64.encode_string(sealed, &mut s);
+        }
+    }
     s.push('\n');
     s
 }
@@ -215,7 +277,10 @@ fn create_key_file(path: &Path, key: &DataKey) -> Result<(), KeyFileError> {
         .map_err(io_err(&dir))?;
     crate::atomic::write_atomic(
         path,
-        render(key).as_bytes(),
+        render(&DekFile::Plain(Box::new(DataKey::from_bytes(
+            Zeroizing::new(*key.expose_bytes()),
+        ))))
+        .as_bytes(),
         0o600,
         crate::atomic::Placement::CreateNew,
     )
@@ -226,6 +291,7 @@ fn create_key_file(path: &Path, key: &DataKey) -> Result<(), KeyFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kek::UnlockKey;
 
     fn write_mode(path: &Path, content: &[u8], mode: u32) {
         fs::write(path, content).unwrap();
@@ -333,11 +399,76 @@ mod tests {
     }
 
     #[test]
-    fn rejects_wrapped_key() {
+    fn wrapped_key_is_refused_by_load_dek_and_opens_with_its_kek() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("dek");
         write_mode(&p, b"swarmguard-dek v1\nwrapped: true\nkey: AAAA\n", 0o600);
+        assert!(matches!(load_dek(&p), Err(KeyFileError::Format { .. })));
+        let kek = UnlockKey::generate().unwrap();
+        let dek = DataKey::generate().unwrap();
+        write_dek_file(&p, &DekFile::Wrapped(kek.wrap(&dek).unwrap())).unwrap();
         assert!(matches!(load_dek(&p), Err(KeyFileError::Wrapped { .. })));
+        assert!(matches!(
+            load_or_create_dek(&p),
+            Err(KeyFileError::Wrapped { .. })
+        ));
+        let DekFile::Wrapped(w) = read_dek_file(&p).unwrap() else {
+            panic!("not wrapped")
+        };
+        assert_eq!(kek.unwrap(&w).unwrap().expose_bytes(), dek.expose_bytes());
+        let text = fs::read(&p).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(dek.expose_bytes());
+        assert!(!text.windows(b64.len()).any(|x| x == b64.as_bytes()));
+        assert!(!text.windows(KEY_LEN).any(|x| x == dek.expose_bytes()));
+    }
+
+    /// `unlock-key --rotate` replaces the wrapped key with `write_dek_file`. Each crash point of
+    /// that write (nothing yet, temporary file created, half written, written and synced, renamed
+    /// before the directory sync) leaves a key file that the old or the new unlock key opens,
+    /// the old one until the rename and the new one from it; a leftover temporary file never
+    /// stops the next load or the next rotation.
+    #[test]
+    fn rotation_survives_every_crash_point() {
+        let old = UnlockKey::generate().unwrap();
+        let new = UnlockKey::generate().unwrap();
+        let dek = DataKey::generate().unwrap();
+        let new_text = render(&DekFile::Wrapped(new.wrap(&dek).unwrap()));
+        for crash_point in 0..5 {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("dek");
+            write_dek_file(&p, &DekFile::Wrapped(old.wrap(&dek).unwrap())).unwrap();
+            let tmp = d.path().join(".dek.tmp.00000000deadbeef");
+            match crash_point {
+                0 => {}
+                1 => write_mode(&tmp, b"", 0o600),
+                2 => write_mode(&tmp, &new_text.as_bytes()[..new_text.len() / 2], 0o600),
+                3 => write_mode(&tmp, new_text.as_bytes(), 0o600),
+                _ => {
+                    write_mode(&tmp, new_text.as_bytes(), 0o600);
+                    fs::rename(&tmp, &p).unwrap();
+                }
+            }
+            let DekFile::Wrapped(w) = read_dek_file(&p).unwrap() else {
+                panic!("crash point {crash_point}: not wrapped")
+            };
+            let (by_old, by_new) = (old.unwrap(&w), new.unwrap(&w));
+            let opened = by_old
+                .as_ref()
+                .or(by_new.as_ref())
+                .expect("one key opens it");
+            assert_eq!(opened.expose_bytes(), dek.expose_bytes());
+            assert_eq!(
+                by_new.is_ok(),
+                crash_point == 4,
+                "crash point {crash_point}"
+            );
+            // Retrying the rotation after the crash completes it.
+            write_dek_file(&p, &DekFile::Wrapped(new.wrap(&dek).unwrap())).unwrap();
+            let DekFile::Wrapped(w) = read_dek_file(&p).unwrap() else {
+                panic!("not wrapped")
+            };
+            assert!(new.unwrap(&w).is_ok() && old.unwrap(&w).is_err());
+        }
     }
 
     #[test]

@@ -5,11 +5,11 @@
 //! - [`keyfile`]: loading and atomically creating the on-disk DEK file.
 //! - [`atomic`]: crash-safe writes of key material and certificates.
 //!
-//! Autolock (wrapping the DEK with a key-encryption key) is not implemented yet; the key file format
-//! already carries a `wrapped:` field for it.
+//! - [`kek`]: autolock's key-encryption key (the `SWMKEY-1-` unlock key) and DEK wrapping.
 #![forbid(unsafe_code)]
 
 pub mod atomic;
+pub mod kek;
 pub mod keyfile;
 
 use std::fmt;
@@ -153,9 +153,31 @@ impl DataKey {
     }
 }
 
+/// Whether `a` and `b` are equal, in time that depends only on their lengths' digests: both are
+/// hashed (SHA-256) and the digests compared without an early exit, so neither the position of
+/// the first difference nor the length of a secret leaks.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let da = ring::digest::digest(&ring::digest::SHA256, a);
+    let db = ring::digest::digest(&ring::digest::SHA256, b);
+    let diff = da
+        .as_ref()
+        .iter()
+        .zip(db.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ct_eq_compares_contents() {
+        assert!(ct_eq(b"s3cr3t", b"s3cr3t"));
+        assert!(!ct_eq(b"s3cr3t", b"s3cr3u"));
+        assert!(!ct_eq(b"s3cr3t", b"s3cr3"));
+        assert!(ct_eq(b"", b""));
+    }
 
     #[test]
     fn roundtrip() {

@@ -13,6 +13,8 @@ use std::fmt;
 pub enum Code {
     InvalidArgument,
     NotFound,
+    AlreadyExists,
+    PermissionDenied,
     FailedPrecondition,
     Aborted,
     Unimplemented,
@@ -25,6 +27,8 @@ impl Code {
         match self {
             Code::InvalidArgument => "InvalidArgument",
             Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
             Code::FailedPrecondition => "FailedPrecondition",
             Code::Aborted => "Aborted",
             Code::Unimplemented => "Unimplemented",
@@ -38,6 +42,8 @@ impl Code {
         match self {
             Code::InvalidArgument | Code::FailedPrecondition => 400,
             Code::NotFound => 404,
+            Code::AlreadyExists => 409,
+            Code::PermissionDenied => 403,
             Code::Unimplemented => 501,
             Code::Unavailable => 503,
             Code::Aborted | Code::Unknown => 500,

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::ControlError;
 use super::records::NodeRecord;
+use super::services::ServiceRecord;
+use super::tasks::TaskRecord;
 
 /// Bounds on a filter, which arrives straight from the query string.
 const MAX_FILTER_BYTES: usize = 16 * 1024;
@@ -112,6 +114,65 @@ impl Filters {
             // Engine labels: swarmguard records none for its nodes yet, so only an empty set
             // of label filters matches.
             && any("label", &|_| false)
+    }
+}
+
+impl Filters {
+    /// The values given for `key`, if any.
+    pub fn values_of(&self, key: &str) -> Option<&BTreeSet<String>> {
+        self.values(key)
+    }
+
+    /// `GET /services` filters: id and name prefixes, labels, mode.
+    pub fn matches_service(&self, s: &ServiceRecord) -> bool {
+        let any = |key: &str, pred: &dyn Fn(&str) -> bool| match self.values(key) {
+            None => true,
+            Some(vals) => vals.iter().any(|v| pred(v)),
+        };
+        let mode = if s.spec.replicas().is_some() {
+            "replicated"
+        } else {
+            "global"
+        };
+        any("id", &|v| s.id.starts_with(v))
+            && any("name", &|v| s.spec.name.starts_with(v))
+            && any("mode", &|v| v == mode)
+            && any("label", &|v| label_matches(&s.spec.labels, v))
+    }
+
+    /// `GET /tasks` filters other than `service` and `_up-to-date` (the handler resolves those).
+    pub fn matches_task(&self, t: &TaskRecord) -> bool {
+        let any = |key: &str, pred: &dyn Fn(&str) -> bool| match self.values(key) {
+            None => true,
+            Some(vals) => vals.iter().any(|v| pred(v)),
+        };
+        let name = format!("{}.{}", t.service_name, t.slot);
+        any("id", &|v| t.id.starts_with(v))
+            && any("name", &|v| name.starts_with(v))
+            && any("node", &|v| t.node_id == v)
+            && any("desired-state", &|v| {
+                serde_json::to_value(t.desired_state).is_ok_and(|s| s == v)
+            })
+            && any("label", &|_| false)
+    }
+
+    /// The filters `GET /secrets` accepts (dockerd's `newListSecretsFilters`).
+    pub const SECRET_KEYS: &'static [&'static str] = &["id", "label", "name", "names"];
+
+    /// SwarmKit's `ListSecrets`: ID prefix, name prefix, exact name, label `k` or `k=v`.
+    pub fn matches_secret(&self, s: &super::secrets::SecretRecord) -> bool {
+        let any = |key: &str, pred: &dyn Fn(&str) -> bool| match self.values(key) {
+            None => true,
+            Some(vals) => vals.iter().any(|v| pred(v)),
+        };
+        let all_labels = match self.values("label") {
+            None => true,
+            Some(vals) => vals.iter().all(|v| label_matches(&s.labels, v)),
+        };
+        any("id", &|v| s.id.starts_with(v))
+            && any("name", &|v| s.name.starts_with(v))
+            && any("names", &|v| s.name == v)
+            && all_labels
     }
 }
 

@@ -18,6 +18,7 @@ use super::error::ControlError;
 use super::parse_addr;
 use super::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
 use swarmguard_secrets::atomic::{write_atomic, Placement};
+use zeroize::Zeroizing;
 
 /// Daemon flags that shape the swarm addresses.
 #[derive(Debug, Clone)]
@@ -90,9 +91,59 @@ const STATE_FILE: &str = "node.json";
 const NEXT_CERT: &str = "swarm-node.crt.next";
 const NEXT_KEY: &str = "swarm-node.key.next";
 
+/// First line of a `swarm-node.key` sealed with the store's data key (autolock on); the rest is
+/// the sealed PEM key in standard base64 and a newline.
+pub const SEALED_KEY_HEADER: &str = "swarmguard-sealed-key v1\n";
+
+/// How this manager's TLS key is kept in `swarm-node.key`: in clear (PEM) or sealed.
+pub trait KeyCodec {
+    /// The bytes to write for `key_pem`.
+    fn encode(&self, key_pem: &[u8]) -> io::Result<Zeroizing<Vec<u8>>>;
+    /// The PEM key from the file's bytes, in either form.
+    fn decode(&self, stored: &[u8]) -> io::Result<Zeroizing<Vec<u8>>>;
+}
+
+/// Keys in clear, for callers without a store (tests); a sealed key is an error.
+pub struct ClearKey;
+
+impl KeyCodec for ClearKey {
+    fn encode(&self, key_pem: &[u8]) -> io::Result<Zeroizing<Vec<u8>>> {
+        Ok(Zeroizing::new(key_pem.to_vec()))
+    }
+
+    fn decode(&self, stored: &[u8]) -> io::Result<Zeroizing<Vec<u8>>> {
+        if stored.starts_with(SEALED_KEY_HEADER.as_bytes()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "swarm-node.key is sealed with the store's data key (autolock)",
+            ));
+        }
+        Ok(Zeroizing::new(stored.to_vec()))
+    }
+}
+
 impl LocalIdentity {
+    /// Re-encodes `swarm-node.key` (and a staged `.next` key) from one form to the other, in one
+    /// atomic replace each; absent files (not in a swarm) are left absent.
+    pub fn rewrite_key(data_dir: &Path, from: &dyn KeyCodec, to: &dyn KeyCodec) -> io::Result<()> {
+        let dir = data_dir.join(CERT_DIR);
+        for name in ["swarm-node.key", NEXT_KEY] {
+            let path = dir.join(name);
+            let stored = match fs::read(&path) {
+                Ok(b) => Zeroizing::new(b),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let pem = from.decode(&stored)?;
+            write_atomic(&path, &to.encode(&pem)?, 0o600, Placement::Replace)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         data_dir: &Path,
+        codec: &dyn KeyCodec,
         root_pem: &[u8],
         cert_pem: &[u8],
         key_pem: &[u8],
@@ -110,7 +161,7 @@ impl LocalIdentity {
         )?;
         write_atomic(
             &dir.join("swarm-node.key"),
-            key_pem,
+            &codec.encode(key_pem)?,
             0o600,
             Placement::Replace,
         )?;
@@ -138,17 +189,27 @@ impl LocalIdentity {
     /// Replaces this node's key and certificate (a renewal) so that a crash at any point leaves
     /// a matching pair: both are written to `.next` files first, then moved into place by
     /// [`LocalIdentity::recover`], which also finishes a move a crash interrupted.
-    pub fn replace_certificate(data_dir: &Path, cert_pem: &[u8], key_pem: &[u8]) -> io::Result<()> {
+    pub fn replace_certificate(
+        data_dir: &Path,
+        codec: &dyn KeyCodec,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> io::Result<()> {
         let dir = data_dir.join(CERT_DIR);
         write_atomic(&dir.join(NEXT_CERT), cert_pem, 0o644, Placement::Replace)?;
-        write_atomic(&dir.join(NEXT_KEY), key_pem, 0o600, Placement::Replace)?;
-        Self::recover(data_dir)
+        write_atomic(
+            &dir.join(NEXT_KEY),
+            &codec.encode(key_pem)?,
+            0o600,
+            Placement::Replace,
+        )?;
+        Self::recover(data_dir, codec)
     }
 
     /// Finishes or drops a replacement left by a crash. The certificate is written to `.next`
     /// before the key, and the key moves first, so: a waiting key moves only when its certificate
     /// waits too; a waiting certificate moves only when the key in place is its key.
-    pub fn recover(data_dir: &Path) -> io::Result<()> {
+    pub fn recover(data_dir: &Path, codec: &dyn KeyCodec) -> io::Result<()> {
         let dir = data_dir.join(CERT_DIR);
         let (next_cert, next_key) = (dir.join(NEXT_CERT), dir.join(NEXT_KEY));
         let (cert, key) = (dir.join("swarm-node.crt"), dir.join("swarm-node.key"));
@@ -161,7 +222,7 @@ impl LocalIdentity {
         }
         if next_cert.exists() {
             let c = fs::read(&next_cert)?;
-            let k = zeroize::Zeroizing::new(fs::read(&key)?);
+            let k = codec.decode(&Zeroizing::new(fs::read(&key)?))?;
             if crate::tls::key_matches_certificate(&c, &k) {
                 write_atomic(&cert, &c, 0o644, Placement::Replace)?;
             } else {
@@ -183,8 +244,8 @@ impl LocalIdentity {
 
     /// Reads the identity back and checks the certificate still chains to the cluster root and
     /// names the same node: a swapped file is an error, not a new identity.
-    pub fn load(data_dir: &Path, ca: &RootCa) -> io::Result<LocalIdentity> {
-        Self::recover(data_dir)?;
+    pub fn load(data_dir: &Path, ca: &RootCa, codec: &dyn KeyCodec) -> io::Result<LocalIdentity> {
+        Self::recover(data_dir, codec)?;
         let state = fs::read(data_dir.join(STATE_FILE))?;
         let identity: LocalIdentity = serde_json::from_slice(&state).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}"))
@@ -217,11 +278,13 @@ impl LocalIdentity {
     }
 
     /// This node's certificate and key as they are on disk now.
-    pub fn read_pair(data_dir: &Path) -> io::Result<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)> {
+    pub fn read_pair(
+        data_dir: &Path,
+        codec: &dyn KeyCodec,
+    ) -> io::Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
         let cert = Self::read_certificate(data_dir)?;
-        let key =
-            zeroize::Zeroizing::new(fs::read(data_dir.join(CERT_DIR).join("swarm-node.key"))?);
-        Ok((cert, key))
+        let stored = Zeroizing::new(fs::read(data_dir.join(CERT_DIR).join("swarm-node.key"))?);
+        Ok((cert, codec.decode(&stored)?))
     }
 
     pub fn remove(data_dir: &Path) -> io::Result<()> {
@@ -254,6 +317,7 @@ pub fn describe_this_host(ca: &RootCa) -> NodeDescription {
         },
         engine: EngineDescription {
             engine_version: format!("swarmguard-{}", env!("CARGO_PKG_VERSION")),
+            labels: Default::default(),
         },
         tls_info: tls_info(ca),
     }
@@ -323,7 +387,8 @@ mod tests {
         let (new_cert, new_key) = pair(&ca, &node);
         let addr: SocketAddr = "127.0.0.1:2377".parse().unwrap();
         let write = |dir: &Path, cert: &[u8], key: &[u8]| {
-            LocalIdentity::write(dir, ca.cert_pem(), cert, key, &node, addr, addr).unwrap();
+            LocalIdentity::write(dir, &ClearKey, ca.cert_pem(), cert, key, &node, addr, addr)
+                .unwrap();
         };
         let put = |dir: &Path, name: &str, bytes: &[u8]| {
             fs::write(dir.join(CERT_DIR).join(name), bytes).unwrap();
@@ -333,7 +398,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), &old_cert, &old_key);
         put(d.path(), NEXT_CERT, &new_cert);
-        LocalIdentity::recover(d.path()).unwrap();
+        LocalIdentity::recover(d.path(), &ClearKey).unwrap();
         assert_eq!(files(d.path()), (old_cert.clone(), old_key.clone(), false));
 
         // 2. Both staged: the new pair moves in.
@@ -341,22 +406,27 @@ mod tests {
         write(d.path(), &old_cert, &old_key);
         put(d.path(), NEXT_CERT, &new_cert);
         put(d.path(), NEXT_KEY, &new_key);
-        LocalIdentity::recover(d.path()).unwrap();
+        LocalIdentity::recover(d.path(), &ClearKey).unwrap();
         assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
 
         // 3. The key already moved, the certificate not yet: it follows its key.
         let d = tempfile::tempdir().unwrap();
         write(d.path(), &old_cert, &new_key);
         put(d.path(), NEXT_CERT, &new_cert);
-        LocalIdentity::recover(d.path()).unwrap();
+        LocalIdentity::recover(d.path(), &ClearKey).unwrap();
         assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
 
         // 4. The whole replacement, and load() accepts the result.
         let d = tempfile::tempdir().unwrap();
         write(d.path(), &old_cert, &old_key);
-        LocalIdentity::replace_certificate(d.path(), &new_cert, &new_key).unwrap();
+        LocalIdentity::replace_certificate(d.path(), &ClearKey, &new_cert, &new_key).unwrap();
         assert_eq!(files(d.path()), (new_cert.clone(), new_key.clone(), false));
-        assert_eq!(LocalIdentity::load(d.path(), &ca).unwrap().node_id, node);
+        assert_eq!(
+            LocalIdentity::load(d.path(), &ca, &ClearKey)
+                .unwrap()
+                .node_id,
+            node
+        );
         assert!(crate::tls::key_matches_certificate(&new_cert, &new_key));
         assert!(!crate::tls::key_matches_certificate(&new_cert, &old_key));
     }

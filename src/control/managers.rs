@@ -58,6 +58,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         LocalIdentity::write(
             &self.config.data_dir,
+            &self.key_codec(),
             root_pem,
             cert_pem,
             key_pem,
@@ -69,8 +70,9 @@ impl Control {
         let material = Security::load(&self.store, &self.config.data_dir)?.ok_or_else(|| {
             ControlError::internal("the joined swarm's state", "no cluster record replicated")
         })?;
-        self.security.install(material);
+        // Reset first: once the material is in, the supervisor may report Serving at once.
         self.set_cluster_port(ClusterPort::Stopped);
+        self.security.install(material);
         self.membership_changed.notify_one();
         tracing::info!(%node_id, "joined the swarm as a manager");
         Ok(())

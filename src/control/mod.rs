@@ -7,22 +7,40 @@
 //! can never both win, and a refused request changes nothing. The edges (`engine`, `grpc`) call
 //! in here and map [`ControlError`] to their own answers; this layer never sees HTTP or gRPC.
 
+pub mod audit;
+pub mod autolock;
+#[cfg(test)]
+mod autolock_tests;
+pub mod constraints;
 pub mod error;
 pub mod external;
 pub mod filters;
+pub mod image_ref;
 pub mod local;
+pub mod logs;
 pub mod managers;
 pub mod nodes;
+pub mod orchestrator;
 pub mod records;
 pub mod renewal;
 pub mod rotating_ca;
 pub mod rotation;
+pub mod scheduler;
+pub mod secrets;
+#[cfg(test)]
+mod secrets_tests;
 pub mod security;
+pub mod service_secrets;
+pub mod service_spec;
+pub mod services;
+pub mod sessions;
 pub mod signer;
 #[cfg(test)]
 mod signer_tests;
 pub mod spec;
 pub mod swarm;
+pub mod tasks;
+pub mod trust;
 pub mod types;
 
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +73,16 @@ pub struct Control {
     cluster_cache: Mutex<Option<Arc<Stored<ClusterRecord>>>>,
     /// When each node last renewed its certificate over mTLS (see `nodes::admit_renewal`).
     renewals: Mutex<nodes::Renewals>,
+    /// The hash-chained record of security decisions (`audit.log` in the data dir).
+    audit: audit::AuditLog,
+    /// Content trust: policy, and the trust data last fetched per repository.
+    trust: trust::Trust,
+    /// Log subscriptions between the Engine API and the nodes (`docker service logs`).
+    logs: logs::Broker,
+    /// Who references secrets (the services layer), asked by `docker secret rm`.
+    secret_users: std::sync::RwLock<Option<Arc<dyn secrets::SecretUsers>>>,
+    /// The autolock unlock key (key-encryption key), in memory only; `None` with autolock off.
+    unlock_key: Mutex<Option<swarmguard_secrets::kek::UnlockKey>>,
 }
 
 /// State of the cluster gRPC port.
@@ -84,7 +112,8 @@ impl Control {
         if let Some(material) = Security::load(&store, &config.data_dir)? {
             security.install(material);
         }
-        Ok(Control {
+        let audit = audit::AuditLog::open(&config.data_dir);
+        let control = Control {
             store,
             config,
             security,
@@ -93,11 +122,22 @@ impl Control {
             membership_changed: tokio::sync::Notify::new(),
             cluster_cache: Mutex::new(None),
             renewals: Mutex::new(nodes::Renewals::default()),
-        })
+            audit,
+            trust: trust::Trust::default(),
+            logs: logs::Broker::default(),
+            secret_users: std::sync::RwLock::new(None),
+            unlock_key: Mutex::new(None),
+        };
+        control.install_secret_users();
+        Ok(control)
     }
 
     pub fn config(&self) -> &ManagerConfig {
         &self.config
+    }
+
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.audit
     }
 
     pub fn security(&self) -> &Security {

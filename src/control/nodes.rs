@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use swarmguard_ca::{CheckedCsr, NodeRole};
 
+use super::audit::AuditEvent;
 use super::error::{Code, ControlError};
 use super::local::LocalIdentity;
 use super::records::{
@@ -246,6 +247,19 @@ impl Control {
             };
             if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
                 tracing::info!(node_id = %node_id, role = %Role::from(role), state = ?record.certificate.state, "node joined with a token");
+                let role = Role::from(role).as_str().to_string();
+                self.audit.record(AuditEvent::NodeJoined {
+                    node_id: node_id.clone(),
+                    role: role.clone(),
+                    addr: req.addr.clone(),
+                });
+                if record.certificate.state == CertState::Issued {
+                    self.audit.record(AuditEvent::CertificateIssued {
+                        node_id: node_id.clone(),
+                        role,
+                        renewal: false,
+                    });
+                }
                 return Ok(node_id);
             }
         }
@@ -338,6 +352,16 @@ impl Control {
             },
         )
         .await?;
+        if let Some(n) = updated
+            .as_ref()
+            .filter(|n| n.record.certificate.state == CertState::Issued)
+        {
+            self.audit.record(AuditEvent::CertificateIssued {
+                node_id: n.record.id.clone(),
+                role: n.record.role.as_str().into(),
+                renewal: true,
+            });
+        }
         Ok(updated.map(|s| s.record))
     }
 
@@ -383,6 +407,7 @@ impl Control {
         node_id: &str,
         description: Option<NodeDescription>,
         addr: String,
+        session_manager: &str,
     ) -> Result<Option<NodeRecord>, ControlError> {
         let root_pem = self.cluster()?.record.root_ca_pem.clone();
         let description = description.map(|mut d| {
@@ -405,6 +430,7 @@ impl Control {
                     message: String::new(),
                     addr: addr.clone(),
                 };
+                n.session_manager = Some(session_manager.to_string());
                 Ok(())
             },
         )
@@ -412,13 +438,25 @@ impl Control {
         Ok(updated.map(|s| s.record))
     }
 
-    /// A node missed its heartbeats.
-    pub async fn node_down(&self, node_id: &str, message: &str) -> Result<(), ControlError> {
+    /// A node missed its heartbeats at `session_manager`. Nothing changes when its session
+    /// has moved to another manager meanwhile: only the manager holding it may say it is gone.
+    pub async fn node_down(
+        &self,
+        node_id: &str,
+        session_manager: &str,
+        message: &str,
+    ) -> Result<(), ControlError> {
         records::update(
             &self.store,
             &node_key(node_id),
             "node",
             |n: &mut NodeRecord| {
+                if n.session_manager
+                    .as_deref()
+                    .is_some_and(|m| m != session_manager)
+                {
+                    return Ok(());
+                }
                 n.status.state = NodeState::Down;
                 n.status.message = message.to_string();
                 Ok(())
@@ -453,8 +491,13 @@ impl Control {
             })
             .await
             .map_err(|e| ControlError::internal("cannot renew this manager's certificate", e))?;
-        LocalIdentity::replace_certificate(&self.config.data_dir, &issued.cert_pem, &key_pem)
-            .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
+        LocalIdentity::replace_certificate(
+            &self.config.data_dir,
+            &self.key_codec(),
+            &issued.cert_pem,
+            &key_pem,
+        )
+        .map_err(|e| ControlError::internal("cannot save this manager's new certificate", e))?;
         records::update(
             &self.store,
             &node_key(&node_id),
@@ -526,6 +569,7 @@ fn new_node_record(node_id: &str, role: Role, req: &JoinRequest<'_>, now: &str) 
         manager_addr: None,
         raft_id: None,
         software: NodeSoftware::Unrecorded,
+        session_manager: None,
         certificate: CertificateRecord {
             state: CertState::Pending,
             cert_pem: String::new(),

@@ -100,6 +100,11 @@ pub struct NodeRecord {
     /// Absent in records written before it existed: those read as `Unrecorded`.
     #[serde(default, skip_serializing_if = "NodeSoftware::is_unrecorded")]
     pub software: NodeSoftware,
+    /// The manager (node ID) that holds this node's dispatcher session, set when a session
+    /// registers. With several managers it says who is to notice missed heartbeats, and whose
+    /// loss makes the leader mark the node Down. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_manager: Option<String>,
 }
 
 /// What software a node runs, as the manager recorded it itself: for its own node at `swarm

@@ -194,14 +194,15 @@ impl Security {
         };
         let root = Arc::new(load_root_ca(store)?);
         let rotation = load_rotation(store, &root, cluster.record.root_rotation.as_ref())?;
+        let codec = super::autolock::StoreKeyCodec { store, seal: false };
         // Mid-rotation this manager's certificate may already come from the new root.
-        let identity = LocalIdentity::load(data_dir, &root)
+        let identity = LocalIdentity::load(data_dir, &root, &codec)
             .or_else(|e| match &rotation {
-                Some(r) => LocalIdentity::load(data_dir, &r.new_root),
+                Some(r) => LocalIdentity::load(data_dir, &r.new_root, &codec),
                 None => Err(e),
             })
             .map_err(|e| ControlError::internal("cannot load this manager's identity", e))?;
-        let (cert, key) = LocalIdentity::read_pair(data_dir)
+        let (cert, key) = LocalIdentity::read_pair(data_dir, &codec)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         Self::build_rotating(
             cluster.record.id.clone(),
@@ -236,7 +237,8 @@ impl Security {
         if fingerprint(root_pem, &cert, &cluster.record.spec, rotation_pem) == current.fingerprint {
             return Ok(false);
         }
-        let (cert, key) = LocalIdentity::read_pair(data_dir)
+        let codec = super::autolock::StoreKeyCodec { store, seal: false };
+        let (cert, key) = LocalIdentity::read_pair(data_dir, &codec)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root = if root_pem == current.root_pem.as_slice() {
             current.root.clone()

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use swarmguard_ca::{IssuedCertificate, JoinToken, NodeRole, RootCa};
 use zeroize::Zeroizing;
 
+use super::audit::AuditEvent;
 use super::error::{Code, ControlError};
 use super::external;
 use super::local::{self, LocalIdentity};
@@ -82,6 +83,7 @@ impl Control {
         // overwrites, while a commit without files would leave a cluster nobody can serve.
         let identity = LocalIdentity::write(
             &self.config.data_dir,
+            &self.key_codec(),
             new.ca.cert_pem(),
             &new.issued.cert_pem,
             &new.node_key_pem,
@@ -107,9 +109,13 @@ impl Control {
             &new.node_key_pem,
             &cluster.spec,
         )?;
-        self.security.install(material);
-        // Whatever the port did before belongs to an earlier membership.
+        // Whatever the port did before belongs to an earlier membership. Reset before the
+        // material is installed: from then on the supervisor may start the port at any moment,
+        // and a reset after it would hide that it serves (init would wait for it in vain).
         self.set_cluster_port(ClusterPort::Stopped);
+        self.security.install(material);
+        // `--autolock`: wrap the data key before the answer, after which the CLI shows the key.
+        self.reconcile_autolock(false)?;
         self.membership_changed.notify_one();
         tracing::info!(cluster_id = %cluster_id, node_id = %node_id, "swarm initialized");
         Ok(node_id)
@@ -163,8 +169,7 @@ impl Control {
             return Err(out_of_sequence());
         }
         let mut spec = spec::replace_spec(req)?;
-        refuse_autolock(&spec)?;
-        if rotate.manager_unlock_key {
+        if rotate.manager_unlock_key && !spec.encryption_config.auto_lock_managers {
             return Err(ControlError::rpc(
                 Code::FailedPrecondition,
                 "cannot rotate the unlock key: autolock is not turned on",
@@ -205,12 +210,22 @@ impl Control {
                 if rotate_root {
                     tracing::info!("root CA rotation started: nodes are re-issued certificates from the new root");
                 }
+                self.reconcile_autolock(rotate.manager_unlock_key)?;
                 if rotate.worker_token || rotate.manager_token {
                     tracing::info!(
                         worker = rotate.worker_token,
                         manager = rotate.manager_token,
                         "join token rotated; the old token is refused from now on"
                     );
+                }
+                for (rotated, role) in [
+                    (rotate.worker_token, "worker"),
+                    (rotate.manager_token, "manager"),
+                ] {
+                    if rotated {
+                        self.audit
+                            .record(AuditEvent::TokenRotated { role: role.into() });
+                    }
                 }
                 Ok(())
             }
@@ -243,12 +258,29 @@ impl Control {
         for (key, _) in self.store.list(NODE_PREFIX) {
             ops.push(Op::Delete { key });
         }
+        // Secrets belong to the swarm and go with it (dockerd removes the whole Raft state).
+        for prefix in [
+            super::secrets::SECRET_PREFIX,
+            super::secrets::SECRET_NAME_PREFIX,
+            super::secrets::SECRET_REF_PREFIX,
+        ] {
+            for (key, _) in self.store.list(prefix) {
+                ops.push(Op::Delete { key });
+            }
+        }
+        if self.store.get(super::secrets::SECRETS_KEY).is_some() {
+            ops.push(Op::Delete {
+                key: super::secrets::SECRETS_KEY.into(),
+            });
+        }
         self.apply(Txn {
             checks: vec![],
             ops,
         })
         .await?;
         self.security.clear();
+        // No swarm, no autolock: the data key file goes back to clear.
+        self.reconcile_autolock(false)?;
         self.membership_changed.notify_one();
         LocalIdentity::remove(&self.config.data_dir)
             .map_err(|e| ControlError::internal("cannot remove this manager's certificate", e))?;
@@ -366,6 +398,7 @@ fn own_node_record(
         manager_addr: Some(advertise.to_string()),
         raft_id: Some(raft_id),
         software: NodeSoftware::SwarmguardManager,
+        session_manager: None,
         certificate: CertificateRecord {
             state: CertState::Issued,
             cert_pem: String::from_utf8_lossy(&new.issued.cert_pem).into_owned(),
@@ -383,16 +416,6 @@ fn refuse_unsupported(spec: &Spec) -> Result<(), ControlError> {
         return Err(ControlError::rpc(
             Code::Unimplemented,
             "a signing CA at swarm init is not supported; init, then `docker swarm ca --rotate --ca-cert … --ca-key …`",
-        ));
-    }
-    refuse_autolock(spec)
-}
-
-fn refuse_autolock(spec: &Spec) -> Result<(), ControlError> {
-    if spec.encryption_config.auto_lock_managers {
-        return Err(ControlError::rpc(
-            Code::Unimplemented,
-            "autolock is not available in this swarmguard version: the store's data key is protected by file permissions only; run without --autolock",
         ));
     }
     Ok(())

@@ -316,6 +316,9 @@ pub struct EngineDescription {
         skip_serializing_if = "String::is_empty"
     )]
     pub engine_version: String,
+    /// The engine's own labels (`dockerd --label`), which `engine.labels.*` constraints match.
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What the manager last observed of a node.

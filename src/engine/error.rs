@@ -34,6 +34,12 @@ pub enum ApiError {
     /// A body in another media type, e.g. a cross-origin `text/plain` form post.
     #[error("request bodies must be sent as Content-Type: application/json (this one is {content_type:?}); the docker CLI does so")]
     NotJson { content_type: String },
+    /// Autolock: the manager waits for `docker swarm unlock` (dockerd's text).
+    #[error("Swarm is encrypted and needs to be unlocked before it can be used. Please use \"docker swarm unlock\" to unlock it.")]
+    Locked,
+    /// A wrong unlock key (dockerd answers 401).
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("swarmguard does not serve {method} {path}: it implements the swarm, node and system endpoints of the Docker Engine API {}; point other docker commands at a Docker engine", super::API_VERSION)]
     NotServed { method: String, path: String },
 }
@@ -49,6 +55,8 @@ impl ApiError {
             ApiError::CrossOrigin { .. } | ApiError::ForeignHost { .. } => 403,
             ApiError::NoHost => 400,
             ApiError::NotJson { .. } => 415,
+            ApiError::Locked => 503,
+            ApiError::Unauthorized(_) => 401,
         }
     }
 }

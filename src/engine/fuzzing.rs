@@ -176,6 +176,7 @@ fn sample_node() -> NodeRecord {
             err: String::new(),
         },
         software: Default::default(),
+        session_manager: None,
     }
 }
 

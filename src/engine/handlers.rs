@@ -72,7 +72,12 @@ pub async fn version() -> Json<serde_json::Value> {
 
 pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
     let swarm = swarm_info(&ctl)?;
-    Ok(Json(json!({
+    Ok(Json(info_body(&ctl.config().data_dir, swarm)))
+}
+
+/// `/info` around a `Swarm` section (also what a locked manager answers).
+pub fn info_body(data_dir: &std::path::Path, swarm: api::SwarmInfo) -> serde_json::Value {
+    json!({
         "ID": swarm.node_id,
         "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0, "ContainersStopped": 0,
         "Images": 0,
@@ -95,7 +100,7 @@ pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> 
         "RegistryConfig": null,
         "NCPU": crate::host::cpus(),
         "MemTotal": crate::host::memory_bytes(),
-        "DockerRootDir": ctl.config().data_dir.display().to_string(),
+        "DockerRootDir": data_dir.display().to_string(),
         "Name": crate::host::hostname(),
         "Labels": [],
         "ExperimentalBuild": false,
@@ -108,7 +113,7 @@ pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> 
         "InitBinary": "",
         "SecurityOptions": [],
         "Warnings": null,
-    })))
+    })
 }
 
 fn swarm_info(ctl: &Control) -> Result<api::SwarmInfo, ApiError> {
@@ -250,8 +255,10 @@ pub async fn swarm_leave(State(ctl): Ctl, Query(q): Q) -> Result<StatusCode, Api
 }
 
 pub async fn swarm_unlock_key(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
-    ctl.cluster()?;
-    Ok(Json(json!({ "UnlockKey": "" })))
+    let key = ctl.unlock_key()?;
+    Ok(Json(
+        json!({ "UnlockKey": key.as_deref().map(String::as_str).unwrap_or("") }),
+    ))
 }
 
 pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, ApiError> {

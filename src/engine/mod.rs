@@ -16,7 +16,10 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handlers;
+pub mod locked;
 mod request;
+mod secrets;
+mod services;
 pub mod types;
 
 use std::sync::Arc;
@@ -68,9 +71,33 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
             get(handlers::node_inspect).delete(handlers::node_remove),
         )
         .route("/nodes/{id}/update", post(handlers::node_update))
+        .route("/services", get(services::service_list))
+        .route("/services/create", post(services::service_create))
+        .route(
+            "/services/{id}",
+            get(services::service_inspect).delete(services::service_remove),
+        )
+        .route("/services/{id}/update", post(services::service_update))
+        .route("/services/{id}/logs", get(services::service_logs))
+        .route("/tasks", get(services::task_list))
+        .route("/tasks/{id}", get(services::task_inspect))
+        .route("/distribution/{*name}", get(services::distribution))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/create", post(secrets::create))
+        .route(
+            "/secrets/{id}",
+            get(secrets::inspect).delete(secrets::remove),
+        )
+        .route("/secrets/{id}/update", post(secrets::update))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
+    guarded(routes, transport)
+}
+
+/// The browser guard and the version prefix in front of `routes` (both the full API and the
+/// locked one get them).
+fn guarded(routes: Router, transport: Transport) -> Router {
     // Rewrite before routing: a `Router::layer` would run only after the route was chosen.
     let versioned = axum::middleware::map_request(strip_version_prefix).layer(routes);
     Router::new().fallback_service(

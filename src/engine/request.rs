@@ -26,6 +26,34 @@ pub fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Re
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+/// [`json_body`] for bodies carrying a secret: the request bytes are wiped once parsed (when this
+/// is their only owner, as it is for a body axum read whole). Errors never quote the body.
+pub fn json_body_wiped<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| match e.status().as_u16() {
+        413 => ApiError::TooLarge,
+        status => ApiError::Unreadable {
+            status,
+            message: e.to_string(),
+        },
+    })?;
+    let parsed = if bytes.is_empty() {
+        Err(ApiError::BadRequest(
+            "request body is empty: a JSON object is required".into(),
+        ))
+    } else {
+        // serde_json's messages quote a string only for a wrong type or enum; the value is
+        // decoded by a visitor whose error quotes nothing.
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    };
+    if let Ok(mut owned) = bytes.try_into_mut() {
+        owned.fill(0);
+    }
+    parsed
+}
+
 /// Go's `strconv.ParseBool`, as dockerd parses `rotateWorkerToken` and friends. Absent or empty
 /// means false.
 pub fn parse_bool(name: &str, value: Option<&String>) -> Result<bool, ApiError> {

@@ -42,9 +42,14 @@ impl pb::ca_server::Ca for CaService {
     ) -> Result<Response<pb::GetUnlockKeyResponse>, Status> {
         let cluster = self.0.cluster()?;
         authorize(&req, MANAGER_ONLY, &cluster.record, &self.0.control)?;
-        // Autolock is off (swarmguard refuses to turn it on), so the key is empty.
+        // SwarmKit's answer: the raw key-encryption key, empty while autolock is off.
         Ok(Response::new(pb::GetUnlockKeyResponse {
-            unlock_key: Vec::new(),
+            unlock_key: self
+                .0
+                .control
+                .unlock_key_bytes()
+                .map(|k| k.to_vec())
+                .unwrap_or_default(),
             version: Some(pb::Version {
                 index: cluster.version,
             }),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::auth::{authorize, peer, WORKER_OR_MANAGER};
@@ -19,6 +19,7 @@ use super::ca::{certificate_pb, role_pb};
 use super::{b64, status, PortContext};
 use crate::control::nodes::check_printable;
 use crate::control::records::{node_key, ClusterRecord, NodeRecord, CLUSTER_KEY};
+use crate::control::tasks::{clean_text, ContainerStatus, ReportedStatus, TaskState};
 use crate::control::types::{self as api, Availability, NodeState};
 use crate::pb;
 
@@ -151,14 +152,30 @@ impl Sessions {
 /// Marks nodes Down once their heartbeat deadline passed.
 pub async fn expire_loop(s: Arc<PortContext>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut lost = crate::control::sessions::LostManagers::default();
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
             _ = tick.tick() => {}
         }
+        ticks += 1;
+        // Once a second: the nodes of managers that are gone (several managers only).
+        if ticks % 5 == 0 {
+            if let Ok(cluster) = s.cluster() {
+                let grace = 3 * heartbeat_period(&cluster.record);
+                if let Err(e) = s.control.mark_orphaned_nodes_down(&mut lost, grace).await {
+                    tracing::warn!(error = %e, "cannot mark the nodes of a lost manager down");
+                }
+            }
+        }
         for node_id in s.dispatcher.expired() {
             tracing::info!(node_id = %node_id, "heartbeat deadline passed: node is down");
-            if let Err(e) = s.control.node_down(&node_id, "heartbeat failure").await {
+            if let Err(e) = s
+                .control
+                .node_down(&node_id, &s.manager_id, "heartbeat failure")
+                .await
+            {
                 tracing::warn!(node_id = %node_id, error = %e, "cannot mark node down");
             }
         }
@@ -259,6 +276,7 @@ pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescriptio
         },
         engine: api::EngineDescription {
             engine_version: engine.engine_version,
+            labels: engine_labels(&engine.labels)?,
         },
         tls_info: api::TlsInfo {
             trust_root,
@@ -266,6 +284,27 @@ pub(super) fn description(d: &pb::NodeDescription) -> Result<api::NodeDescriptio
             cert_issuer_public_key: b64(&tls.cert_issuer_public_key),
         },
     })
+}
+
+/// Most engine labels kept from a node's description, and their bytes together.
+pub const MAX_ENGINE_LABELS: usize = 64;
+pub const MAX_ENGINE_LABEL_BYTES: usize = 8 * 1024;
+
+/// The engine's labels, bounded and printable (placement constraints match them).
+fn engine_labels(
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, Status> {
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if labels.len() > MAX_ENGINE_LABELS || bytes > MAX_ENGINE_LABEL_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "engine labels: at most {MAX_ENGINE_LABELS} labels and {MAX_ENGINE_LABEL_BYTES} bytes are accepted"
+        )));
+    }
+    for (k, v) in labels {
+        check_printable("engine label", k).map_err(status)?;
+        check_printable("engine label", v).map_err(status)?;
+    }
+    Ok(labels.clone().into_iter().collect())
 }
 
 fn description_pb(d: &api::NodeDescription) -> pb::NodeDescription {
@@ -281,6 +320,7 @@ fn description_pb(d: &api::NodeDescription) -> pb::NodeDescription {
         }),
         engine: Some(pb::EngineDescription {
             engine_version: d.engine.engine_version.clone(),
+            labels: d.engine.labels.clone().into_iter().collect(),
             ..Default::default()
         }),
         tls_info: Some(pb::NodeTlsInfo {
@@ -394,8 +434,19 @@ fn session_message(
     })
 }
 
+/// The next store event, or `None` when `look` ticks first.
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<crate::store::Applied>,
+    look: &mut tokio::time::Interval,
+) -> Option<Result<crate::store::Applied, tokio::sync::broadcast::error::RecvError>> {
+    tokio::select! {
+        ev = events.recv() => Some(ev),
+        _ = look.tick() => None,
+    }
+}
+
 /// What a node acts on from a SessionMessage; another message goes out when it changes.
-fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>) {
+fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>, Vec<String>) {
     let n = m.node.clone().unwrap_or_default();
     let spec = n.spec.unwrap_or_default();
     let cert_state = n
@@ -409,6 +460,10 @@ fn watched(m: &pb::SessionMessage) -> (i32, i32, i32, i32, Vec<u8>) {
         spec.availability,
         cert_state,
         m.root_ca.clone(),
+        m.managers
+            .iter()
+            .filter_map(|p| p.peer.as_ref().map(|p| p.addr.clone()))
+            .collect(),
     )
 }
 
@@ -446,7 +501,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             .register(&me.node_id, heartbeat_period(&cluster.record));
         let updated = s
             .control
-            .node_ready(&me.node_id, desc, addr)
+            .node_ready(&me.node_id, desc, addr, &s.manager_id)
             .await
             .map_err(status)?;
         if updated.is_none() {
@@ -461,16 +516,27 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         tokio::spawn(async move {
             let key = node_key(&node_id);
             let mut last = watched(&first);
+            // A change of the raft group (a manager joined, was demoted or removed) changes
+            // the manager list: the node hears of it without waiting for its next session.
+            // Membership changes are not store events, so the loop also looks every 2 s.
+            let mut members = s.control.store().member_addrs();
+            let mut look = tokio::time::interval(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     _ = crate::util::until_true(&mut end) => return,
                     _ = tx.closed() => return,
-                    ev = events.recv() => {
-                        let relevant = match ev {
-                            Ok(a) => a.keys.iter().any(|k| *k == key || k == CLUSTER_KEY),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(_) => return,
+                    ev = next_event(&mut events, &mut look) => {
+                        let mut relevant = match ev {
+                            Some(Ok(a)) => a.keys.iter().any(|k| *k == key || k == CLUSTER_KEY),
+                            Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => true,
+                            Some(Err(_)) => return,
+                            None => false,
                         };
+                        let now = s.control.store().member_addrs();
+                        if now != members {
+                            members = now;
+                            relevant = true;
+                        }
                         if !relevant {
                             continue;
                         }
@@ -531,17 +597,41 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                 r.updates.len()
             )));
         }
+        let mut reports = Vec::with_capacity(r.updates.len());
         for u in &r.updates {
-            let state = u.status.as_ref().map(|st| st.state).unwrap_or_default();
-            if pb::TaskState::try_from(state).is_err() {
+            let st = u.status.clone().unwrap_or_default();
+            let Some(state) = TaskState::from_wire(st.state) else {
                 return Err(Status::invalid_argument(format!(
-                    "task {}: unknown task state {state}",
-                    u.task_id.chars().take(64).collect::<String>()
+                    "task {}: unknown task state {}",
+                    u.task_id.chars().take(64).collect::<String>(),
+                    st.state
                 )));
-            }
-            // No task is ever assigned yet (the scheduler lands with services), so there is
-            // no task record to move; an update for an unknown task is ignored, as SwarmKit does.
-            tracing::debug!(node_id = %me.node_id, "status update for an unknown task ignored");
+            };
+            check_len("task ID", u.task_id.len(), 64)?;
+            let container = match st.runtime_status {
+                Some(pb::task_status::RuntimeStatus::Container(c)) => {
+                    check_len("container ID", c.container_id.len(), 128)?;
+                    Some(ContainerStatus {
+                        container_id: clean_text(&c.container_id),
+                        pid: c.pid,
+                        exit_code: c.exit_code,
+                    })
+                }
+                None => None,
+            };
+            let report = ReportedStatus {
+                state,
+                message: st.message,
+                err: st.err,
+                container,
+            };
+            reports.push((u.task_id.clone(), report));
+        }
+        for (task_id, report) in reports {
+            s.control
+                .report_task_status(&me.node_id, &task_id, report)
+                .await
+                .map_err(status)?;
         }
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
     }
@@ -553,26 +643,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let s = &self.0;
         let cluster = s.cluster()?;
         let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &s.control)?;
-        let (_, mut end) = s
+        let (_, end) = s
             .dispatcher
             .check(&me.node_id, &req.get_ref().session_id, false)?;
         let (tx, rx) = mpsc::channel(4);
-        // The set starts COMPLETE; later INCREMENTAL messages carry applies_to = the previous
-        // results_in. Nothing is assigned yet, so the complete set is empty.
-        let _ = tx
-            .send(Ok(pb::AssignmentsMessage {
-                r#type: pb::assignments_message::Type::Complete as i32,
-                applies_to: String::new(),
-                results_in: "1".into(),
-                changes: vec![],
-            }))
-            .await;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = crate::util::until_true(&mut end) => {}
-                _ = tx.closed() => {}
-            }
-        });
+        tokio::spawn(super::assignments::stream(s.clone(), me.node_id, tx, end));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -586,8 +661,19 @@ impl pb::log_broker_server::LogBroker for LogBrokerService {
         req: Request<pb::ListenSubscriptionsRequest>,
     ) -> Result<Response<Self::ListenSubscriptionsStream>, Status> {
         let cluster = self.0.cluster()?;
-        authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
-        // No log subscriptions exist yet: keep the stream open and send nothing.
-        Ok(Response::new(Box::pin(tokio_stream::pending())))
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
+        let rx = self.0.control.listen_logs(&me.node_id);
+        let stream = ReceiverStream::new(rx).map(|s| Ok(super::logs::subscription_pb(&s)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn publish_logs(
+        &self,
+        req: Request<tonic::Streaming<pb::PublishLogsMessage>>,
+    ) -> Result<Response<pb::PublishLogsResponse>, Status> {
+        let cluster = self.0.cluster()?;
+        let me = authorize(&req, WORKER_OR_MANAGER, &cluster.record, &self.0.control)?;
+        super::logs::publish(&self.0.control, &me.node_id, req.into_inner()).await?;
+        Ok(Response::new(pb::PublishLogsResponse {}))
     }
 }

@@ -5,6 +5,7 @@
 //! at start-up of an initialized manager) and stops it when the swarm is left.
 
 pub mod accept;
+pub mod assignments;
 pub mod auth;
 pub mod ca;
 pub mod dispatcher;
@@ -12,6 +13,7 @@ pub mod dispatcher;
 pub mod fuzzing;
 pub mod join;
 pub mod limits;
+pub mod logs;
 pub mod raft;
 
 #[cfg(test)]
@@ -81,6 +83,8 @@ fn grpc_code(code: Code) -> tonic::Code {
     match code {
         Code::InvalidArgument => tonic::Code::InvalidArgument,
         Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
         Code::FailedPrecondition => tonic::Code::FailedPrecondition,
         Code::Aborted => tonic::Code::Aborted,
         Code::Unimplemented => tonic::Code::Unimplemented,
@@ -233,15 +237,17 @@ pub async fn start_with(
 /// With several managers a node keeps its session with one of them, so no manager may expect
 /// every node; managers themselves hold no session at all.
 fn expect_ready_nodes(ctx: &PortContext) {
-    if ctx.control.store().member_addrs().len() > 1 {
-        return;
-    }
+    // With several managers, only the nodes whose session this manager held; the others are
+    // their own managers' (or, when those are gone, the leader's: `mark_orphaned_nodes_down`).
+    let single = ctx.control.store().member_addrs().len() <= 1;
     let (Ok(cluster), Ok(nodes)) = (ctx.cluster(), ctx.control.nodes()) else {
         return;
     };
     let period = dispatcher::heartbeat_period(&cluster.record);
     for n in nodes {
-        if n.record.id != ctx.manager_id
+        let ours = single || n.record.session_manager.as_deref() == Some(ctx.manager_id.as_str());
+        if ours
+            && n.record.id != ctx.manager_id
             && n.record.manager_addr.is_none()
             && n.record.status.state == NodeState::Ready
         {

@@ -21,6 +21,7 @@ use crate::store::Store;
 
 mod hostile;
 mod raft_auth;
+mod services;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -282,6 +283,25 @@ async fn manager_token_gives_a_manager_certificate_and_unlock_key_access() {
         .into_inner();
     assert!(r.unlock_key.is_empty(), "autolock is off");
     assert!(r.version.unwrap().index > 0);
+
+    // With autolock on, a manager gets the raw key-encryption key (SwarmKit's answer).
+    let cluster = env.control.cluster().unwrap();
+    let mut spec = cluster.record.spec.clone();
+    spec.encryption_config.auto_lock_managers = true;
+    env.control
+        .update_swarm(cluster.version, &spec, crate::control::Rotate::default())
+        .await
+        .unwrap();
+    let human = env.control.unlock_key().unwrap().expect("autolock on");
+    let raw = swarmguard_secrets::kek::UnlockKey::parse(&human).unwrap();
+    let r = env
+        .ca(&creds)
+        .await
+        .get_unlock_key(pb::GetUnlockKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.unlock_key, raw.expose_bytes().to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,8 @@ struct Inner {
     /// When a leader's AppendEntries last succeeded here.
     leader_heard: RwLock<Option<Instant>>,
     write_timeout: Duration,
+    /// The data key, for values a layer above seals itself (secret values: `seal_field`).
+    dek: Arc<swarmguard_secrets::DataKey>,
 }
 
 /// Put it as the LAST field of a struct owning a `redb::Database`: fields drop in declaration
@@ -167,6 +169,51 @@ impl Store {
 
     /// [`Store::open`] with explicit options.
     pub async fn open_with(data_dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        Self::open_keyed(data_dir, opts, None).await
+    }
+
+    /// Opens an autolocked store with its data key, unwrapped by the unlock key
+    /// (`keys/dek` holds it wrapped; see [`Store::write_key_file`]).
+    pub async fn open_unlocked(
+        data_dir: &Path,
+        opts: StoreOptions,
+        dek: swarmguard_secrets::DataKey,
+    ) -> Result<Store, StoreError> {
+        Self::open_keyed(data_dir, opts, Some(dek)).await
+    }
+
+    /// The key file's path in a data dir.
+    pub fn key_path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("keys").join("dek")
+    }
+
+    /// Rewrites `keys/dek` in one atomic step: the data key wrapped under `kek` (autolock on), or
+    /// in clear (`None`, autolock off).
+    pub fn write_key_file(
+        &self,
+        data_dir: &Path,
+        kek: Option<&swarmguard_secrets::kek::UnlockKey>,
+    ) -> Result<(), StoreError> {
+        use swarmguard_secrets::keyfile::{write_dek_file, DekFile};
+        let dek = &self.inner.dek;
+        let content = match kek {
+            Some(kek) => DekFile::Wrapped(kek.wrap(dek).map_err(|source| StoreError::Sealed {
+                record: "keys/dek".into(),
+                source,
+            })?),
+            None => DekFile::Plain(Box::new(swarmguard_secrets::DataKey::from_bytes(
+                zeroize::Zeroizing::new(*dek.expose_bytes()),
+            ))),
+        };
+        write_dek_file(&Self::key_path(data_dir), &content)?;
+        Ok(())
+    }
+
+    async fn open_keyed(
+        data_dir: &Path,
+        opts: StoreOptions,
+        given: Option<swarmguard_secrets::DataKey>,
+    ) -> Result<Store, StoreError> {
         let store_dir = data_dir.join("store");
         DirBuilder::new()
             .recursive(true)
@@ -191,7 +238,10 @@ impl Store {
                     // Creating a fresh key here would only make every record undecryptable.
                     return Err(StoreError::MissingKey { path: key_path });
                 }
-                let dek = Arc::new(swarmguard_secrets::keyfile::load_or_create_dek(&key_path)?);
+                let dek = Arc::new(match given {
+                    Some(dek) => dek,
+                    None => swarmguard_secrets::keyfile::load_or_create_dek(&key_path)?,
+                });
                 create_private_file(&log_path)?;
                 create_private_file(&sm_path)?;
                 let (tx, _) = broadcast::channel(1024);
@@ -205,7 +255,6 @@ impl Store {
             })
             .await?
         };
-        drop(dek);
         let (log, node_id) = log;
         if opts.force_new_cluster {
             log.force_single_voter(node_id, &opts.advertise_addr)?;
@@ -251,6 +300,7 @@ impl Store {
                 transport,
                 leader_heard: RwLock::new(None),
                 write_timeout: opts.write_timeout,
+                dek,
             }),
         };
         if let Err(e) = store.start(&opts).await {
@@ -426,6 +476,23 @@ impl Store {
             .iter()
             .find(|c| !c.holds(map.get(c.key())))
             .map(|c| c.key().to_owned())
+    }
+
+    /// Seals a value inside a record with the store's data key, bound to `aad` (which must not
+    /// start with one of the store's own prefixes: callers use `field/…`). The record holding it
+    /// is sealed again by the store, so the value is under two layers at rest and under one in
+    /// memory, in the Raft log's entries and in snapshots.
+    pub fn seal_field(&self, aad: &str, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        sealed::seal(&self.inner.dek, &sealed::aad_field(aad), plain)
+    }
+
+    /// Opens what [`Store::seal_field`] sealed with the same `aad`.
+    pub fn open_field(
+        &self,
+        aad: &str,
+        sealed_value: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+        sealed::open(&self.inner.dek, &sealed::aad_field(aad), sealed_value)
     }
 
     /// Local read of the applied state.

@@ -19,6 +19,11 @@ pub(crate) fn aad_sm(key: &str) -> String {
 pub(crate) fn aad_snapshot(id: &str) -> String {
     format!("snapshot/{id}")
 }
+/// A value sealed by a layer above inside its own record (see `Store::seal_field`); the prefix
+/// keeps it apart from every identity the store seals itself.
+pub(crate) fn aad_field(id: &str) -> String {
+    format!("field/{id}")
+}
 pub(crate) const AAD_VOTE: &str = "meta/vote";
 pub(crate) const AAD_PURGED: &str = "meta/last_purged";
 pub(crate) const AAD_APPLIED: &str = "sm-meta/applied";

@@ -172,6 +172,37 @@ impl Dockerd {
         self.ok(&[], &["import", tar.to_str().unwrap(), tag]);
     }
 
+    /// Import a busybox image as `tag`: Debian's static busybox (`busybox-static`) with `sh`,
+    /// `cat`, `sleep`, `ls`, `stat`, `echo` and `mount` linked to it. No registry, no internet.
+    pub fn import_busybox_image(&self, tag: &str) {
+        let busybox = require_bin("busybox");
+        let dir = self.root.join("bbroot");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(&busybox, bin.join("busybox")).unwrap();
+        for app in ["sh", "cat", "sleep", "ls", "stat", "echo", "mount", "true"] {
+            let link = bin.join(app);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", &link).unwrap();
+            }
+        }
+        let tar = self.root.join("bbroot.tar");
+        let mut c = Command::new(require_bin("tar"));
+        c.arg("-C").arg(&dir).arg("-cf").arg(&tar).arg(".");
+        let o = run(c, Duration::from_secs(30));
+        assert!(o.status.success(), "tar: {}", text(&o));
+        self.ok(
+            &[],
+            &[
+                "import",
+                "--change",
+                "ENV PATH=/bin",
+                tar.to_str().unwrap(),
+                tag,
+            ],
+        );
+    }
+
     /// Stops dockerd by its PID, then removes what it may leave behind: a netns bind mount
     /// under exec-root from a failed ingress sandbox, and our network namespace.
     pub fn stop(&mut self) {

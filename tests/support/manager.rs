@@ -21,6 +21,8 @@ pub struct Manager {
     pub tcp_api: String,
     /// Run with this RLIMIT_NOFILE (soft and hard), set by `prlimit`, which execs the manager.
     pub nofile: Option<u64>,
+    /// `RUST_LOG` for the manager, and where its stderr goes (the test's own when `None`).
+    pub log: (String, Option<PathBuf>),
     /// More `swarmguard manager` flags, for the next (re)start.
     pub extra_args: Vec<String>,
     child: Option<Child>,
@@ -71,20 +73,43 @@ impl Manager {
 
     /// [`Manager::start_in`] with a descriptor limit of `nofile` (soft and hard).
     pub fn start_with(data_dir: &Path, netns: Option<&str>, nofile: Option<u64>) -> Manager {
-        let socket = data_dir.join("swarmguard.sock");
-        let mut m = Manager {
-            data_dir: data_dir.to_path_buf(),
-            socket,
-            docker_config: tempfile::tempdir().expect("tempdir"),
-            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
-            netns: netns.map(str::to_string),
-            tcp_api: format!("127.0.0.1:{}", super::free_port()),
-            nofile,
-            extra_args: Vec::new(),
-            child: None,
-        };
+        let mut m = Manager::unstarted(data_dir);
+        m.netns = netns.map(str::to_string);
+        m.nofile = nofile;
         m.spawn();
         m
+    }
+
+    /// [`Manager::start`] with more `swarmguard manager` options.
+    pub fn start_args(data_dir: &Path, extra: &[String]) -> Manager {
+        let mut m = Manager::unstarted(data_dir);
+        m.extra_args = extra.to_vec();
+        m.spawn();
+        m
+    }
+
+    /// [`Manager::start`] logging at `rust_log` into `log_file` (appended across restarts).
+    pub fn start_logged(data_dir: &Path, rust_log: &str, log_file: &Path) -> Manager {
+        let mut m = Manager::unstarted(data_dir);
+        m.log = (rust_log.to_string(), Some(log_file.to_path_buf()));
+        m.spawn();
+        m
+    }
+
+    /// A manager on `data_dir` with free loopback ports, not running yet.
+    fn unstarted(data_dir: &Path) -> Manager {
+        Manager {
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.join("swarmguard.sock"),
+            docker_config: tempfile::tempdir().expect("tempdir"),
+            cluster_addr: format!("127.0.0.1:{}", super::free_port()),
+            netns: None,
+            tcp_api: format!("127.0.0.1:{}", super::free_port()),
+            nofile: None,
+            log: ("info,openraft=warn".into(), None),
+            extra_args: Vec::new(),
+            child: None,
+        }
     }
 
     fn spawn(&mut self) {
@@ -119,10 +144,19 @@ impl Manager {
             .arg("--engine-api")
             .arg(format!("tcp://{}", self.tcp_api))
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", &self.log.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &self.log.1 {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("manager log file"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start swarmguard manager");
         self.child = Some(child);
@@ -241,6 +275,9 @@ impl Manager {
     /// Runs docker and returns stdout, failing the test with stderr when it fails.
     pub fn docker_ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
+        if !out.status.success() {
+            self.print_log_tail();
+        }
         assert!(
             out.status.success(),
             "docker {args:?} failed: {}{}",
@@ -248,6 +285,23 @@ impl Manager {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// When the manager logs to a file, its last lines (not at trace level) go to the test's
+    /// output, so a failure in CI shows what the manager was doing.
+    pub fn print_log_tail(&self) {
+        let Some(path) = &self.log.1 else { return };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(" TRACE ") && !l.contains("openraft"))
+            .collect();
+        eprintln!("--- last lines of the manager log {} ---", path.display());
+        for l in &lines[lines.len().saturating_sub(60)..] {
+            eprintln!("{l}");
+        }
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> HttpResponse {
