@@ -370,6 +370,11 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
         Ok(())
     });
     let (c, s) = (control.clone(), stop.clone());
+    let rotation = tokio::spawn(async move {
+        crate::control::rotation::reconcile(c, s).await;
+        Ok(())
+    });
+    let (c, s) = (control.clone(), stop.clone());
     let orchestration = tokio::spawn(async move {
         crate::control::orchestrator::run(c, s).await;
         Ok(())
@@ -379,7 +384,7 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
         c.follow_autolock(s).await;
         Ok(())
     });
-    vec![port, renewal, signing, orchestration, autolock]
+    vec![port, renewal, signing, rotation, orchestration, autolock]
 }
 
 /// Creates the data dir 0700 and refuses one others can read: it holds the store's key.

@@ -630,10 +630,10 @@ fn bad_inputs_change_nothing() {
         (
             "POST",
             upd(&ok_q),
-            spec.replace("\"CAConfig\":{", "\"CAConfig\":{\"ForceRotate\":7,")
+            spec.replace("\"CAConfig\":{", "\"CAConfig\":{\"SigningCAKey\":\"k\",")
                 .into_bytes(),
-            501,
-            "root CA rotation is not supported",
+            400,
+            "if a signing CA key is provided, the signing CA cert must also be provided",
         ),
         (
             "POST",

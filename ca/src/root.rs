@@ -335,9 +335,11 @@ impl RootCa {
     /// byte (the cross-signed certificate must carry exactly the new root's name).
     pub fn cross_sign(&self, new: &RootCa) -> Result<Vec<u8>, CaError> {
         let issuer = self.issuer.as_ref().ok_or(CaError::NoRootKey)?;
-        let new_key = new.issuer.as_ref().ok_or(CaError::NoRootKey)?.key();
         let (_, parsed) = X509Certificate::from_der(&new.cert_der)
             .map_err(|_| CaError::BadRootCertificate("not a valid X.509 certificate"))?;
+        // Only the new root's public key is needed: a root whose key an external CA holds
+        // (moving to cfssl) is cross-signed from its certificate.
+        let new_key = CertPublicKey::of(&parsed)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         for attr in parsed.subject().iter_attributes() {
@@ -353,7 +355,16 @@ impl RootCa {
                     "only CN and O subjects can be cross-signed",
                 ));
             };
-            dn.push(ty, printable(value)?);
+            // Keep the string type (Go writes PrintableString, openssl UTF8String): the
+            // cross-signed subject must equal the new root's byte for byte.
+            let value = if attr.attr_value().header.tag()
+                == x509_parser::der_parser::asn1_rs::Tag::Utf8String
+            {
+                DnValue::Utf8String(value.to_string())
+            } else {
+                printable(value)?
+            };
+            dn.push(ty, value);
         }
         params.distinguished_name = dn;
         params.not_before = parsed.validity().not_before.to_datetime();
@@ -361,9 +372,9 @@ impl RootCa {
         params.serial_number = Some(SerialNumber::from_slice(&crate::rand::serial()?));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(new_key.public_point()));
+        params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&new_key.0));
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(new_key, issuer).map_err(signing)?;
+        let cert = params.signed_by(&new_key, issuer).map_err(signing)?;
         let (_, check) = X509Certificate::from_der(cert.der())
             .map_err(|_| CaError::Signing("cross-signed certificate unreadable".into()))?;
         if check.tbs_certificate.subject.as_raw() != new.subject_der.as_slice()
@@ -374,5 +385,37 @@ impl RootCa {
             ));
         }
         Ok(pem::encode("CERTIFICATE", cert.der()).to_vec())
+    }
+}
+
+/// A P-256 public key taken from a certificate, for rcgen to put into one it signs.
+struct CertPublicKey(Vec<u8>);
+
+impl CertPublicKey {
+    fn of(cert: &X509Certificate<'_>) -> Result<CertPublicKey, CaError> {
+        let pki = cert.public_key();
+        let is_p256 = pki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+            && pki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .is_some_and(|c| c == OID_EC_P256);
+        if !is_p256 {
+            return Err(CaError::BadRootCertificate(
+                "only ECDSA P-256 roots can be cross-signed",
+            ));
+        }
+        Ok(CertPublicKey(pki.subject_public_key.data.to_vec()))
+    }
+}
+
+impl rcgen::PublicKeyData for CertPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
     }
 }

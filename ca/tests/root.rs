@@ -270,8 +270,42 @@ fn cross_signed_new_root_bridges_old_and_new() {
         verify(&old, &[]).is_err(),
         "without the cross-signed certificate the old root does not vouch"
     );
-    // A root without its key cannot cross-sign, nor be cross-signed into.
-    let trust_only = RootCa::from_cert_pem(old.cert_pem()).unwrap();
+    // A root without its key cannot cross-sign; one whose key an external CA holds can be
+    // cross-signed into (moving a swarm to cfssl), from its certificate alone.
+    let trust_only = RootCa::from_cert_pem(new.cert_pem()).unwrap();
     assert!(trust_only.cross_sign(&new).is_err());
-    assert!(old.cross_sign(&trust_only).is_err());
+    let from_cert = old.cross_sign(&trust_only).unwrap();
+    let (_, p) = x509_parser::pem::parse_x509_pem(&from_cert).unwrap();
+    let (_, c) = X509Certificate::from_der(&p.contents).unwrap();
+    assert_eq!(c.public_key().raw, new.spki_der());
+}
+
+/// A root an operator made with openssl (CN as UTF8String, not Go's PrintableString) can be
+/// rotated to: the cross-signed certificate carries its subject byte for byte.
+#[test]
+fn cross_signing_keeps_an_openssl_roots_utf8_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let sh = format!(
+        "openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {k} \
+         && openssl req -x509 -new -key {k} -subj /CN=operator-ca -days 3650 -out {c}",
+        k = key.display(),
+        c = cert.display()
+    );
+    let st = std::process::Command::new("sh")
+        .args(["-c", &sh])
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl failed");
+    let new = RootCa::from_pem(
+        &std::fs::read(&cert).unwrap(),
+        &std::fs::read(&key).unwrap(),
+    )
+    .unwrap();
+    let old = RootCa::create().unwrap();
+    let cross_pem = old.cross_sign(&new).unwrap();
+    let (_, p) = x509_parser::pem::parse_x509_pem(&cross_pem).unwrap();
+    let (_, cross) = X509Certificate::from_der(&p.contents).unwrap();
+    assert_eq!(cross.subject().as_raw(), new.subject_der());
+    assert_eq!(cross.public_key().raw, new.spki_der());
 }

@@ -311,6 +311,8 @@ pub struct AgentState {
 
 enum SessionEnd {
     Renew,
+    /// The manager sent a root other than ours (a root rotation finished).
+    NewRoot(Vec<u8>),
     Lost(AgentError),
     Stop,
 }
@@ -365,6 +367,17 @@ pub async fn run(
                     }
                 }
             }
+            SessionEnd::NewRoot(root) => match adopt_root(&creds, root, manager).await {
+                Ok(new) => {
+                    tracing::info!(node_id = %new.node_id, "now trusting the swarm's new root CA");
+                    creds = new;
+                    if let Some(d) = &dir {
+                        save(d, &creds, manager)?;
+                    }
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot move to the new root CA; retrying"),
+            },
             SessionEnd::Lost(e) => {
                 if let AgentError::Rpc(st) = &e {
                     if st.code() == Code::PermissionDenied {
@@ -422,6 +435,9 @@ async fn session(
     if needs_renewal(&first, creds) {
         return SessionEnd::Renew;
     }
+    if let Some(root) = new_root(&first, creds) {
+        return SessionEnd::NewRoot(root);
+    }
     state.send_modify(|s| {
         s.session_id = session_id.clone();
         s.sessions += 1;
@@ -460,6 +476,9 @@ async fn session(
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         return SessionEnd::Renew;
                     }
+                    if let Some(root) = new_root(&m, creds) {
+                        return SessionEnd::NewRoot(root);
+                    }
                 }
                 Ok(None) => return lost(AgentError::Connect("session ended by the manager".into())),
                 Err(e) => return lost(e.into()),
@@ -493,9 +512,54 @@ fn needs_renewal(m: &pb::SessionMessage, creds: &Credentials) -> bool {
     rotate || desired != mine || node.role != mine
 }
 
+/// The root a SessionMessage carries, when it is a readable bundle other than ours.
+fn new_root(m: &pb::SessionMessage, creds: &Credentials) -> Option<Vec<u8>> {
+    (!m.root_ca.is_empty()
+        && m.root_ca != creds.root_pem
+        && crate::tls::roots_from_pem(&m.root_ca).is_ok())
+    .then(|| m.root_ca.clone())
+}
+
+/// Moves to a new root as a SwarmKit node does: keep the certificate if it verifies against
+/// the new root (issued during the rotation), else renew over mTLS trusting both roots for
+/// this one call (the manager's chain may still end in the cross-signed root) and require
+/// the new certificate to verify against the new root alone.
+async fn adopt_root(
+    creds: &Credentials,
+    root: Vec<u8>,
+    manager: SocketAddr,
+) -> Result<Credentials, AgentError> {
+    if let Ok(kept) = validate(
+        &root,
+        &creds.cert_pem,
+        creds.key_pem.clone(),
+        &creds.node_id,
+    ) {
+        return Ok(kept);
+    }
+    let mut both = creds.root_pem.clone();
+    if !both.ends_with(b"\n") {
+        both.push(b'\n');
+    }
+    both.extend_from_slice(&root);
+    let renewed = request_certificate(manager, &both, None, Some(creds)).await?;
+    validate(
+        &root,
+        &renewed.cert_pem,
+        renewed.key_pem.clone(),
+        &renewed.node_id,
+    )
+}
+
+/// The issuer a node reports: the certificate after the leaf when the chain has one (the
+/// cross-signed root during a rotation), else the root.
 fn tls_info(c: &Credentials) -> pb::NodeTlsInfo {
-    let (subject, spki) = crate::tls::certs_from_pem(&c.root_pem, "root")
-        .ok()
+    let chain = crate::tls::certs_from_pem(&c.cert_pem, "certificate").unwrap_or_default();
+    let issuer = match chain.get(1) {
+        Some(i) => Some(vec![i.clone()]),
+        None => crate::tls::certs_from_pem(&c.root_pem, "root").ok(),
+    };
+    let (subject, spki) = issuer
         .and_then(|certs| {
             let der = certs[0].as_ref().to_vec();
             let (_, x) = X509Certificate::from_der(&der).ok()?;

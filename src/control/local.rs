@@ -332,6 +332,23 @@ pub fn tls_info(ca: &RootCa) -> TlsInfo {
     }
 }
 
+/// The `TLSInfo` a node holding `cert_pem` reports while trusting `root`: the issuer is the
+/// certificate after the leaf when the chain has one (the cross-signed root of a rotation),
+/// else the root.
+pub fn chain_tls_info(root: &RootCa, cert_pem: &[u8]) -> TlsInfo {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut info = tls_info(root);
+    let chain = crate::tls::certs_from_pem(cert_pem, "certificate").unwrap_or_default();
+    if let Some((_, issuer)) = chain
+        .get(1)
+        .and_then(|c| X509Certificate::from_der(c.as_ref()).ok())
+    {
+        info.cert_issuer_subject = B64.encode(issuer.subject().as_raw());
+        info.cert_issuer_public_key = B64.encode(issuer.public_key().raw);
+    }
+    info
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,8 @@ pub mod nodes;
 pub mod orchestrator;
 pub mod records;
 pub mod renewal;
+pub mod rotating_ca;
+pub mod rotation;
 pub mod scheduler;
 pub mod secrets;
 #[cfg(test)]

@@ -504,12 +504,47 @@ impl Control {
             "node",
             |n: &mut NodeRecord| {
                 record_outcome(n, Ok(issued.clone()));
+                // What this manager's certificate now chains to (a rotation converges on it).
+                n.description.tls_info =
+                    super::local::chain_tls_info(&material.root, &issued.cert_pem);
                 Ok(())
             },
         )
         .await?;
         tracing::info!(node_id = %node_id, not_after = %unix_seconds(issued.not_after), "renewed this manager's certificate");
         Ok(issued.not_after)
+    }
+}
+
+impl Control {
+    /// Keeps this manager's reported TLS info what its certificate and trusted root are (a
+    /// follower after a rotation finished; the rotation waits on what nodes report). Renews at
+    /// once when the leader marked this manager's certificate ROTATE.
+    pub async fn sync_own_certificate(&self) -> Result<(), ControlError> {
+        let Some(material) = self.security.current() else {
+            return Ok(());
+        };
+        let Some(own) = self.node_by_id(&material.identity.node_id)? else {
+            return Ok(());
+        };
+        if own.record.certificate.state == CertState::Rotate {
+            self.renew_own_certificate().await?;
+            return Ok(());
+        }
+        let info = super::local::chain_tls_info(&material.root, &material.cert_pem);
+        if own.record.description.tls_info != info {
+            records::update(
+                &self.store,
+                &node_key(&own.record.id),
+                "node",
+                |n: &mut NodeRecord| {
+                    n.description.tls_info = info.clone();
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

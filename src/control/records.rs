@@ -41,6 +41,18 @@ pub struct ClusterRecord {
     pub default_addr_pool: Option<Vec<String>>,
     pub subnet_size: u32,
     pub data_path_port: u32,
+    /// A root rotation in progress (phase 1 started it; the rotation loop finishes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_rotation: Option<RootRotation>,
+}
+
+/// The target of a root rotation: the new root and the same certificate cross-signed by the
+/// current root (the intermediate every certificate issued meanwhile carries). Its key sits
+/// in `ca/root` beside the current one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RootRotation {
+    pub new_root_pem: String,
+    pub cross_signed_pem: String,
 }
 
 /// The two join tokens. Never logged: `Debug` is redacted.
@@ -61,6 +73,9 @@ impl std::fmt::Debug for TokenPair {
 pub struct RootCaRecord {
     pub cert_pem: String,
     pub key_pkcs8_b64: String,
+    /// The key of the rotation target's root (PKCS#8 DER, base64) while a rotation runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rotation_key_pkcs8_b64: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,6 +14,8 @@ use super::Control;
 /// The certificate is looked at this often, so a new swarm (or a renewal by other means) gets
 /// its own renewal point, and a failed renewal is retried this much later.
 const LOOK_EVERY: Duration = Duration::from_secs(60);
+/// How often the certificate is looked at while a root rotation runs.
+const ROTATION_LOOK: Duration = Duration::from_secs(1);
 
 /// Runs until `stop`; the old certificate serves while a renewal is retried.
 pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
@@ -31,9 +33,17 @@ pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::
                 }
             }
         }
+        if let Err(e) = control.sync_own_certificate().await {
+            tracing::warn!(error = %e, "cannot bring this manager's certificate in line with a root rotation");
+        }
+        // During a root rotation look often: the leader may mark this manager ROTATE.
+        let rotating = control
+            .cluster()
+            .is_ok_and(|c| c.record.root_rotation.is_some());
+        let look = if rotating { ROTATION_LOOK } else { LOOK_EVERY };
         tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep_until(due.min(now + LOOK_EVERY).max(now + Duration::from_millis(10))) => {}
+            _ = tokio::time::sleep_until(due.min(now + look).max(now + Duration::from_millis(10))) => {}
         }
     }
 }

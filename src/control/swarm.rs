@@ -16,6 +16,7 @@ use super::records::{
     self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
     RootCaRecord, TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
 };
+use super::rotation::{self, RootChange};
 use super::security::Security;
 use super::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
 use super::{out_of_sequence, spec, ClusterPort, Control, Rotate};
@@ -66,7 +67,7 @@ impl Control {
             ));
         }
         let spec = spec::merge_init_spec(&req.spec, req.auto_lock_managers)?;
-        refuse_unsupported(&spec, 0)?;
+        refuse_unsupported(&spec)?;
         let availability = match req.availability.as_str() {
             "" => Availability::Active,
             a => Availability::parse(a)?,
@@ -137,6 +138,7 @@ impl Control {
                 .key_pkcs8_der()
                 .map(|k| B64.encode(k.as_slice()))
                 .unwrap_or_default(),
+            rotation_key_pkcs8_b64: String::new(),
         };
         let txn = Txn {
             checks: vec![Check::Absent {
@@ -168,8 +170,7 @@ impl Control {
         if current.version != version {
             return Err(out_of_sequence());
         }
-        let spec = spec::replace_spec(req)?;
-        refuse_unsupported(&spec, current.record.last_forced_rotation)?;
+        let mut spec = spec::replace_spec(req)?;
         if rotate.manager_unlock_key && !spec.encryption_config.auto_lock_managers {
             return Err(ControlError::rpc(
                 Code::FailedPrecondition,
@@ -179,6 +180,23 @@ impl Control {
         let material = self.security.current().ok_or(ControlError::NotManager)?;
         external::check_update(&spec, &material.root)?;
         let mut record = current.record.clone();
+        let change = rotation::root_change(&material, &record, &mut spec)?;
+        let rotate_root = matches!(change, RootChange::Start(_));
+        let mut checks = vec![Check::Version {
+            key: CLUSTER_KEY.into(),
+            version,
+        }];
+        let mut ops = vec![];
+        let root_write = match change {
+            RootChange::Keep => None,
+            RootChange::Abort => self.abort_rotation(&mut record)?,
+            RootChange::Start(new) => Some(self.start_rotation(&material, &mut record, new)?),
+        };
+        if let Some((check, op)) = root_write {
+            checks.push(check);
+            ops.push(op);
+        }
+        record.last_forced_rotation = spec.ca_config.force_rotate;
         record.spec = spec;
         if rotate.worker_token {
             record.join_tokens.worker = JoinToken::generate(&material.root_pem).to_string();
@@ -187,15 +205,13 @@ impl Control {
             record.join_tokens.manager = JoinToken::generate(&material.root_pem).to_string();
         }
         record.updated_at = now_rfc3339();
-        let txn = Txn {
-            checks: vec![Check::Version {
-                key: CLUSTER_KEY.into(),
-                version,
-            }],
-            ops: vec![records::put(CLUSTER_KEY, &record)?],
-        };
+        ops.push(records::put(CLUSTER_KEY, &record)?);
+        let txn = Txn { checks, ops };
         match self.apply(txn).await? {
             TxnOutcome::Committed { .. } => {
+                if rotate_root {
+                    tracing::info!("root CA rotation started: nodes are re-issued certificates from the new root");
+                }
                 self.sync_unlock_key_record(rotate.manager_unlock_key)
                     .await?;
                 self.reconcile_autolock()?;
@@ -358,6 +374,7 @@ fn cluster_record(new: &NewCluster, spec: Spec, req: &InitOptions) -> ClusterRec
         } else {
             req.data_path_port
         },
+        root_rotation: None,
     }
 }
 
@@ -399,18 +416,13 @@ fn own_node_record(
     }
 }
 
-/// Root rotation and signing-CA changes come with their own issue; until then a request that
-/// would start one is refused rather than half-done.
-fn refuse_unsupported(spec: &Spec, last_forced_rotation: u64) -> Result<(), ControlError> {
-    if spec.ca_config.force_rotate != last_forced_rotation
-        || !spec.ca_config.signing_ca_cert.is_empty()
-        || !spec.ca_config.signing_ca_key.is_empty()
-    {
+/// At init the root is created here or learned from an external CA; a signing CA in the init
+/// spec has nothing to rotate from.
+fn refuse_unsupported(spec: &Spec) -> Result<(), ControlError> {
+    if !spec.ca_config.signing_ca_cert.is_empty() || !spec.ca_config.signing_ca_key.is_empty() {
         return Err(ControlError::rpc(
             Code::Unimplemented,
-            format!(
-                "root CA rotation is not supported by this swarmguard version; send back ForceRotate={last_forced_rotation} as GET /swarm returned it and no signing CA"
-            ),
+            "a signing CA at swarm init is not supported; init, then `docker swarm ca --rotate --ca-cert … --ca-key …`",
         ));
     }
     Ok(())

@@ -167,7 +167,7 @@ fn cluster_info(ctl: &Control, view: &ClusterView) -> api::ClusterInfo {
             .current()
             .map(|m| m.tls_info())
             .unwrap_or_default(),
-        root_rotation_in_progress: false,
+        root_rotation_in_progress: r.root_rotation.is_some(),
         default_addr_pool: r.default_addr_pool.clone(),
         subnet_size: r.subnet_size,
         data_path_port: r.data_path_port,

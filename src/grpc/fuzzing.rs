@@ -91,6 +91,7 @@ fn sample_cluster() -> ClusterRecord {
         default_addr_pool: None,
         subnet_size: 0,
         data_path_port: 0,
+        root_rotation: None,
     }
 }
 
