@@ -130,7 +130,7 @@ impl Control {
     /// manager then follows the record ([`Control::reconcile_autolock`]).
     pub async fn sync_unlock_key_record(&self, rotate: bool) -> Result<(), ControlError> {
         let recorded = self.store.get(UNLOCK_KEY_RECORD).is_some();
-        let op = match (self.autolock_wanted(), recorded) {
+        let (check, op) = match (self.autolock_wanted(), recorded) {
             (true, has) if !has || rotate => {
                 let in_memory = self
                     .unlock_key
@@ -163,7 +163,6 @@ impl Control {
             ),
             _ => return Ok(()),
         };
-        let (check, op) = op;
         self.apply(Txn {
             checks: check.into_iter().collect(),
             ops: vec![op],

@@ -533,18 +533,29 @@ impl Control {
         }
         let info = super::local::chain_tls_info(&material.root, &material.cert_pem);
         if own.record.description.tls_info != info {
-            records::update(
-                &self.store,
-                &node_key(&own.record.id),
-                "node",
-                |n: &mut NodeRecord| {
-                    n.description.tls_info = info.clone();
-                    Ok(())
-                },
-            )
-            .await?;
+            self.record_tls_info(&own.record.id, info).await?;
         }
         Ok(())
+    }
+
+    /// Writes the TLS info a manager reports of itself into its node record (what a rotation
+    /// converges on).
+    pub(crate) async fn record_tls_info(
+        &self,
+        node_id: &str,
+        info: super::types::TlsInfo,
+    ) -> Result<(), ControlError> {
+        records::update(
+            &self.store,
+            &node_key(node_id),
+            "node",
+            |n: &mut NodeRecord| {
+                n.description.tls_info = info.clone();
+                Ok(())
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -145,15 +145,7 @@ impl Control {
             new_root_pem: String::from_utf8_lossy(new.cert_pem()).into_owned(),
             cross_signed_pem: String::from_utf8_lossy(&cross).into_owned(),
         });
-        let op = Op::Put {
-            key: ROOT_CA_KEY.into(),
-            value: Zeroizing::new(records::encode(&root_record)?).to_vec(),
-        };
-        let check = Check::Version {
-            key: ROOT_CA_KEY.into(),
-            version,
-        };
-        Ok((check, op))
+        root_record_write(&root_record, version)
     }
 
     /// Stops a rotation in progress (`--ca-cert` with the current root): the target and its
@@ -169,15 +161,7 @@ impl Control {
         let (mut root_record, version) = load_root_record(&self.store)?;
         root_record.rotation_key_pkcs8_b64.zeroize();
         root_record.rotation_key_pkcs8_b64.clear();
-        let op = Op::Put {
-            key: ROOT_CA_KEY.into(),
-            value: Zeroizing::new(records::encode(&root_record)?).to_vec(),
-        };
-        let check = Check::Version {
-            key: ROOT_CA_KEY.into(),
-            version,
-        };
-        Ok(Some((check, op)))
+        root_record_write(&root_record, version).map(Some)
     }
 
     /// One step of phases 2 and 3; the leader calls it every few seconds.
@@ -292,20 +276,24 @@ impl Control {
         if let Some(m) = self.security.current() {
             let new_root = RootCa::from_cert_pem(root_pem)
                 .map_err(|e| ControlError::internal("cannot read the new root", e))?;
-            let info = local::tls_info(&new_root);
-            records::update(
-                &self.store,
-                &node_key(&m.identity.node_id),
-                "node",
-                |n: &mut NodeRecord| {
-                    n.description.tls_info = info.clone();
-                    Ok(())
-                },
-            )
-            .await?;
+            self.record_tls_info(&m.identity.node_id, local::tls_info(&new_root))
+                .await?;
         }
         Ok(())
     }
+}
+
+/// The root CA record written back, guarded by the version it was read at.
+fn root_record_write(record: &RootCaRecord, version: u64) -> Result<(Check, Op), ControlError> {
+    let op = Op::Put {
+        key: ROOT_CA_KEY.into(),
+        value: Zeroizing::new(records::encode(record)?).to_vec(),
+    };
+    let check = Check::Version {
+        key: ROOT_CA_KEY.into(),
+        version,
+    };
+    Ok((check, op))
 }
 
 /// Drives phases 2 and 3 on the leader until `stop`.

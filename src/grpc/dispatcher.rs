@@ -526,17 +526,18 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
                     _ = crate::util::until_true(&mut end) => return,
                     _ = tx.closed() => return,
                     ev = next_event(&mut events, &mut look) => {
-                        let mut relevant = match ev {
+                        let relevant = match ev {
                             Some(Ok(a)) => a.keys.iter().any(|k| *k == key || k == CLUSTER_KEY),
                             Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => true,
                             Some(Err(_)) => return,
-                            None => false,
+                            // The look tick: only the group's membership may have changed.
+                            None => {
+                                let now = s.control.store().member_addrs();
+                                let changed = now != members;
+                                members = now;
+                                changed
+                            }
                         };
-                        let now = s.control.store().member_addrs();
-                        if now != members {
-                            members = now;
-                            relevant = true;
-                        }
                         if !relevant {
                             continue;
                         }
