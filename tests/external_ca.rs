@@ -122,18 +122,7 @@ fn cfssl_root_signs_the_manager_a_stock_dockerd_worker_and_an_agent() {
     let mut d = Dockerd::start(true);
     let ns = d.netns.clone().expect("own netns");
     let work = support::short_tempdir("sgx");
-    let ca = CfsslCa::create(work.path(), "ca", "cfssl-swarm-root");
-    let tls = ca.server_cert(work.path(), "server");
-    let cf = CfsslServer::start(
-        work.path(),
-        ServeOptions {
-            ca: &ca,
-            profile: GOOD_PROFILE.into(),
-            auth_key: None,
-            tls: Some(tls),
-            netns: Some(ns.clone()),
-        },
-    );
+    let (ca, cf) = CfsslServer::start_https_in(work.path(), &ns);
     let mdir = tempfile::tempdir().unwrap();
     let m = Manager::start_in(mdir.path(), Some(&ns));
     let flag = external_ca_flag(&cf.url("sign"), &format!(",cacert={}", ca.cert.display()));

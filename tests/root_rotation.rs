@@ -432,22 +432,11 @@ fn a_signing_ca_is_validated_with_swarmkits_texts_and_the_current_root_aborts() 
 /// manager never holds that CA's key.
 #[test]
 fn an_internal_root_moves_to_a_cfssl_ca() {
-    use support::cfssl::{CfsslCa, CfsslServer, ServeOptions, GOOD_PROFILE};
+    use support::cfssl::CfsslServer;
     let mut d = Dockerd::start(true);
     let ns = d.netns.clone().expect("own netns");
     let work = support::short_tempdir("sgr");
-    let ca = CfsslCa::create(work.path(), "ca", "cfssl-swarm-root");
-    let tls = ca.server_cert(work.path(), "server");
-    let cf = CfsslServer::start(
-        work.path(),
-        ServeOptions {
-            ca: &ca,
-            profile: GOOD_PROFILE.into(),
-            auth_key: None,
-            tls: Some(tls),
-            netns: Some(ns.clone()),
-        },
-    );
+    let (ca, cf) = CfsslServer::start_https_in(work.path(), &ns);
     let mdir = tempfile::tempdir().unwrap();
     let m = Manager::start_in(mdir.path(), Some(&ns));
     m.init_swarm(&[]);

@@ -124,6 +124,24 @@ pub struct CfsslServer {
 }
 
 impl CfsslServer {
+    /// A CA made in `dir` (subject `cfssl-swarm-root`) served over https with the good profile
+    /// inside `netns`, as a stock worker's namespace sees it.
+    pub fn start_https_in(dir: &Path, netns: &str) -> (CfsslCa, CfsslServer) {
+        let ca = CfsslCa::create(dir, "ca", "cfssl-swarm-root");
+        let tls = ca.server_cert(dir, "server");
+        let server = CfsslServer::start(
+            dir,
+            ServeOptions {
+                ca: &ca,
+                profile: GOOD_PROFILE.into(),
+                auth_key: None,
+                tls: Some(tls),
+                netns: Some(netns.to_string()),
+            },
+        );
+        (ca, server)
+    }
+
     /// Starts `cfssl serve` in `dir` and waits until it answers.
     pub fn start(dir: &Path, opts: ServeOptions<'_>) -> CfsslServer {
         let mut profile = opts.profile.clone();
