@@ -212,6 +212,12 @@ impl Control {
                 if rotate_root {
                     tracing::info!("root CA rotation started: nodes are re-issued certificates from the new root");
                 }
+                // The material the committed record asks for, before the answer: `GET /swarm`
+                // reads its TLSInfo, and the supervisor's next refresh may come later (it
+                // still swaps the cluster port's config, comparing by pointer).
+                if let Err(e) = self.security.refresh(&self.store, &self.config.data_dir) {
+                    tracing::warn!(error = %e, "cannot refresh the security material after a swarm update");
+                }
                 self.sync_unlock_key_record(rotate.manager_unlock_key)
                     .await?;
                 self.reconcile_autolock()?;
