@@ -67,6 +67,12 @@ pub struct ManagerArgs {
     #[arg(long = "trust-root", value_name = "GUN=FILE")]
     pub trust_root: Vec<String>,
 
+    /// For a trust server with token authentication: a file holding `user:password` of an
+    /// account that may pull (mode 0600; read once at start). The manager answers the server's
+    /// Bearer challenge with a token from its realm, as the docker CLI does after `docker login`.
+    #[arg(long, value_name = "FILE")]
+    pub trust_credentials: Option<PathBuf>,
+
     /// Repositories whose images must be signed: a prefix such as `registry:5000/` or
     /// `registry:5000/team/`, or `*` for every repository (repeatable).
     #[arg(long = "require-signed", value_name = "PREFIX")]
@@ -76,8 +82,11 @@ pub struct ManagerArgs {
 /// The content-trust options as a policy, or `None` when content trust is off.
 fn trust_policy(args: &ManagerArgs) -> anyhow::Result<Option<crate::control::trust::TrustPolicy>> {
     let Some(url) = &args.trust_server else {
-        if !args.require_signed.is_empty() || !args.trust_root.is_empty() {
-            bail!("--require-signed and --trust-root need --trust-server https://HOST:PORT");
+        if !args.require_signed.is_empty()
+            || !args.trust_root.is_empty()
+            || args.trust_credentials.is_some()
+        {
+            bail!("--require-signed, --trust-root and --trust-credentials need --trust-server https://HOST:PORT");
         }
         return Ok(None);
     };
@@ -90,8 +99,15 @@ fn trust_policy(args: &ManagerArgs) -> anyhow::Result<Option<crate::control::tru
         .context("--trust-server needs --trust-ca FILE: the CA its TLS certificate chains to")?;
     let ca = fs::read(ca_path)
         .with_context(|| format!("cannot read --trust-ca {}", ca_path.display()))?;
-    let server =
+    let mut server =
         swarmguard_notary::client::Server::new(url, &ca).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(path) = &args.trust_credentials {
+        let text = swarmguard_secrets::keyfile::read_private_text(path)
+            .with_context(|| format!("--trust-credentials {}", path.display()))?;
+        let creds = swarmguard_notary::client::token::Credentials::parse(&text)
+            .map_err(|e| anyhow::anyhow!("--trust-credentials {}: {e}", path.display()))?;
+        server = server.with_credentials(creds);
+    }
     let mut roots = std::collections::HashMap::new();
     for r in &args.trust_root {
         let (gun, file) = r

@@ -19,39 +19,6 @@ fn digest_in(out: &str) -> String {
     format!("sha256:{}", &out[i + "digest: sha256:".len()..][..64])
 }
 
-/// The images of the tasks of `service`, from `GET /tasks`.
-fn task_images(m: &Manager, service: &str) -> Vec<String> {
-    let id = m
-        .docker_ok(&["service", "inspect", "--format", "{{.ID}}", service])
-        .trim()
-        .to_string();
-    let tasks = m.request("GET", "/v1.41/tasks", None).json();
-    tasks
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["ServiceID"] == id.as_str())
-        .map(|t| {
-            t["Spec"]["ContainerSpec"]["Image"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect()
-}
-
-fn wait_task_images(m: &Manager, service: &str) -> Vec<String> {
-    let start = std::time::Instant::now();
-    loop {
-        let images = task_images(m, service);
-        if !images.is_empty() {
-            return images;
-        }
-        assert!(start.elapsed().as_secs() < 10, "no task for {service}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// A digest other than the signed one, and an unsigned repository, are refused at create.
 fn refusals(m: &Manager, signed: &str, repointed: &str, unsigned: &str, reg: &str) {
     // A digest that is not the signed one is refused, and so is an unsigned repository.
@@ -132,7 +99,7 @@ fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let pinned = format!("{signed}@{signed_digest}");
-    assert_eq!(wait_task_images(&m, "app"), std::slice::from_ref(&pinned));
+    assert_eq!(m.wait_task_images("app"), std::slice::from_ref(&pinned));
 
     // Without the CLI's resolution the manager pins it itself.
     m.docker_ok(&[
@@ -146,7 +113,7 @@ fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
         "sleep",
         "600",
     ]);
-    assert_eq!(wait_task_images(&m, "app2"), std::slice::from_ref(&pinned));
+    assert_eq!(m.wait_task_images("app2"), std::slice::from_ref(&pinned));
 
     // Re-point the tag in the registry without signing: new tasks still get the signed digest.
     docker.import_tiny_image(&signed, "an attacker's image\n");
@@ -163,7 +130,7 @@ fn service_images_are_pinned_to_the_signed_digest_and_unsigned_ones_refused() {
         "sleep",
         "600",
     ]);
-    assert_eq!(wait_task_images(&m, "app3"), std::slice::from_ref(&pinned));
+    assert_eq!(m.wait_task_images("app3"), std::slice::from_ref(&pinned));
 
     refusals(&m, &signed, &repointed, &unsigned, &reg);
 

@@ -316,3 +316,127 @@ fn notary_cli_with_notary_auth() {
     );
     assert_eq!(code, 404);
 }
+
+/// A manager that pins images through a trust server with token auth: it answers the Bearer
+/// challenge with `--trust-credentials` (a pull-only account), and without credentials or
+/// with a wrong password it refuses the service, naming the fix.
+#[test]
+fn manager_resolves_signed_images_through_token_auth() {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+    use support::manager::Manager;
+
+    let dir = support::short_tempdir("sgm");
+    let extra = users_and_access(&dir.path().join("auth"));
+    let server = TrustServer::start_opts(&dir.path().join("srv"), extra, true);
+    let gun = "127.0.0.1:5000/team/app";
+    let payload = dir.path().join("manifest.json");
+    std::fs::write(&payload, "{\"stands-in-for\":\"a manifest\"}\n").unwrap();
+    let digest = {
+        let d = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&payload).unwrap());
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let alice = NotaryCli::new(&dir.path().join("alice"), &server.url(), &server.cert)
+        .with_auth("alice", "alice-pw");
+    alice.ok(&["init", gun]);
+    alice.ok(&["add", gun, "v1", payload.to_str().unwrap()]);
+    alice.ok(&["publish", gun]);
+
+    let creds = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p.display().to_string()
+    };
+    let start = |sub: &str, credentials: Option<String>| {
+        let mut args = vec![
+            "--trust-server".to_string(),
+            server.url(),
+            "--trust-ca".into(),
+            server.cert.display().to_string(),
+            "--require-signed".into(),
+            "127.0.0.1:5000/".into(),
+        ];
+        if let Some(c) = credentials {
+            args.extend(["--trust-credentials".to_string(), c]);
+        }
+        let log = dir.path().join(format!("{sub}.log"));
+        let m = Manager::start_args_logged(&dir.path().join(sub), &args, "trace", &log);
+        m.init_swarm(&[]);
+        m
+    };
+    let image = format!("{gun}:v1");
+    let create = |m: &Manager, name: &str| {
+        m.docker(&[
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            name,
+            &image,
+            "sleep",
+            "600",
+        ])
+    };
+
+    // carol may only pull: enough for the manager, which only reads.
+    let m = start("m1", Some(creds("carol.cred", "carol:carol-pw\n")));
+    let out = create(&m, "app");
+    assert!(out.status.success(), "{}", text(&out));
+    let pinned = format!("{image}@sha256:{digest}");
+    assert_eq!(m.wait_task_images("app"), std::slice::from_ref(&pinned));
+    // Warm: the token is reused (the second create needs no new one, and still succeeds).
+    let out = create(&m, "app2");
+    assert!(out.status.success(), "{}", text(&out));
+    drop(m);
+    // Nothing secret in the trace-level log: neither the password nor any token issued.
+    let log = std::fs::read_to_string(dir.path().join("m1.log")).unwrap();
+    assert!(log.contains("TRACE"), "the log is not at trace level");
+    let basic = base64::engine::general_purpose::STANDARD.encode("carol:carol-pw");
+    for needle in ["carol-pw", basic.as_str(), "Bearer ey"] {
+        assert!(
+            !log.contains(needle),
+            "{needle:?} reached the manager's log"
+        );
+    }
+
+    // No credentials: refused, naming the option; a wrong password: refused, naming the user.
+    let m = start("m2", None);
+    let err = text(&create(&m, "app"));
+    assert!(err.contains("--trust-credentials FILE"), "{err}");
+    drop(m);
+    let m = start("m3", Some(creds("bad.cred", "carol:not-her-password\n")));
+    let err = text(&create(&m, "app"));
+    assert!(
+        err.contains("refused the credentials of user \"carol\""),
+        "{err}"
+    );
+    assert!(!err.contains("not-her-password"), "{err}");
+    let ls = m.docker_ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(ls.trim().is_empty(), "{ls}");
+    drop(m);
+
+    // A credentials file others can read is refused at start, with the fix.
+    let loose = creds("loose.cred", "carol:carol-pw\n");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+        .args(["manager", "--data-dir"])
+        .arg(dir.path().join("m4"))
+        .args(["--trust-server", &server.url(), "--trust-ca"])
+        .arg(&server.cert)
+        .args([
+            "--require-signed",
+            "127.0.0.1:5000/",
+            "--trust-credentials",
+            &loose,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(err.contains("chmod 600"), "{err}");
+}

@@ -4,7 +4,10 @@
 //! rollback against the last versions seen). The signature and schema checks are the trust
 //! server's own (`tuf`), so both sides read metadata the same way.
 //!
-//! [`verify`] is pure (no I/O); [`fetch_role`] is the one network call.
+//! [`verify`] is pure (no I/O); [`fetch_role`] is the one network call. A trust server with
+//! token authentication is answered as the CLIs answer it ([`token`]).
+
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +79,8 @@ pub enum TrustError {
     Invalid { gun: String, reason: String },
     #[error("{gun}: cannot reach the trust server: {reason}")]
     Unreachable { gun: String, reason: String },
+    #[error("{gun}: the trust server refused access: {reason}")]
+    Unauthorized { gun: String, reason: String },
 }
 
 fn invalid(gun: &str, reason: impl std::fmt::Display) -> TrustError {
@@ -262,6 +267,8 @@ pub struct Server {
     /// The TLS server name (`host` of the URL).
     pub host: String,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Credentials for a trust server with token authentication, and the tokens they earned.
+    pub auth: Option<Arc<token::TokenAuth>>,
 }
 
 impl Server {
@@ -312,7 +319,15 @@ impl Server {
             addr,
             host,
             tls: Arc::new(tls),
+            auth: None,
         })
+    }
+
+    /// Answers the trust server's token challenges with `credentials` (a pull-only account is
+    /// enough: the manager only reads).
+    pub fn with_credentials(mut self, credentials: token::Credentials) -> Server {
+        self.auth = Some(Arc::new(token::TokenAuth::new(credentials)));
+        self
     }
 }
 
@@ -379,7 +394,97 @@ impl rustls::client::danger::ServerCertVerifier for PinnedOrCa {
     }
 }
 
+/// One HTTP/1.1 answer, body bounded by [`MAX_METADATA`].
+struct Reply {
+    status: u16,
+    challenge: Option<String>,
+    body: Vec<u8>,
+}
+
+/// `GET target` on `addr` over TLS verified with the trust server's roots. The error is worded
+/// for a log and a user: it never holds the `authorization` value.
+async fn get(
+    tls: &Arc<rustls::ClientConfig>,
+    addr: &str,
+    host: &str,
+    target: &str,
+    authorization: Option<&str>,
+) -> Result<Reply, String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| s(&e))?;
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| s(&e))?;
+    let tls = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| s(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| s(&e))?;
+    tokio::spawn(conn);
+    // Host carries the port unless it is https's default (RFC 9110 §7.2): a server that names
+    // itself from Host (the token realm) must come back to this very port.
+    let host_header = if addr.ends_with(":443") { host } else { addr };
+    let mut req = hyper::Request::get(target).header(hyper::header::HOST, host_header);
+    if let Some(a) = authorization {
+        let mut v = hyper::header::HeaderValue::from_str(a)
+            .map_err(|_| "a credential a header cannot carry".to_string())?;
+        v.set_sensitive(true);
+        req = req.header(hyper::header::AUTHORIZATION, v);
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).map_err(|e| s(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| s(&e))?;
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get(hyper::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = Limited::new(resp.into_body(), MAX_METADATA)
+        .collect()
+        .await
+        .map_err(|e| s(&e))?;
+    Ok(Reply {
+        status,
+        challenge,
+        body: body.to_bytes().to_vec(),
+    })
+}
+
+/// Gets a token for `scope` from the realm of `challenge` with the configured credentials.
+async fn fetch_token(
+    server: &Server,
+    auth: &token::TokenAuth,
+    challenge: &token::Challenge,
+    scope: &str,
+) -> Result<zeroize::Zeroizing<String>, String> {
+    let realm = token::RealmUrl::parse(&challenge.realm)?;
+    let target = realm.request_target(challenge, scope);
+    let basic = auth.basic();
+    let reply = get(&server.tls, &realm.addr, &realm.host, &target, Some(&basic))
+        .await
+        .map_err(|e| format!("token service {}: {e}", challenge.realm))?;
+    match reply.status {
+        200 => {}
+        401 | 403 => {
+            return Err(format!(
+                "the token service {} refused the credentials of user {:?} (HTTP {}): check --trust-credentials",
+                challenge.realm,
+                auth.credentials.user(),
+                reply.status
+            ))
+        }
+        s => return Err(format!("the token service {} answered {s}", challenge.realm)),
+    }
+    let (tok, ttl) = token::parse_token_response(&reply.body)?;
+    auth.remember(scope, tok.clone(), ttl);
+    Ok(tok)
+}
+
 /// `GET /v2/<gun>/_trust/tuf/<role>.json`. `Ok(None)`: the server has no such file (404).
+/// A 401 with a Bearer challenge is answered with a token when credentials are configured.
 pub async fn fetch_role(
     server: &Server,
     gun: &str,
@@ -389,39 +494,59 @@ pub async fn fetch_role(
         gun: gun.to_string(),
         reason: e.to_string(),
     };
+    let unauthorized = |reason: String| TrustError::Unauthorized {
+        gun: gun.to_string(),
+        reason,
+    };
+    let target = format!("/v2/{gun}/_trust/tuf/{role}.json");
+    let scope = format!("repository:{gun}:pull");
     let work = async {
-        let tcp = tokio::net::TcpStream::connect(&server.addr)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let name = rustls_pki_types::ServerName::try_from(server.host.clone())
-            .map_err(|e| unreachable(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(server.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        let bearer = |t: &str| format!("Bearer {t}");
+        let cached = server.auth.as_ref().and_then(|a| a.cached(&scope));
+        let send = |authz: Option<String>| {
+            let target = &target;
+            async move {
+                get(
+                    &server.tls,
+                    &server.addr,
+                    &server.host,
+                    target,
+                    authz.as_deref(),
+                )
                 .await
-                .map_err(|e| unreachable(&e))?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(format!("/v2/{gun}/_trust/tuf/{role}.json"))
-            .header(hyper::header::HOST, &server.host)
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| unreachable(&e))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        match resp.status().as_u16() {
-            200 => {}
-            404 => return Ok(None),
-            s => return Err(unreachable(&format!("GET {role}.json answered {s}"))),
+                .map_err(|e| unreachable(&e))
+            }
+        };
+        let mut reply = send(cached.as_deref().map(|t| bearer(t))).await?;
+        if reply.status == 401 {
+            let auth = server.auth.as_ref().ok_or_else(|| {
+                unauthorized(
+                    "it requires a token and the manager has no credentials: start the manager with --trust-credentials FILE (user:password of an account that may pull)".into(),
+                )
+            })?;
+            auth.forget(&scope);
+            let challenge = reply
+                .challenge
+                .as_deref()
+                .and_then(token::Challenge::parse)
+                .ok_or_else(|| unauthorized("401 without a Bearer challenge".into()))?;
+            let tok = fetch_token(server, auth, &challenge, &scope)
+                .await
+                .map_err(unauthorized)?;
+            reply = send(Some(bearer(&tok))).await?;
+            if reply.status == 401 || reply.status == 403 {
+                auth.forget(&scope);
+                return Err(unauthorized(format!(
+                    "a token for user {:?} does not grant pull on {gun}: give that account pull access",
+                    auth.credentials.user()
+                )));
+            }
         }
-        let body = Limited::new(resp.into_body(), MAX_METADATA)
-            .collect()
-            .await
-            .map_err(|e| unreachable(&e))?;
-        Ok(Some(body.to_bytes().to_vec()))
+        match reply.status {
+            200 => Ok(Some(reply.body)),
+            404 => Ok(None),
+            s => Err(unreachable(&format!("GET {role}.json answered {s}"))),
+        }
     };
     tokio::time::timeout(FETCH_TIMEOUT, work)
         .await

@@ -90,7 +90,18 @@ impl Manager {
 
     /// [`Manager::start`] logging at `rust_log` into `log_file` (appended across restarts).
     pub fn start_logged(data_dir: &Path, rust_log: &str, log_file: &Path) -> Manager {
+        Manager::start_args_logged(data_dir, &[], rust_log, log_file)
+    }
+
+    /// [`Manager::start_args`] and [`Manager::start_logged`] at once.
+    pub fn start_args_logged(
+        data_dir: &Path,
+        extra: &[String],
+        rust_log: &str,
+        log_file: &Path,
+    ) -> Manager {
         let mut m = Manager::unstarted(data_dir);
+        m.extra_args = extra.to_vec();
         m.log = (rust_log.to_string(), Some(log_file.to_path_buf()));
         m.spawn();
         m
@@ -307,6 +318,40 @@ impl Manager {
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> HttpResponse {
         self.try_request(method, path, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// The images of the tasks of `service`, from `GET /tasks`.
+    pub fn task_images(&self, service: &str) -> Vec<String> {
+        let id = self
+            .docker_ok(&["service", "inspect", "--format", "{{.ID}}", service])
+            .trim()
+            .to_string();
+        let tasks = self.request("GET", "/v1.41/tasks", None).json();
+        tasks
+            .as_array()
+            .expect("GET /tasks answers an array")
+            .iter()
+            .filter(|t| t["ServiceID"] == id.as_str())
+            .map(|t| {
+                t["Spec"]["ContainerSpec"]["Image"]
+                    .as_str()
+                    .expect("a task has an image")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// [`Manager::task_images`] once `service` has a task (within 10 s).
+    pub fn wait_task_images(&self, service: &str) -> Vec<String> {
+        let start = std::time::Instant::now();
+        loop {
+            let images = self.task_images(service);
+            if !images.is_empty() {
+                return images;
+            }
+            assert!(start.elapsed().as_secs() < 10, "no task for {service}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     fn try_request(
