@@ -186,6 +186,18 @@ impl LocalIdentity {
         Ok(identity)
     }
 
+    /// Rewrites `swarm-root-ca.crt` when the swarm's trusted root changed (a finished root
+    /// rotation), so the file operators and tools read is the root the manager trusts.
+    /// `Ok(true)` when it was rewritten.
+    pub fn sync_root_file(data_dir: &Path, root_pem: &[u8]) -> io::Result<bool> {
+        let path = data_dir.join(CERT_DIR).join("swarm-root-ca.crt");
+        if fs::read(&path).is_ok_and(|on_disk| on_disk == root_pem) {
+            return Ok(false);
+        }
+        write_atomic(&path, root_pem, 0o644, Placement::Replace)?;
+        Ok(true)
+    }
+
     /// Replaces this node's key and certificate (a renewal) so that a crash at any point leaves
     /// a matching pair: both are written to `.next` files first, then moved into place by
     /// [`LocalIdentity::recover`], which also finishes a move a crash interrupted.

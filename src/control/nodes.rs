@@ -531,6 +531,14 @@ impl Control {
             self.renew_own_certificate().await?;
             return Ok(());
         }
+        let rewritten =
+            LocalIdentity::sync_root_file(&self.config.data_dir, material.root.cert_pem())
+                .map_err(|e| {
+                    ControlError::internal("cannot write this manager's root CA file", e)
+                })?;
+        if rewritten {
+            tracing::info!("this manager's swarm-root-ca.crt now holds the swarm's current root");
+        }
         let info = super::local::chain_tls_info(&material.root, &material.cert_pem);
         if own.record.description.tls_info != info {
             self.record_tls_info(&own.record.id, info).await?;

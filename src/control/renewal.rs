@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::local::LocalIdentity;
@@ -14,13 +14,14 @@ use super::Control;
 /// The certificate is looked at this often, so a new swarm (or a renewal by other means) gets
 /// its own renewal point, and a failed renewal is retried this much later.
 const LOOK_EVERY: Duration = Duration::from_secs(60);
-/// How often the certificate is looked at while a root rotation runs.
+/// How often the certificate is looked at while a root rotation runs (or outside a swarm).
 const ROTATION_LOOK: Duration = Duration::from_secs(1);
 
 /// Runs until `stop`; the old certificate serves while a renewal is retried.
 pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     // The certificate's NotAfter and the renewal point drawn for it.
     let mut plan: Option<(SystemTime, Instant)> = None;
+    let mut events = control.subscribe();
     loop {
         let now = Instant::now();
         let due = next_renewal(&control, &mut plan, now);
@@ -40,10 +41,36 @@ pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::
         let rotating = control
             .cluster()
             .is_ok_and(|c| c.record.root_rotation.is_some());
-        let look = if rotating { ROTATION_LOOK } else { LOOK_EVERY };
-        tokio::select! {
-            _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep_until(due.min(now + look).max(now + Duration::from_millis(10))) => {}
+        // Also wake when the cluster record or this node's record changes: a rotation that
+        // starts, or the leader marking this manager ROTATE, is acted on at once. Outside a
+        // swarm look often, so a manager that just joined reports its TLS info at once.
+        let own_key = control
+            .security
+            .current()
+            .map(|m| super::records::node_key(&m.identity.node_id));
+        let look = if rotating || own_key.is_none() {
+            ROTATION_LOOK
+        } else {
+            LOOK_EVERY
+        };
+        let wake = due.min(now + look).max(now + Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = crate::util::until_true(&mut stop) => return,
+                _ = tokio::time::sleep_until(wake) => break,
+                ev = events.recv() => match ev {
+                    Ok(applied) => {
+                        let ours = |k: &String| {
+                            k == super::records::CLUSTER_KEY || own_key.as_ref() == Some(k)
+                        };
+                        if applied.keys.iter().any(ours) {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
         }
     }
 }

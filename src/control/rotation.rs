@@ -30,6 +30,7 @@ use super::records::{
     NODE_PREFIX, ROOT_CA_KEY,
 };
 use super::security::{load_root_record, Material};
+use super::types::Role;
 use super::Control;
 use crate::store::{Check, Op, Txn, TxnOutcome};
 
@@ -187,7 +188,11 @@ impl Control {
             .map(|s| s.record)
             // A node that never reported its TLS info (joined, no session yet) is not waited
             // for, as SwarmKit's reconciler ignores it: it could never report convergence.
-            .filter(|n| !n.description.tls_info.cert_issuer_public_key.is_empty())
+            // Managers are always waited for: once the rotation ends each trusts only the new
+            // root, so one left with an old-root certificate would be cut off the Raft group.
+            .filter(|n| {
+                n.role == Role::Manager || !n.description.tls_info.cert_issuer_public_key.is_empty()
+            })
             .filter(|n| {
                 n.description.tls_info.cert_issuer_subject != target.cert_issuer_subject
                     || n.description.tls_info.cert_issuer_public_key

@@ -364,6 +364,41 @@ impl Manager {
     }
 }
 
+/// `n` managers formed with the docker CLI: the first inits (with `init` flags), the others
+/// join it with the manager token. Managers are stopped when dropped; keep the dirs alive.
+pub fn form_managers(
+    n: usize,
+    netns: Option<&str>,
+    init: &[&str],
+) -> (Vec<tempfile::TempDir>, Vec<Manager>) {
+    let dirs: Vec<_> = (0..n)
+        .map(|i| super::short_tempdir(&format!("sg-m{i}-")))
+        .collect();
+    let first = Manager::start_in(dirs[0].path(), netns);
+    first.init_swarm(init);
+    let token = first
+        .docker_ok(&["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    let mut managers = vec![first];
+    for d in &dirs[1..] {
+        let m = Manager::start_in(d.path(), netns);
+        let out = m.docker_ok(&[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            &managers[0].cluster_addr,
+        ]);
+        assert!(
+            out.contains("This node joined a swarm as a manager."),
+            "{out}"
+        );
+        managers.push(m);
+    }
+    (dirs, managers)
+}
+
 /// One raw HTTP/1.1 request over tcp with exactly the given header lines (`Name: value`), as a
 /// web page's request would arrive; connection closed after.
 pub fn tcp_request(

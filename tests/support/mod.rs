@@ -361,3 +361,18 @@ impl TestCa {
         (cert, key)
     }
 }
+
+/// The DER of the first certificate in `pem`.
+pub fn first_der(pem: &[u8]) -> Vec<u8> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
+    pem.contents
+}
+
+/// The leaf of `chain_pem` is signed by the key of the root in `root_pem`.
+pub fn signed_by(chain_pem: &[u8], root_pem: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let (leaf_der, root_der) = (first_der(chain_pem), first_der(root_pem));
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&leaf_der).unwrap();
+    let (_, root) = x509_parser::certificate::X509Certificate::from_der(&root_der).unwrap();
+    leaf.verify_signature(Some(root.public_key())).is_ok()
+}
