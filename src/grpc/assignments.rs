@@ -232,6 +232,38 @@ pub fn diff(
     Ok(changes)
 }
 
+/// For benchmarks (`benches/services.rs`): the IDs of the tasks a message carries, to log once
+/// it went to the transport. Built only when debug logging is on for this module.
+fn task_ids(changes: &[pb::AssignmentChange]) -> Option<String> {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
+    let ids: Vec<&str> = changes
+        .iter()
+        .filter_map(|c| match c.assignment.as_ref()?.item.as_ref()? {
+            pb::assignment::Item::Task(t) => Some(t.id.as_str()),
+            pb::assignment::Item::Secret(_) | pb::assignment::Item::Config(_) => None,
+        })
+        .collect();
+    Some(ids.join(","))
+}
+
+/// Sends one message; false once the node hung up.
+async fn send(
+    tx: &mpsc::Sender<Result<pb::AssignmentsMessage, Status>>,
+    node_id: &str,
+    msg: pb::AssignmentsMessage,
+) -> bool {
+    let (results_in, tasks) = (msg.results_in.clone(), task_ids(&msg.changes));
+    if tx.send(Ok(msg)).await.is_err() {
+        return false;
+    }
+    if let Some(tasks) = tasks {
+        tracing::debug!(node = %node_id, %results_in, %tasks, "assignments sent");
+    }
+    true
+}
+
 /// Feeds one node's Assignments stream until the session ends or the node hangs up.
 pub async fn stream(
     s: std::sync::Arc<PortContext>,
@@ -255,7 +287,7 @@ pub async fn stream(
         results_in: seq.to_string(),
         changes: first,
     };
-    if tx.send(Ok(msg)).await.is_err() {
+    if !send(&tx, &node_id, msg).await {
         return;
     }
     loop {
@@ -291,7 +323,7 @@ pub async fn stream(
             changes,
         };
         seq += 1;
-        if tx.send(Ok(msg)).await.is_err() {
+        if !send(&tx, &node_id, msg).await {
             return;
         }
     }

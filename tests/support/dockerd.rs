@@ -36,6 +36,20 @@ impl Dockerd {
     /// Starts dockerd with its files under `dir`, which must be short (unix socket paths, the
     /// managed containerd's included, must stay under 108 bytes).
     pub fn start_in(dir: &Path, own_netns: bool) -> Dockerd {
+        Dockerd::start_in_with(dir, own_netns, &[])
+    }
+
+    /// [`Dockerd::start`] with more dockerd flags (e.g. `--debug`, whose task state lines a
+    /// benchmark reads).
+    pub fn start_with(own_netns: bool, extra: &[&str]) -> Dockerd {
+        let temp = short_tempdir("sgd");
+        let mut d = Dockerd::start_in_with(temp.path(), own_netns, extra);
+        d._temp = Some(temp);
+        d
+    }
+
+    /// [`Dockerd::start_in`] with more dockerd flags.
+    pub fn start_in_with(dir: &Path, own_netns: bool, extra: &[&str]) -> Dockerd {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let bin = require_bin("dockerd");
         let docker = require_bin("docker");
@@ -89,7 +103,8 @@ impl Dockerd {
                 "--ip-masq=false",
                 "--bridge=none",
                 "--storage-driver=vfs",
-            ]);
+            ])
+            .args(extra);
         let proc = Proc::spawn("dockerd", cmd, dir.join("dockerd.log"));
         let mut d = Dockerd {
             proc,

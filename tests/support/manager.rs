@@ -107,6 +107,20 @@ impl Manager {
         m
     }
 
+    /// [`Manager::start_in`] logging at `rust_log` into `log_file`.
+    pub fn start_in_logged(
+        data_dir: &Path,
+        netns: Option<&str>,
+        rust_log: &str,
+        log_file: &Path,
+    ) -> Manager {
+        let mut m = Manager::unstarted(data_dir);
+        m.netns = netns.map(str::to_string);
+        m.log = (rust_log.to_string(), Some(log_file.to_path_buf()));
+        m.spawn();
+        m
+    }
+
     /// A manager on `data_dir` with free loopback ports, not running yet.
     fn unstarted(data_dir: &Path) -> Manager {
         Manager {
