@@ -334,6 +334,7 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
             .any(|l| l.starts_with("app.1.") && l.ends_with("| s3cr3t")),
         "{logs}"
     );
+    logs_since(&m);
 
     // In use: refused with dockerd's text; the secret stays.
     let out = m.docker(&["secret", "rm", "db_pass"]);
@@ -383,6 +384,30 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
     d.stop();
 
     audit_chain_breaks_are_named(mdir.path(), &log);
+}
+
+/// `docker service logs --since`: a time after the task's line hides it, ten minutes back
+/// shows it; a `since` that is not a Unix time is refused.
+fn logs_since(m: &Manager) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
+    let later = m.docker_ok(&["service", "logs", "--since", &since, "app"]);
+    assert!(!later.contains("s3cr3t"), "{later}");
+    let back = m.docker_ok(&["service", "logs", "--since", "10m", "app"]);
+    assert!(
+        back.lines()
+            .any(|l| l.starts_with("app.1.") && l.ends_with("| s3cr3t")),
+        "{back}"
+    );
+    let r = m.request(
+        "GET",
+        "/v1.41/services/app/logs?stdout=1&since=yesterday",
+        None,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.message().contains("invalid value for \"since\""));
 }
 
 /// Node IDs of the live tasks of `service`, from `GET /tasks`.

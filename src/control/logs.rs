@@ -29,6 +29,8 @@ pub struct Subscription {
     pub follow: bool,
     /// SwarmKit's encoding: 0 all, `-(N+1)` the last N.
     pub tail: i64,
+    /// Only lines logged at or after this Unix time (nanoseconds).
+    pub since_ns: Option<i128>,
     pub stdout: bool,
     pub stderr: bool,
     pub close: bool,

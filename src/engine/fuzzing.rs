@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
-use super::request::{bool_value, json_body, parse_bool, parse_version};
+use super::request::{bool_value, json_body, parse_bool, parse_since, parse_version};
 use super::types::{InitRequest, NodeSpecBody};
 use super::Transport;
 use crate::control::filters::Filters;
@@ -76,6 +76,7 @@ pub fn query(head: &[u8]) -> Result<(), String> {
         version("node"),
         rotate(),
         filters(q.get("filters").map(String::as_str)),
+        parse_since(q.get("since")).map(drop),
     ];
     let path = req.uri().path();
     let routed = match path {

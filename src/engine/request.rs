@@ -88,6 +88,42 @@ pub fn parse_version(what: &str, value: Option<&String>) -> Result<u64, ApiError
     })
 }
 
+/// `since` of `GET /services/{id}/logs`, as the CLI sends it (`<seconds>[.<fraction>]`, Unix
+/// time; dockerd's `timetypes.ParseTimestamps`), in Unix nanoseconds; `None` when absent or
+/// empty. Digits only: no sign, at most 9 fraction digits, seconds within the year 9999.
+pub fn parse_since(value: Option<&String>) -> Result<Option<i128>, ApiError> {
+    let raw = value.map(String::as_str).unwrap_or("");
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        let shown: String = raw.chars().take(64).collect();
+        ApiError::BadRequest(format!(
+            "invalid value for \"since\": {shown:?} is not a Unix time (seconds[.fraction])"
+        ))
+    };
+    let (secs, frac) = match raw.split_once('.') {
+        Some((_, "")) => return Err(bad()),
+        Some(parts) => parts,
+        None => (raw, ""),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || secs.len() > 12 || !digits(secs) || frac.len() > 9 || !digits(frac) {
+        return Err(bad());
+    }
+    let secs: i128 = secs.parse().map_err(|_| bad())?;
+    if secs > 253_402_300_799 {
+        return Err(bad());
+    }
+    // "1.5" is 1 s + 500 000 000 ns: the fraction scales to nanoseconds.
+    let nanos: i128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<i128>().map_err(|_| bad())? * 10i128.pow(9 - frac.len() as u32)
+    };
+    Ok(Some(secs * 1_000_000_000 + nanos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +154,35 @@ mod tests {
             .starts_with("invalid swarm version ''"));
         assert!(parse_version("swarm", Some(&"-1".into())).is_err());
         assert!(parse_version("swarm", Some(&"99999999999999999999999".into())).is_err());
+    }
+
+    #[test]
+    fn since_values() {
+        let t = |s: &str| parse_since(Some(&s.to_string()));
+        assert_eq!(t("").unwrap(), None);
+        assert_eq!(parse_since(None).unwrap(), None);
+        assert_eq!(t("1700000000").unwrap(), Some(1_700_000_000_000_000_000));
+        // The CLI's form for `--since 10m` or an RFC 3339 date: nine fraction digits.
+        assert_eq!(
+            t("1700000000.000000123").unwrap(),
+            Some(1_700_000_000_000_000_123)
+        );
+        assert_eq!(t("1.5").unwrap(), Some(1_500_000_000));
+        for bad in [
+            "-1",
+            "+1",
+            "abc",
+            "1.",
+            ".5",
+            "1.2.3",
+            "1.0000000001",
+            "1e9",
+            " 1",
+            "99999999999999",
+            "253402300800",
+        ] {
+            let e = t(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid value for \"since\""), "{bad}: {e}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::request::{bool_value, json_body, parse_bool, parse_version};
+use super::request::{bool_value, json_body, parse_bool, parse_since, parse_version};
 use crate::control::filters::Filters;
 use crate::control::service_spec::{RestartPolicy, ServiceSpec, UpdateConfig};
 use crate::control::services::{ServiceRecord, ServiceView};
@@ -314,6 +314,7 @@ pub async fn service_logs(
             Err(_) => return Err(ApiError::BadRequest(format!("invalid tail value {n:?}"))),
         },
     };
+    let since_ns = parse_since(q.get("since"))?;
     let nodes = ctl
         .tasks()?
         .into_iter()
@@ -327,6 +328,7 @@ pub async fn service_logs(
         service_ids: vec![s.record.id.clone()],
         follow,
         tail,
+        since_ns,
         stdout,
         stderr,
         close: false,
@@ -356,6 +358,12 @@ pub async fn service_logs(
             let bytes = match ev {
                 LogEvent::Warning(w) => {
                     warnings.push(w);
+                    continue;
+                }
+                // The node filters by `since` itself; a line it sends anyway is not shown.
+                LogEvent::Line { timestamp_ns, .. }
+                    if since_ns.is_some_and(|s| timestamp_ns < s) =>
+                {
                     continue;
                 }
                 LogEvent::Line {

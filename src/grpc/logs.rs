@@ -26,7 +26,10 @@ pub fn subscription_pb(s: &Subscription) -> pb::SubscriptionMessage {
             streams,
             follow: s.follow,
             tail: s.tail,
-            since: None,
+            since: s.since_ns.map(|ns| prost_types::Timestamp {
+                seconds: ns.div_euclid(1_000_000_000) as i64,
+                nanos: ns.rem_euclid(1_000_000_000) as i32,
+            }),
         }),
         close: s.close,
     }

@@ -359,6 +359,7 @@ async fn a_node_cannot_publish_logs_it_was_not_asked_for() {
         service_ids: vec!["svc".into()],
         follow: false,
         tail: 0,
+        since_ns: None,
         stdout: true,
         stderr: true,
         close: false,
