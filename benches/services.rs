@@ -14,7 +14,9 @@
 //! task's assignment to the transport (its `assignments sent` debug line) is shown too.
 //!
 //! Run: `cargo bench --bench services` (as root: network namespaces). Prints markdown tables
-//! for docs/benchmarks.md. `SERVICES_BENCH_QUICK=1`: one round each, 1 and 10 replicas.
+//! for docs/benchmarks.md. `SERVICES_BENCH_QUICK=1`: one round each, 1 and 10 replicas;
+//! `SERVICES_BENCH_PLAN=50x3,1x5` other replica counts and rounds; `SERVICES_BENCH_KEEP=DIR`
+//! copies the managers' and workers' logs there at the end.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -37,6 +39,9 @@ const IMAGE: &str = "sg/bb:1";
 /// Limit for one create → running, and for one removal.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(50);
+/// Quiet time after a removal, so the next run does not share the machine with the last one's
+/// clean-up (containerd shims exiting, vfs directories deleted).
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// A network namespace with loopback up, deleted on drop.
 struct Netns(String);
@@ -419,6 +424,7 @@ fn remove(c: &Cluster, id: &str) {
                 .is_empty()
         })
     });
+    std::thread::sleep(SETTLE);
 }
 
 fn ms(s: f64) -> String {
@@ -635,13 +641,46 @@ fn trust_costs() {
     );
 }
 
+/// (replicas, rounds) to run.
+fn plan() -> Vec<(usize, usize)> {
+    if let Ok(p) = std::env::var("SERVICES_BENCH_PLAN") {
+        return p
+            .split(',')
+            .map(|r| {
+                let (n, k) = r.split_once('x').expect("SERVICES_BENCH_PLAN=NxROUNDS,…");
+                (n.trim().parse().unwrap(), k.trim().parse().unwrap())
+            })
+            .collect();
+    }
+    if std::env::var_os("SERVICES_BENCH_QUICK").is_some() {
+        return vec![(1, 1), (10, 1)];
+    }
+    vec![(1, 7), (50, 5)]
+}
+
+fn keep_logs(dir: &Path, clusters: &[&Cluster]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for c in clusters {
+        let tag = if c.manager_log.is_some() { "sg" } else { "dk" };
+        if let Some(m) = &c.manager_log {
+            std::fs::copy(m, dir.join("swarmguard.log")).unwrap();
+        }
+        if let Owner::Swarmkit { _dockerd } = &c._owner {
+            std::fs::copy(
+                _dockerd.root.join("dockerd.log"),
+                dir.join("dk-manager.log"),
+            )
+            .unwrap();
+        }
+        for (i, w) in c.workers.iter().enumerate() {
+            let to = dir.join(format!("{tag}-worker{i}.log"));
+            std::fs::copy(w.root.join("dockerd.log"), to).unwrap();
+        }
+    }
+}
+
 fn main() {
-    let quick = std::env::var_os("SERVICES_BENCH_QUICK").is_some();
-    let plan: &[(usize, usize)] = if quick {
-        &[(1, 1), (10, 1)]
-    } else {
-        &[(1, 5), (50, 3)]
-    };
+    let plan = plan();
     let started = Instant::now();
     let load_before = loadavg();
     let dir = support::short_tempdir("sgbs");
@@ -654,7 +693,10 @@ fn main() {
         println!("| replicas | manager | rounds | create → last assignment sent (ms) | manager's share: create → last task accepted by its worker (ms) | workers' share: last accepted → last running (ms) | end to end: create → last task running (ms) | running seen by a 50 ms poller (ms) | swarmguard / dockerd (share / end to end, medians) | manager CPU ms | worker dockerds' CPU ms |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for (replicas, rounds) in plan {
-            compare(&sg, &dk, *replicas, *rounds);
+            compare(&sg, &dk, replicas, rounds);
+        }
+        if let Some(keep) = std::env::var_os("SERVICES_BENCH_KEEP") {
+            keep_logs(Path::new(&keep), &[&sg, &dk]);
         }
     }
     trust_costs();
