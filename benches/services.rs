@@ -70,12 +70,12 @@ impl Drop for Netns {
 /// Which manager a cluster runs.
 enum Owner {
     Swarmguard {
-        _manager: Manager,
+        manager: Manager,
         _dir: tempfile::TempDir,
         _ns: Netns,
     },
     Swarmkit {
-        _dockerd: Dockerd,
+        dockerd: Dockerd,
     },
 }
 
@@ -87,7 +87,7 @@ struct Cluster {
     manager_log: Option<PathBuf>,
     _bridges: Vec<Bridge>,
     workers: Vec<Dockerd>,
-    _owner: Owner,
+    owner: Owner,
 }
 
 fn json(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> serde_json::Value {
@@ -133,7 +133,7 @@ impl Cluster {
             ns.0.clone(),
         );
         let owner = Owner::Swarmguard {
-            _manager: manager,
+            manager,
             _dir: mdir,
             _ns: ns,
         };
@@ -157,7 +157,7 @@ impl Cluster {
             "dockerd 20.10",
             socket,
             None,
-            Owner::Swarmkit { _dockerd: d },
+            Owner::Swarmkit { dockerd: d },
             &ns,
             &addr,
             &token,
@@ -182,7 +182,7 @@ impl Cluster {
             manager_log,
             _bridges: Vec::new(),
             workers: Vec::new(),
-            _owner: owner,
+            owner,
         };
         for _ in 0..2 {
             let w = Dockerd::start_with(true, &["--debug"]);
@@ -312,9 +312,9 @@ fn cpu_secs(pid: u32) -> f64 {
 
 impl Cluster {
     fn manager_pid(&self) -> u32 {
-        match &self._owner {
-            Owner::Swarmguard { _manager, .. } => _manager.pid(),
-            Owner::Swarmkit { _dockerd } => _dockerd.pid(),
+        match &self.owner {
+            Owner::Swarmguard { manager, .. } => manager.pid(),
+            Owner::Swarmkit { dockerd } => dockerd.pid(),
         }
     }
 
@@ -665,12 +665,8 @@ fn keep_logs(dir: &Path, clusters: &[&Cluster]) {
         if let Some(m) = &c.manager_log {
             std::fs::copy(m, dir.join("swarmguard.log")).unwrap();
         }
-        if let Owner::Swarmkit { _dockerd } = &c._owner {
-            std::fs::copy(
-                _dockerd.root.join("dockerd.log"),
-                dir.join("dk-manager.log"),
-            )
-            .unwrap();
+        if let Owner::Swarmkit { dockerd } = &c.owner {
+            std::fs::copy(dockerd.root.join("dockerd.log"), dir.join("dk-manager.log")).unwrap();
         }
         for (i, w) in c.workers.iter().enumerate() {
             let to = dir.join(format!("{tag}-worker{i}.log"));
