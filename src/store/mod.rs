@@ -339,8 +339,9 @@ impl Store {
         if voters == [self.inner.node_id] {
             self.wait_leader_and_replay(opts.leader_timeout).await?;
         } else {
-            // Several managers: the others may not be up yet. Entries past the applied ones
-            // apply once a leader says they are committed; until then reads may be stale.
+            // Several managers: the others may not be up yet. openraft re-applied the log up to
+            // the committed log id kept with it (log_store.rs); later entries apply once a leader
+            // says they are committed, and reads go through a read index meanwhile.
             tracing::info!(
                 voters = voters.len(),
                 "cluster store open as one of several managers"
