@@ -152,6 +152,96 @@ fn three_managers_join_with_the_cli_and_agree() {
     );
 }
 
+/// A `swarmguard agent` joined with `token` through `addr`, inside `netns`; killed by its PID.
+struct Agent(std::process::Child, tempfile::TempDir);
+
+impl Agent {
+    fn join(netns: &str, addr: &str, token: &str) -> Agent {
+        let dir = support::short_tempdir("sg-ag-");
+        let child = std::process::Command::new(support::require_bin("nsenter"))
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg(env!("CARGO_BIN_EXE_swarmguard"))
+            .args(["agent", "join", "--data-dir"])
+            .arg(dir.path())
+            .arg(addr)
+            .env("SWARMGUARD_JOIN_TOKEN", token)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start swarmguard agent");
+        Agent(child, dir)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `docker node ls` with the columns that must agree across managers.
+fn node_table(m: &Manager) -> Option<String> {
+    let out = m.docker(&[
+        "node",
+        "ls",
+        "--format",
+        "{{.ID}} {{.Status}} {{.Availability}} {{.ManagerStatus}} {{.EngineVersion}}",
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// A stock dockerd and a `swarmguard agent`, both joined through manager 2 (a follower): every
+/// manager's `docker node ls` shows the same five nodes, the two workers Ready.
+#[test]
+fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
+    let d = support::dockerd::Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let (_dirs, managers) = form_in(3, Some(&ns), &[]);
+    let token = managers[0]
+        .docker_ok(&["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let out = d.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        &token,
+        &managers[1].cluster_addr,
+    ]);
+    assert!(
+        out.contains("This node joined a swarm as a worker"),
+        "{out}"
+    );
+    let _agent = Agent::join(&ns, &managers[1].cluster_addr, &token);
+    let mut tables = Vec::new();
+    support::wait_until(
+        "five nodes, two Ready workers, the same table on every manager",
+        Duration::from_secs(30),
+        || {
+            tables = managers.iter().filter_map(node_table).collect();
+            tables.len() == 3
+                && tables.windows(2).all(|w| w[0] == w[1])
+                && tables[0].lines().count() == 5
+                && tables[0]
+                    .lines()
+                    .filter(|l| l.contains(" Ready Active  "))
+                    .count()
+                    == 2
+        },
+    );
+    let table = &tables[0];
+    assert_eq!(
+        table.lines().filter(|l| l.contains("Leader")).count(),
+        1,
+        "{table}"
+    );
+    assert!(table.contains("swarmguard-agent-"), "{table}");
+}
+
 /// One recorded operation of the history.
 #[derive(Debug, Clone)]
 struct Op {
@@ -171,6 +261,8 @@ enum Kind {
         register: usize,
         value: u64,
     },
+    /// `docker secret create` of a secret with this (unique) name.
+    Secret(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -341,7 +433,10 @@ fn run_clients(
                 while !stop.load(Ordering::Relaxed) {
                     let socket = &sockets[turn % sockets.len()];
                     turn += 1;
-                    let ops = client_step(socket, c, &mut next, clients);
+                    let mut ops = client_step(socket, c, &mut next, clients);
+                    if turn % 3 == 0 {
+                        ops.push(secret_step(socket, c, turn));
+                    }
                     if ops.is_empty() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -349,6 +444,60 @@ fn run_clients(
                 }
             })
         })
+        .collect()
+}
+
+/// One secret create with a name no other call uses: acknowledged (201) or of unknown outcome.
+fn secret_step(socket: &std::path::Path, client: usize, turn: usize) -> Op {
+    let name = format!("hist-{client}-{turn}");
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "Name": name, "Data": "dmFsdWU=" })).unwrap();
+    let invoke = Instant::now();
+    let res = unix_request(socket, "POST", "/v1.41/secrets/create", Some(&body));
+    let outcome = match res {
+        Ok(r) if r.status == 201 => Outcome::Ok,
+        _ => Outcome::Unknown,
+    };
+    Op {
+        client,
+        kind: Kind::Secret(name),
+        invoke,
+        complete: Instant::now(),
+        outcome,
+    }
+}
+
+/// Every acknowledged secret create is in `secrets` (the names a manager lists), and every
+/// listed secret was sent by a client. Returns how many were acknowledged.
+fn check_secrets(ops: &[Op], secrets: &[String]) -> Result<usize, String> {
+    let sent: std::collections::BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            Kind::Secret(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(n) = secrets.iter().find(|n| !sent.contains(n.as_str())) {
+        return Err(format!("secret {n} listed but never sent"));
+    }
+    let mut acked = 0;
+    for o in ops.iter().filter(|o| o.outcome == Outcome::Ok) {
+        if let Kind::Secret(n) = &o.kind {
+            acked += 1;
+            if !secrets.contains(n) {
+                return Err(format!("acknowledged secret {n} lost"));
+            }
+        }
+    }
+    Ok(acked)
+}
+
+fn secret_names(m: &Manager) -> Vec<String> {
+    let list = m.request("GET", "/v1.41/secrets", None).json();
+    list.as_array()
+        .expect("secret list")
+        .iter()
+        .filter_map(|s| s["Spec"]["Name"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -498,12 +647,19 @@ fn leader_kills_lose_no_acknowledged_write() {
         }
     }
     assert_eq!(finals_after, finals, "state after restarting all from disk");
+    let secrets_acked = check_secrets(&ops, &secret_names(&managers[2]))
+        .unwrap_or_else(|e| panic!("secrets after restarting all from disk: {e}"));
+    assert!(
+        secrets_acked > 20,
+        "too few acknowledged secret creates: {secrets_acked}"
+    );
     failovers.sort();
     eprintln!(
-        "failover (kill -9 of the leader -> first acknowledged write): median {:?}, max {:?}, {} acknowledged writes",
+        "failover (kill -9 of the leader -> first acknowledged write): median {:?}, max {:?}, {} acknowledged writes, {} acknowledged secret creates",
         failovers[failovers.len() / 2],
         failovers.last().unwrap(),
-        acked
+        acked,
+        secrets_acked
     );
 }
 
@@ -721,7 +877,8 @@ fn connected_to(netns: &str, pid: u32, ports: &[u16]) -> bool {
 }
 
 /// A stock dockerd joined through manager 2 gets every manager in its session, and when
-/// manager 2 dies it opens a session with another manager on its own, staying Ready.
+/// manager 2 dies it opens a session with another manager on its own, staying Ready, its task's
+/// container running on untouched.
 #[test]
 fn stock_worker_fails_over_to_another_manager() {
     let d = support::dockerd::Dockerd::start(true);
@@ -761,6 +918,15 @@ fn stock_worker_fails_over_to_another_manager() {
             .unwrap()
     };
     assert!(connected_to(&ns, d.pid(), &[port(&managers[1])]));
+    d.import_busybox_image("sg/bb:1");
+    managers[0].docker_ok(&[
+        "service", "create", "--detach", "--name", "app", "sg/bb:1", "sleep", "600",
+    ]);
+    let running = || d.docker_ok(&["ps", "-q", "--filter", "name=app."]);
+    support::wait_until("the task's container runs", Duration::from_secs(60), || {
+        running().lines().count() == 1
+    });
+    let container = running().trim().to_string();
     let others = [port(&managers[0]), port(&managers[2])];
     managers[1].kill9();
     // Its retry delay grows to 8 s (SwarmKit's agent backoff), so allow 30 s.
@@ -773,6 +939,16 @@ fn stock_worker_fails_over_to_another_manager() {
         let state = m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker]);
         assert_eq!(state.trim(), "ready");
     }
+    // A few heartbeat periods on the new session: the same container still runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        running().trim(),
+        container,
+        "the task's container was replaced"
+    );
+    let tasks = managers[2].docker_ok(&["service", "ps", "--format", "{{.CurrentState}}", "app"]);
+    assert_eq!(tasks.lines().count(), 1, "{tasks}");
+    assert!(tasks.starts_with("Running"), "{tasks}");
 }
 
 /// Autolock with three managers: one swarm unlock key wraps every manager's data key. A
