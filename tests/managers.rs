@@ -152,8 +152,12 @@ fn three_managers_join_with_the_cli_and_agree() {
     );
 }
 
-/// A `swarmguard agent` joined with `token` through `addr`, inside `netns`; killed by its PID.
-struct Agent(std::process::Child, tempfile::TempDir);
+/// A `swarmguard agent` joined with `token` through `addr`, inside `netns`; killed by its PID
+/// (its data dir lives as long as it does).
+struct Agent {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
 
 impl Agent {
     fn join(netns: &str, addr: &str, token: &str) -> Agent {
@@ -170,14 +174,14 @@ impl Agent {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start swarmguard agent");
-        Agent(child, dir)
+        Agent { child, _dir: dir }
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
