@@ -222,21 +222,26 @@ fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
     );
     let _agent = Agent::join(&ns, &managers[1].cluster_addr, &token);
     let mut tables = Vec::new();
-    support::wait_until(
-        "five nodes, two Ready workers, the same table on every manager",
-        Duration::from_secs(30),
-        || {
-            tables = managers.iter().filter_map(node_table).collect();
-            tables.len() == 3
-                && tables.windows(2).all(|w| w[0] == w[1])
-                && tables[0].lines().count() == 5
-                && tables[0]
-                    .lines()
-                    .filter(|l| l.contains(" Ready Active  "))
-                    .count()
-                    == 2
-        },
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        tables = managers.iter().filter_map(node_table).collect();
+        let agree = tables.len() == 3
+            && tables.windows(2).all(|w| w[0] == w[1])
+            && tables[0].lines().count() == 5
+            && tables[0]
+                .lines()
+                .filter(|l| l.contains(" Ready Active  "))
+                .count()
+                == 2;
+        if agree {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "five nodes, two Ready workers, the same table on every manager, within 30 s: {tables:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let table = &tables[0];
     assert_eq!(
         table.lines().filter(|l| l.contains("Leader")).count(),
