@@ -221,10 +221,9 @@ fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
         "{out}"
     );
     let _agent = Agent::join(&ns, &managers[1].cluster_addr, &token);
-    let mut tables = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        tables = managers.iter().filter_map(node_table).collect();
+    let tables = loop {
+        let tables: Vec<String> = managers.iter().filter_map(node_table).collect();
         let agree = tables.len() == 3
             && tables.windows(2).all(|w| w[0] == w[1])
             && tables[0].lines().count() == 5
@@ -234,14 +233,14 @@ fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
                 .count()
                 == 2;
         if agree {
-            break;
+            break tables;
         }
         assert!(
             Instant::now() < deadline,
             "five nodes, two Ready workers, the same table on every manager, within 30 s: {tables:#?}"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
+    };
     let table = &tables[0];
     assert_eq!(
         table.lines().filter(|l| l.contains("Leader")).count(),
