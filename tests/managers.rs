@@ -250,10 +250,28 @@ fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
     assert!(table.contains("swarmguard-agent-"), "{table}");
 }
 
+/// Where a client's register lives: a label of the swarm spec, or of one node's spec.
+#[derive(Debug, Clone, PartialEq)]
+enum Object {
+    Swarm,
+    Node(String),
+}
+
+impl Object {
+    fn path(&self) -> String {
+        match self {
+            Object::Swarm => "/v1.41/swarm".into(),
+            Object::Node(id) => format!("/v1.41/nodes/{id}"),
+        }
+    }
+}
+
 /// One recorded operation of the history.
 #[derive(Debug, Clone)]
 struct Op {
     client: usize,
+    /// Whose labels the register is in (secret creates: `Swarm`).
+    object: Object,
     /// Write: the value this client wrote to its register. Read: the register read.
     kind: Kind,
     invoke: Instant,
@@ -282,12 +300,19 @@ enum Outcome {
     Unknown,
 }
 
-/// Each client owns a register (label `r<client>` in the swarm spec) and writes 1, 2, 3 … to
-/// it with a compare-and-set on the cluster version; reads go to any manager.
-fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients: usize) -> Vec<Op> {
+/// Each client owns a register (label `r<client>` in the swarm spec, and another in a node's
+/// spec) and writes 1, 2, 3 … to it with a compare-and-set on the object's version; reads go
+/// to any manager.
+fn client_step(
+    socket: &std::path::Path,
+    client: usize,
+    next: &mut u64,
+    clients: usize,
+    object: &Object,
+) -> Vec<Op> {
     let mut ops = Vec::new();
     let invoke = Instant::now();
-    let r = match unix_request(socket, "GET", "/v1.41/swarm", None) {
+    let r = match unix_request(socket, "GET", &object.path(), None) {
         Ok(r) if r.status == 200 => r,
         _ => return ops,
     };
@@ -301,6 +326,7 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
             .unwrap_or(0);
         ops.push(Op {
             client,
+            object: object.clone(),
             kind: Kind::Read {
                 register: reg,
                 value,
@@ -317,7 +343,7 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
     }
     spec["Labels"][format!("r{client}")] = serde_json::Value::String(next.to_string());
     let body = serde_json::to_vec(&spec).unwrap();
-    let path = format!("/v1.41/swarm/update?version={version}");
+    let path = format!("{}/update?version={version}", object.path());
     let invoke = Instant::now();
     let res = unix_request(socket, "POST", &path, Some(&body));
     let complete = Instant::now();
@@ -328,6 +354,7 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
     };
     ops.push(Op {
         client,
+        object: object.clone(),
         kind: Kind::Write(*next),
         invoke,
         complete,
@@ -412,8 +439,8 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
     Ok(acked)
 }
 
-fn final_values(m: &Manager, clients: usize) -> BTreeMap<usize, u64> {
-    let swarm = m.request("GET", "/v1.41/swarm", None).json();
+fn final_values(m: &Manager, clients: usize, object: &Object) -> BTreeMap<usize, u64> {
+    let swarm = m.request("GET", &object.path(), None).json();
     (0..clients)
         .map(|c| {
             let v = swarm["Spec"]["Labels"][format!("r{c}")]
@@ -431,17 +458,22 @@ fn run_clients(
     clients: usize,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Op>>>,
+    node: Object,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..clients)
         .map(|c| {
             let (sockets, stop, history) = (sockets.clone(), stop.clone(), history.clone());
+            let node = node.clone();
             std::thread::spawn(move || {
-                let mut next = 1;
+                let (mut next, mut next_node) = (1, 1);
                 let mut turn = c;
                 while !stop.load(Ordering::Relaxed) {
                     let socket = &sockets[turn % sockets.len()];
                     turn += 1;
-                    let mut ops = client_step(socket, c, &mut next, clients);
+                    let mut ops = client_step(socket, c, &mut next, clients, &Object::Swarm);
+                    if turn % 2 == 0 {
+                        ops.extend(client_step(socket, c, &mut next_node, clients, &node));
+                    }
                     if turn % 3 == 0 {
                         ops.push(secret_step(socket, c, turn));
                     }
@@ -468,6 +500,7 @@ fn secret_step(socket: &std::path::Path, client: usize, turn: usize) -> Op {
     };
     Op {
         client,
+        object: Object::Swarm,
         kind: Kind::Secret(name),
         invoke,
         complete: Instant::now(),
@@ -582,7 +615,14 @@ fn leader_kills_lose_no_acknowledged_write() {
     let sockets: Vec<_> = managers.iter().map(|m| m.socket.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(Vec::new()));
-    let threads = run_clients(sockets, CLIENTS, stop.clone(), history.clone());
+    let node = Object::Node(ids[0].clone());
+    let threads = run_clients(
+        sockets,
+        CLIENTS,
+        stop.clone(),
+        history.clone(),
+        node.clone(),
+    );
     let mut failovers = kill_leader_rounds(&mut managers, &ids, &history, 20);
     // A paused leader must not acknowledge anything once another leader took over.
     let alive = [true; 3];
@@ -595,14 +635,25 @@ fn leader_kills_lose_no_acknowledged_write() {
     for t in threads {
         t.join().unwrap();
     }
-    let ops = history.lock().unwrap().clone();
-    let finals = final_values(&managers[0], CLIENTS);
+    let all_ops = history.lock().unwrap().clone();
+    let of = |o: &Object| -> Vec<Op> {
+        all_ops
+            .iter()
+            .filter(|op| op.object == *o)
+            .cloned()
+            .collect()
+    };
+    let (ops, node_ops) = (of(&Object::Swarm), of(&node));
+    let finals = final_values(&managers[0], CLIENTS, &Object::Swarm);
+    let node_finals = final_values(&managers[0], CLIENTS, &node);
     for (i, m) in managers.iter().enumerate() {
         eprintln!(
             "final values on manager {i}: {:?}",
-            final_values(m, CLIENTS)
+            final_values(m, CLIENTS, &Object::Swarm)
         );
     }
+    let node_acked = check_history(&node_ops, &node_finals)
+        .unwrap_or_else(|e| panic!("history check of the node register: {e}"));
     let acked = check_history(&ops, &finals).unwrap_or_else(|e| {
         if let Some(c) = e
             .split("of client ")
@@ -641,7 +692,7 @@ fn leader_kills_lose_no_acknowledged_write() {
             if r.status != 200 {
                 return false;
             }
-            finals_after = final_values(&managers[1], CLIENTS);
+            finals_after = final_values(&managers[1], CLIENTS, &Object::Swarm);
             true
         },
     );
@@ -650,11 +701,20 @@ fn leader_kills_lose_no_acknowledged_write() {
         for (i, m) in managers.iter().enumerate() {
             eprintln!(
                 "after restart, 3 s later, manager {i}: {:?}",
-                final_values(m, CLIENTS)
+                final_values(m, CLIENTS, &Object::Swarm)
             );
         }
     }
     assert_eq!(finals_after, finals, "state after restarting all from disk");
+    assert_eq!(
+        final_values(&managers[1], CLIENTS, &node),
+        node_finals,
+        "node labels after restarting all from disk"
+    );
+    assert!(
+        node_acked > 20,
+        "too few acknowledged node updates: {node_acked}"
+    );
     let secrets_acked = check_secrets(&ops, &secret_names(&managers[2]))
         .unwrap_or_else(|e| panic!("secrets after restarting all from disk: {e}"));
     assert!(
@@ -663,10 +723,11 @@ fn leader_kills_lose_no_acknowledged_write() {
     );
     failovers.sort();
     eprintln!(
-        "failover (kill -9 of the leader -> first acknowledged write): median {:?}, max {:?}, {} acknowledged writes, {} acknowledged secret creates",
+        "failover (kill -9 of the leader -> first acknowledged write): median {:?}, max {:?}, {} acknowledged writes, {} acknowledged node updates, {} acknowledged secret creates",
         failovers[failovers.len() / 2],
         failovers.last().unwrap(),
         acked,
+        node_acked,
         secrets_acked
     );
 }
