@@ -43,9 +43,10 @@ pub struct ManagerArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub raft_heartbeat_ms: u64,
 
-    /// Raft election timeout (ms): a follower campaigns after a random time between this and
-    /// twice this without a heartbeat. Failover takes about this long.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(30..=60_000))]
+    /// Raft election timeout (ms), the range's minimum (its maximum is twice this): a follower
+    /// campaigns after 3 to 4 times this without a heartbeat (the leader lease, the maximum,
+    /// plus a timeout drawn from the range), which is about how long failover takes.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(30..=60_000))]
     pub raft_election_ms: u64,
 
     /// Disaster recovery after losing the quorum for good: this manager becomes the only one
@@ -273,9 +274,11 @@ fn wrapped_key(data_dir: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 /// The store's options from the command line. A fresh manager gets its raft group at
 /// `swarm init`, or joins one at `swarm join`.
 fn store_options(args: &ManagerArgs, data_dir: &Path) -> anyhow::Result<StoreOptions> {
-    if args.raft_election_ms < 3 * args.raft_heartbeat_ms {
+    // A follower campaigns after at least 3 times the election timeout without a heartbeat
+    // (openraft's leader lease, twice it, plus at least it): keep that at 6 heartbeats or more.
+    if args.raft_election_ms < 2 * args.raft_heartbeat_ms {
         bail!(
-            "--raft-election-ms {} must be at least 3 times --raft-heartbeat-ms {}, or followers campaign against a live leader",
+            "--raft-election-ms {} must be at least 2 times --raft-heartbeat-ms {}, or followers campaign against a live leader",
             args.raft_election_ms,
             args.raft_heartbeat_ms
         );

@@ -10,41 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::manager::{unix_request, Manager};
+use support::manager::{form_managers as form_in, unix_request, Manager};
 
 /// Three managers: the first inits, the two others join it with the manager token.
 fn form(n: usize) -> (Vec<tempfile::TempDir>, Vec<Manager>) {
     form_in(n, None, &[])
-}
-
-/// [`form`] inside a network namespace, with extra `swarm init` flags.
-fn form_in(n: usize, netns: Option<&str>, init: &[&str]) -> (Vec<tempfile::TempDir>, Vec<Manager>) {
-    let dirs: Vec<_> = (0..n)
-        .map(|i| support::short_tempdir(&format!("sg-m{i}-")))
-        .collect();
-    let first = Manager::start_in(dirs[0].path(), netns);
-    first.init_swarm(init);
-    let token = first
-        .docker_ok(&["swarm", "join-token", "-q", "manager"])
-        .trim()
-        .to_string();
-    let mut managers = vec![first];
-    for d in &dirs[1..] {
-        let m = Manager::start_in(d.path(), netns);
-        let out = m.docker_ok(&[
-            "swarm",
-            "join",
-            "--token",
-            &token,
-            &managers[0].cluster_addr,
-        ]);
-        assert!(
-            out.contains("This node joined a swarm as a manager."),
-            "{out}"
-        );
-        managers.push(m);
-    }
-    (dirs, managers)
 }
 
 /// `docker node ls` as (hostname-independent) ID → MANAGER STATUS.
@@ -152,10 +122,126 @@ fn three_managers_join_with_the_cli_and_agree() {
     );
 }
 
+/// A `swarmguard agent` joined with `token` through `addr`, inside `netns`; killed by its PID
+/// (its data dir lives as long as it does).
+struct Agent {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn join(netns: &str, addr: &str, token: &str) -> Agent {
+        let dir = support::short_tempdir("sg-ag-");
+        let child = std::process::Command::new(support::require_bin("nsenter"))
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg(env!("CARGO_BIN_EXE_swarmguard"))
+            .args(["agent", "join", "--data-dir"])
+            .arg(dir.path())
+            .arg(addr)
+            .env("SWARMGUARD_JOIN_TOKEN", token)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start swarmguard agent");
+        Agent { child, _dir: dir }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `docker node ls` with the columns that must agree across managers.
+fn node_table(m: &Manager) -> Option<String> {
+    let out = m.docker(&[
+        "node",
+        "ls",
+        "--format",
+        "{{.ID}} {{.Status}} {{.Availability}} {{.ManagerStatus}} {{.EngineVersion}}",
+    ]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// A stock dockerd and a `swarmguard agent`, both joined through manager 2 (a follower): every
+/// manager's `docker node ls` shows the same five nodes, the two workers Ready.
+#[test]
+fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
+    let d = support::dockerd::Dockerd::start(true);
+    let ns = d.netns.clone().expect("own netns");
+    let (_dirs, managers) = form_in(3, Some(&ns), &[]);
+    let token = managers[0]
+        .docker_ok(&["swarm", "join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let out = d.docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        &token,
+        &managers[1].cluster_addr,
+    ]);
+    assert!(
+        out.contains("This node joined a swarm as a worker"),
+        "{out}"
+    );
+    let _agent = Agent::join(&ns, &managers[1].cluster_addr, &token);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tables = loop {
+        let tables: Vec<String> = managers.iter().filter_map(node_table).collect();
+        let agree = tables.len() == 3
+            && tables.windows(2).all(|w| w[0] == w[1])
+            && tables[0].lines().count() == 5
+            && tables[0]
+                .lines()
+                .filter(|l| l.contains(" Ready Active  "))
+                .count()
+                == 2;
+        if agree {
+            break tables;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "five nodes, two Ready workers, the same table on every manager, within 30 s: {tables:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let table = &tables[0];
+    assert_eq!(
+        table.lines().filter(|l| l.contains("Leader")).count(),
+        1,
+        "{table}"
+    );
+    assert!(table.contains("swarmguard-agent-"), "{table}");
+}
+
+/// Where a client's register lives: a label of the swarm spec, or of one node's spec.
+#[derive(Debug, Clone, PartialEq)]
+enum Object {
+    Swarm,
+    Node(String),
+}
+
+impl Object {
+    fn path(&self) -> String {
+        match self {
+            Object::Swarm => "/v1.41/swarm".into(),
+            Object::Node(id) => format!("/v1.41/nodes/{id}"),
+        }
+    }
+}
+
 /// One recorded operation of the history.
 #[derive(Debug, Clone)]
 struct Op {
     client: usize,
+    /// Whose labels the register is in (secret creates: `Swarm`).
+    object: Object,
     /// Write: the value this client wrote to its register. Read: the register read.
     kind: Kind,
     invoke: Instant,
@@ -171,6 +257,8 @@ enum Kind {
         register: usize,
         value: u64,
     },
+    /// `docker secret create` of a secret with this (unique) name.
+    Secret(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,12 +270,19 @@ enum Outcome {
     Unknown,
 }
 
-/// Each client owns a register (label `r<client>` in the swarm spec) and writes 1, 2, 3 … to
-/// it with a compare-and-set on the cluster version; reads go to any manager.
-fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients: usize) -> Vec<Op> {
+/// Each client owns a register (label `r<client>` in the swarm spec, and another in a node's
+/// spec) and writes 1, 2, 3 … to it with a compare-and-set on the object's version; reads go
+/// to any manager.
+fn client_step(
+    socket: &std::path::Path,
+    client: usize,
+    next: &mut u64,
+    clients: usize,
+    object: &Object,
+) -> Vec<Op> {
     let mut ops = Vec::new();
     let invoke = Instant::now();
-    let r = match unix_request(socket, "GET", "/v1.41/swarm", None) {
+    let r = match unix_request(socket, "GET", &object.path(), None) {
         Ok(r) if r.status == 200 => r,
         _ => return ops,
     };
@@ -201,6 +296,7 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
             .unwrap_or(0);
         ops.push(Op {
             client,
+            object: object.clone(),
             kind: Kind::Read {
                 register: reg,
                 value,
@@ -217,7 +313,7 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
     }
     spec["Labels"][format!("r{client}")] = serde_json::Value::String(next.to_string());
     let body = serde_json::to_vec(&spec).unwrap();
-    let path = format!("/v1.41/swarm/update?version={version}");
+    let path = format!("{}/update?version={version}", object.path());
     let invoke = Instant::now();
     let res = unix_request(socket, "POST", &path, Some(&body));
     let complete = Instant::now();
@@ -228,6 +324,7 @@ fn client_step(socket: &std::path::Path, client: usize, next: &mut u64, clients:
     };
     ops.push(Op {
         client,
+        object: object.clone(),
         kind: Kind::Write(*next),
         invoke,
         complete,
@@ -312,8 +409,8 @@ fn check_history(ops: &[Op], final_values: &BTreeMap<usize, u64>) -> Result<usiz
     Ok(acked)
 }
 
-fn final_values(m: &Manager, clients: usize) -> BTreeMap<usize, u64> {
-    let swarm = m.request("GET", "/v1.41/swarm", None).json();
+fn final_values(m: &Manager, clients: usize, object: &Object) -> BTreeMap<usize, u64> {
+    let swarm = m.request("GET", &object.path(), None).json();
     (0..clients)
         .map(|c| {
             let v = swarm["Spec"]["Labels"][format!("r{c}")]
@@ -331,17 +428,25 @@ fn run_clients(
     clients: usize,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Op>>>,
+    node: Object,
 ) -> Vec<std::thread::JoinHandle<()>> {
     (0..clients)
         .map(|c| {
             let (sockets, stop, history) = (sockets.clone(), stop.clone(), history.clone());
+            let node = node.clone();
             std::thread::spawn(move || {
-                let mut next = 1;
+                let (mut next, mut next_node) = (1, 1);
                 let mut turn = c;
                 while !stop.load(Ordering::Relaxed) {
                     let socket = &sockets[turn % sockets.len()];
                     turn += 1;
-                    let ops = client_step(socket, c, &mut next, clients);
+                    let mut ops = client_step(socket, c, &mut next, clients, &Object::Swarm);
+                    if turn % 2 == 0 {
+                        ops.extend(client_step(socket, c, &mut next_node, clients, &node));
+                    }
+                    if turn % 3 == 0 {
+                        ops.push(secret_step(socket, c, turn));
+                    }
                     if ops.is_empty() {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -349,6 +454,61 @@ fn run_clients(
                 }
             })
         })
+        .collect()
+}
+
+/// One secret create with a name no other call uses: acknowledged (201) or of unknown outcome.
+fn secret_step(socket: &std::path::Path, client: usize, turn: usize) -> Op {
+    let name = format!("hist-{client}-{turn}");
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "Name": name, "Data": "dmFsdWU=" })).unwrap();
+    let invoke = Instant::now();
+    let res = unix_request(socket, "POST", "/v1.41/secrets/create", Some(&body));
+    let outcome = match res {
+        Ok(r) if r.status == 201 => Outcome::Ok,
+        _ => Outcome::Unknown,
+    };
+    Op {
+        client,
+        object: Object::Swarm,
+        kind: Kind::Secret(name),
+        invoke,
+        complete: Instant::now(),
+        outcome,
+    }
+}
+
+/// Every acknowledged secret create is in `secrets` (the names a manager lists), and every
+/// listed secret was sent by a client. Returns how many were acknowledged.
+fn check_secrets(ops: &[Op], secrets: &[String]) -> Result<usize, String> {
+    let sent: std::collections::BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            Kind::Secret(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(n) = secrets.iter().find(|n| !sent.contains(n.as_str())) {
+        return Err(format!("secret {n} listed but never sent"));
+    }
+    let mut acked = 0;
+    for o in ops.iter().filter(|o| o.outcome == Outcome::Ok) {
+        if let Kind::Secret(n) = &o.kind {
+            acked += 1;
+            if !secrets.contains(n) {
+                return Err(format!("acknowledged secret {n} lost"));
+            }
+        }
+    }
+    Ok(acked)
+}
+
+fn secret_names(m: &Manager) -> Vec<String> {
+    let list = m.request("GET", "/v1.41/secrets", None).json();
+    list.as_array()
+        .expect("secret list")
+        .iter()
+        .filter_map(|s| s["Spec"]["Name"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -425,11 +585,14 @@ fn leader_kills_lose_no_acknowledged_write() {
     let sockets: Vec<_> = managers.iter().map(|m| m.socket.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(Vec::new()));
-    let threads = run_clients(sockets, CLIENTS, stop.clone(), history.clone());
-    // A manager killed within seconds of the swarm's formation can come back with an empty
-    // state and cannot rejoin (docs/threat-model.md, issue 12, not yet defended): the kills
-    // start once the swarm has run a while.
-    std::thread::sleep(Duration::from_secs(5));
+    let node = Object::Node(ids[0].clone());
+    let threads = run_clients(
+        sockets,
+        CLIENTS,
+        stop.clone(),
+        history.clone(),
+        node.clone(),
+    );
     let mut failovers = kill_leader_rounds(&mut managers, &ids, &history, 20);
     // A paused leader must not acknowledge anything once another leader took over.
     let alive = [true; 3];
@@ -442,14 +605,25 @@ fn leader_kills_lose_no_acknowledged_write() {
     for t in threads {
         t.join().unwrap();
     }
-    let ops = history.lock().unwrap().clone();
-    let finals = final_values(&managers[0], CLIENTS);
+    let all_ops = history.lock().unwrap().clone();
+    let of = |o: &Object| -> Vec<Op> {
+        all_ops
+            .iter()
+            .filter(|op| op.object == *o)
+            .cloned()
+            .collect()
+    };
+    let (ops, node_ops) = (of(&Object::Swarm), of(&node));
+    let finals = final_values(&managers[0], CLIENTS, &Object::Swarm);
+    let node_finals = final_values(&managers[0], CLIENTS, &node);
     for (i, m) in managers.iter().enumerate() {
         eprintln!(
             "final values on manager {i}: {:?}",
-            final_values(m, CLIENTS)
+            final_values(m, CLIENTS, &Object::Swarm)
         );
     }
+    let node_acked = check_history(&node_ops, &node_finals)
+        .unwrap_or_else(|e| panic!("history check of the node register: {e}"));
     let acked = check_history(&ops, &finals).unwrap_or_else(|e| {
         if let Some(c) = e
             .split("of client ")
@@ -488,7 +662,7 @@ fn leader_kills_lose_no_acknowledged_write() {
             if r.status != 200 {
                 return false;
             }
-            finals_after = final_values(&managers[1], CLIENTS);
+            finals_after = final_values(&managers[1], CLIENTS, &Object::Swarm);
             true
         },
     );
@@ -497,17 +671,34 @@ fn leader_kills_lose_no_acknowledged_write() {
         for (i, m) in managers.iter().enumerate() {
             eprintln!(
                 "after restart, 3 s later, manager {i}: {:?}",
-                final_values(m, CLIENTS)
+                final_values(m, CLIENTS, &Object::Swarm)
             );
         }
     }
     assert_eq!(finals_after, finals, "state after restarting all from disk");
+    assert_eq!(
+        final_values(&managers[1], CLIENTS, &node),
+        node_finals,
+        "node labels after restarting all from disk"
+    );
+    assert!(
+        node_acked > 20,
+        "too few acknowledged node updates: {node_acked}"
+    );
+    let secrets_acked = check_secrets(&ops, &secret_names(&managers[2]))
+        .unwrap_or_else(|e| panic!("secrets after restarting all from disk: {e}"));
+    assert!(
+        secrets_acked > 20,
+        "too few acknowledged secret creates: {secrets_acked}"
+    );
     failovers.sort();
     eprintln!(
-        "failover (kill -9 of the leader -> first acknowledged write): median {:?}, max {:?}, {} acknowledged writes",
+        "failover (kill -9 of the leader -> first acknowledged write): median {:?}, max {:?}, {} acknowledged writes, {} acknowledged node updates, {} acknowledged secret creates",
         failovers[failovers.len() / 2],
         failovers.last().unwrap(),
-        acked
+        acked,
+        node_acked,
+        secrets_acked
     );
 }
 
@@ -725,7 +916,8 @@ fn connected_to(netns: &str, pid: u32, ports: &[u16]) -> bool {
 }
 
 /// A stock dockerd joined through manager 2 gets every manager in its session, and when
-/// manager 2 dies it opens a session with another manager on its own, staying Ready.
+/// manager 2 dies it opens a session with another manager on its own, staying Ready, its task's
+/// container running on untouched.
 #[test]
 fn stock_worker_fails_over_to_another_manager() {
     let d = support::dockerd::Dockerd::start(true);
@@ -765,6 +957,15 @@ fn stock_worker_fails_over_to_another_manager() {
             .unwrap()
     };
     assert!(connected_to(&ns, d.pid(), &[port(&managers[1])]));
+    d.import_busybox_image("sg/bb:1");
+    managers[0].docker_ok(&[
+        "service", "create", "--detach", "--name", "app", "sg/bb:1", "sleep", "600",
+    ]);
+    let running = || d.docker_ok(&["ps", "-q", "--filter", "name=app."]);
+    support::wait_until("the task's container runs", Duration::from_secs(60), || {
+        running().lines().count() == 1
+    });
+    let container = running().trim().to_string();
     let others = [port(&managers[0]), port(&managers[2])];
     managers[1].kill9();
     // Its retry delay grows to 8 s (SwarmKit's agent backoff), so allow 30 s.
@@ -777,6 +978,16 @@ fn stock_worker_fails_over_to_another_manager() {
         let state = m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker]);
         assert_eq!(state.trim(), "ready");
     }
+    // A few heartbeat periods on the new session: the same container still runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        running().trim(),
+        container,
+        "the task's container was replaced"
+    );
+    let tasks = managers[2].docker_ok(&["service", "ps", "--format", "{{.CurrentState}}", "app"]);
+    assert_eq!(tasks.lines().count(), 1, "{tasks}");
+    assert!(tasks.starts_with("Running"), "{tasks}");
 }
 
 /// Autolock with three managers: one swarm unlock key wraps every manager's data key. A
@@ -1006,4 +1217,78 @@ fn force_new_cluster_recovers_a_survivor_and_fresh_managers_join() {
         "{ls:?}"
     );
     joined[0].docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+}
+
+/// All three managers show one Leader and two Reachable managers.
+fn wait_all_reachable(managers: &[Manager], what: &str) {
+    support::wait_until(what, Duration::from_secs(30), || {
+        managers.iter().all(|m| {
+            node_ls_soft(m).is_some_and(|ls| {
+                ls.values().filter(|s| *s == "Leader").count() == 1
+                    && ls.values().filter(|s| *s == "Reachable").count() == 2
+            })
+        })
+    });
+}
+
+/// kill -9 with no quiet time after `swarm init` and after each join: the state file may not
+/// have the swarm yet (it is written in batches), so the manager must rebuild its state from its
+/// own log (the committed log id it keeps) or, failing that, serve Raft with the certificate on
+/// disk until a leader brings it back. A single manager, each joined manager, the leader, and
+/// all three at once come back with their swarm, and writes go on.
+#[test]
+fn managers_killed_right_after_init_or_join_come_back() {
+    let dirs: Vec<_> = (0..3)
+        .map(|i| support::short_tempdir(&format!("sg-k{i}-")))
+        .collect();
+    let mut first = Manager::start(dirs[0].path());
+    first.init_swarm(&[]);
+    first.kill9();
+    first.restart();
+    let info = first.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert_eq!(info.trim(), "active", "a single manager killed after init");
+    first.docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let token = first
+        .docker_ok(&["swarm", "join-token", "-q", "manager"])
+        .trim()
+        .to_string();
+    let mut managers = vec![first];
+    for d in &dirs[1..] {
+        let mut m = Manager::start(d.path());
+        m.docker_ok(&[
+            "swarm",
+            "join",
+            "--token",
+            &token,
+            &managers[0].cluster_addr,
+        ]);
+        m.kill9();
+        m.restart();
+        managers.push(m);
+    }
+    // The first leader, killed right after the last join.
+    managers[0].kill9();
+    managers[0].restart();
+    wait_all_reachable(&managers, "the killed managers are back in the group");
+    for m in &managers {
+        let info = m.docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+        assert_eq!(info.trim(), "active");
+    }
+    // All three at once, right after a write through a follower.
+    managers[1].docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
+    let token = managers[1].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    for m in managers.iter_mut() {
+        m.kill9();
+    }
+    for m in managers.iter_mut() {
+        m.restart();
+    }
+    wait_all_reachable(
+        &managers,
+        "all three restarted managers form the group again",
+    );
+    for m in &managers {
+        assert_eq!(m.docker_ok(&["swarm", "join-token", "-q", "worker"]), token);
+    }
+    managers[2].docker_ok(&["swarm", "join-token", "--rotate", "worker"]);
 }

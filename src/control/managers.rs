@@ -81,6 +81,30 @@ impl Control {
         Ok(())
     }
 
+    /// A manager that restarted before its state knew the swarm loads its security material
+    /// once the state holds the cluster again (see `grpc::recover`). Whether it did now.
+    pub fn adopt_recorded_identity(&self) -> bool {
+        if self.security.current().is_some() {
+            return false;
+        }
+        let material = match Security::load(&self.store, &self.config.data_dir) {
+            Ok(Some(m)) => m,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "the swarm's state is not complete here yet");
+                return false;
+            }
+        };
+        self.set_cluster_port(ClusterPort::Stopped);
+        self.security.install(material);
+        if let Err(e) = self.reconcile_autolock() {
+            tracing::warn!(error = %e, "autolock not reconciled after recovery; the follow loop retries");
+        }
+        self.membership_changed.notify_one();
+        tracing::info!("the swarm's state is back: serving the full cluster port");
+        true
+    }
+
     /// Adds the manager `node_id` (which holds a manager certificate) to the Raft group as
     /// `raft_id` at `addr`: its record first (so the others accept its calls and show it),
     /// then the group: as learner until it caught up, then as voter.

@@ -1,7 +1,7 @@
 //! The orchestrator: compares every service with its tasks and writes what must change (new
 //! tasks for empty slots or eligible nodes, shutdowns for extra slots, Down or drained nodes and
 //! outdated tasks, restarts per policy, history trimming, removal of a removed service's tasks),
-//! then the scheduler (`scheduler.rs`) places pending tasks. One loop, woken by store events on
+//! then the scheduler (`scheduler.rs`) places pending tasks. One loop on the leader, woken by store events on
 //! services, tasks and nodes and by a timer for delays; each pass is idempotent, so a lost race
 //! is simply redone on the next pass.
 
@@ -518,7 +518,10 @@ pub async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
                 while events.try_recv().is_ok() {}
             }
         }
-        if control.local_node_id().is_none() {
+        // Only the leader orchestrates, as in SwarmKit: every manager deciding from its own
+        // (possibly lagging) copy created a task for the same slot twice, one per manager, and
+        // shut the extra down on the next pass.
+        if control.local_node_id().is_none() || !control.store().is_leader() {
             continue;
         }
         if let Err(e) = control.orchestrate().await {

@@ -121,8 +121,9 @@ pub async fn join_as_manager(control: Arc<Control>, req: JoinOptions) -> Result<
     )
 }
 
-/// The cluster port with only the Raft service, for [`Gate::Joining`].
-fn serve_raft_only(
+/// The cluster port with only the Raft service, for [`Gate::Joining`] (a join, or a restart
+/// that recovers: `super::recover`).
+pub(super) fn serve_raft_only(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     gate: Gate,

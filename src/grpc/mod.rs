@@ -15,6 +15,7 @@ pub mod join;
 pub mod limits;
 pub mod logs;
 pub mod raft;
+pub mod recover;
 
 #[cfg(test)]
 mod tests;
@@ -326,7 +327,14 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let mut events = control.store().subscribe();
     let mut running: Option<Running> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Restarted before the state knew the swarm: Raft alone until it does (see `recover`).
+    let mut recovering = recover::start(&control).await;
     loop {
+        if recovering.is_some() && control.adopt_recorded_identity() {
+            if let Some(r) = recovering.take() {
+                r.stop().await;
+            }
+        }
         let in_swarm = control.local_identity().is_some();
         match (&running, in_swarm) {
             (None, true) => match start(control.clone()).await {
@@ -373,6 +381,9 @@ pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
         }
     }
     if let Some(r) = running.take() {
+        r.stop().await;
+    }
+    if let Some(r) = recovering.take() {
         r.stop().await;
     }
 }

@@ -168,6 +168,7 @@ impl Store {
 
     /// A write proposed on this manager as leader, refused at once without a recent quorum.
     async fn apply_as_leader(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        self.wait_first_quorum_ack().await?;
         let m = self.inner.raft.metrics().borrow().clone();
         let voters = m.membership_config.membership().voter_ids().count();
         if voters > 1
@@ -193,6 +194,30 @@ impl Store {
                 Err(StoreError::Raft(e.to_string()))
             }
             Ok(Err(RaftError::Fatal(f))) => Err(StoreError::Raft(f.to_string())),
+        }
+    }
+
+    /// A leader that has not heard from a quorum yet in its term (just elected, or restored
+    /// leading at a restart) waits up to [`QUORUM_GRACE`] for the first round instead of
+    /// refusing the write: nothing was proposed, so waiting is safe, and a client writing
+    /// right after a failover is served rather than refused. A leader that heard from a quorum
+    /// once and then lost it is refused at once by the caller.
+    async fn wait_first_quorum_ack(&self) -> Result<(), StoreError> {
+        let start = Instant::now();
+        loop {
+            let m = self.inner.raft.metrics().borrow().clone();
+            if m.membership_config.membership().voter_ids().count() <= 1
+                || m.millis_since_quorum_ack.is_some()
+            {
+                return Ok(());
+            }
+            if !m.state.is_leader() {
+                return Err(StoreError::NotLeader { leader: None });
+            }
+            if start.elapsed() > QUORUM_GRACE {
+                return Err(self.no_quorum());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

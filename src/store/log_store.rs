@@ -2,8 +2,14 @@
 //! purge point and node ID in `<data_dir>/store/raft-log.redb`.
 //!
 //! - Entries: JSON of `openraft::Entry`, sealed with AAD `log/<index>`.
-//! - `meta` table: `"vote"` (AAD `meta/vote`), `"last_purged"` (AAD `meta/last_purged`) and
-//!   `"node_id"` (AAD `meta/node_id`), all sealed, written with `Durability::Immediate`.
+//! - `meta` table: `"vote"` (AAD `meta/vote`), `"last_purged"` (AAD `meta/last_purged`),
+//!   `"node_id"` (AAD `meta/node_id`) and `"committed"` (AAD `meta/committed`), all sealed,
+//!   written with `Durability::Immediate`.
+//!
+//! The committed log id is written behind openraft's back, at most every [`COMMITTED_EVERY`]
+//! (see [`committed_loop`]): at open, openraft re-applies the log up to it before anything else,
+//! so a manager of several comes back with the state it had applied, whatever reached the state
+//! file, without waiting for a leader. A stale one is safe (it only shortens that replay).
 //!
 //! Appends are group-committed: `append` keeps the entries in memory (readable at once, as
 //! openraft requires) and hands them to one writer thread, which writes everything queued since
@@ -17,6 +23,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogId, StorageError, StorageIOError, Vote};
@@ -34,6 +41,9 @@ use super::{spawn_io, CloseGuard};
 const OLD_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AAD_NODE_ID: &str = "meta/node_id";
+const AAD_COMMITTED: &str = "meta/committed";
+/// Most often the committed log id is written (one fsync'd redb commit each).
+const COMMITTED_EVERY: Duration = Duration::from_millis(50);
 /// Entries kept in memory after an append (see [`Inner::tail`]).
 const TAIL_ENTRIES: usize = 1024;
 /// Most appends the writer puts in one write.
@@ -59,6 +69,8 @@ pub(crate) struct Inner {
     tail: Mutex<Tail>,
     /// Queue of the writer thread (see [`writer_loop`]).
     writer: std::sync::mpsc::Sender<Job>,
+    /// Wakes the thread that writes the committed log id (see [`committed_loop`]).
+    committed_poke: std::sync::mpsc::SyncSender<()>,
     /// Rewrite the log file after this many entries were purged since the last rewrite.
     compact_after_purged: u64,
     compactions: Arc<AtomicU64>,
@@ -87,6 +99,9 @@ struct Cache {
     last_purged: Option<LogId<u64>>,
     last_log: Option<LogId<u64>>,
     purged_since_compact: u64,
+    /// The last committed log id openraft reported, and the one written to the file.
+    committed: Option<LogId<u64>>,
+    committed_saved: Option<LogId<u64>>,
 }
 
 /// Decrypts and parses the entry sealed at `index`, and checks it says so.
@@ -167,6 +182,13 @@ impl LogStore {
                 {
                     cache.last_purged = sealed::open_json(&dek, AAD_PURGED, v.value())?;
                 }
+                if let Some(v) = meta
+                    .get("committed")
+                    .map_err(|e| StoreError::db(what(), e))?
+                {
+                    cache.committed = sealed::open_json(&dek, AAD_COMMITTED, v.value())?;
+                    cache.committed_saved = cache.committed;
+                }
                 if let Some(v) = meta.get("node_id").map_err(|e| StoreError::db(what(), e))? {
                     node_id = Some(sealed::open_json::<u64>(&dek, AAD_NODE_ID, v.value())?);
                 }
@@ -215,6 +237,7 @@ impl LogStore {
         })?;
         let (guard, closed) = CloseGuard::new();
         let (writer, queue) = std::sync::mpsc::channel();
+        let (committed_poke, pokes) = std::sync::mpsc::sync_channel(1);
         let persisted = cache.last_log.map(|l| l.index).unwrap_or(0);
         let inner = Arc::new(Inner {
             db,
@@ -227,6 +250,7 @@ impl LogStore {
                 persisted,
             }),
             writer,
+            committed_poke,
             compact_after_purged,
             compactions: Arc::new(AtomicU64::new(0)),
             closed,
@@ -238,6 +262,14 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(weak, queue))
+            .map_err(|e| StoreError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("raft-committed".into())
+            .spawn(move || committed_loop(weak, pokes))
             .map_err(|e| StoreError::Io {
                 path: path.to_path_buf(),
                 source: e,
@@ -291,6 +323,28 @@ impl Inner {
         let out = f(&tx)?;
         tx.commit().map_err(|e| StoreError::db(self.what(), e))?;
         Ok(out)
+    }
+
+    /// Writes the committed log id openraft last reported, if it is not in the file yet.
+    fn write_committed(&self) -> Result<(), StoreError> {
+        let committed = {
+            let c = self.cache();
+            if c.committed == c.committed_saved {
+                return Ok(());
+            }
+            c.committed
+        };
+        let rec = sealed::seal_json(&self.dek, AAD_COMMITTED, &committed)?;
+        self.write(|tx| {
+            let mut meta = tx
+                .open_table(META)
+                .map_err(|e| StoreError::db(self.what(), e))?;
+            meta.insert("committed", rec.as_slice())
+                .map_err(|e| StoreError::db(self.what(), e))?;
+            Ok(())
+        })?;
+        self.cache().committed_saved = committed;
+        Ok(())
     }
 
     fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<LogEntry>, StoreError> {
@@ -459,6 +513,28 @@ fn writer_loop(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver<J
     }
 }
 
+/// Writes the committed log id when openraft reports a new one, then rests [`COMMITTED_EVERY`]
+/// so a busy leader costs at most that many commits a second. Ends with the store.
+fn committed_loop(inner: std::sync::Weak<Inner>, pokes: std::sync::mpsc::Receiver<()>) {
+    while pokes.recv().is_ok() {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.write_committed() {
+            tracing::warn!(error = %e, "committed log id not written; a restart replays less of the log at once");
+        }
+        drop(inner);
+        std::thread::sleep(COMMITTED_EVERY);
+    }
+}
+
+impl Drop for Inner {
+    /// A clean stop leaves the latest committed log id in the file.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_committed() {
+            tracing::warn!(error = %e, "committed log id not written at close");
+        }
+    }
+}
+
 impl LogStore {
     /// Disaster recovery (`--force-new-cluster`): ends the group this log belonged to by
     /// appending a membership of this node alone, in a new term this node leads (vote saved
@@ -560,6 +636,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
         Ok(self.inner.cache().vote)
+    }
+
+    /// Kept in memory at once and written by [`committed_loop`] soon after: openraft awaits
+    /// this before every apply, so it must not wait for a disk.
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        self.inner.cache().committed = committed;
+        // Full: a write is due anyway and will take the newest value.
+        let _ = self.inner.committed_poke.try_send(());
+        Ok(())
+    }
+
+    /// Never past the end of the log on disk: a follower may have heard of a commit index
+    /// beyond entries a crash then cut off (committed entries below it are never truncated,
+    /// so the log up to there is committed).
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        let c = self.inner.cache();
+        Ok(match (c.committed, c.last_log) {
+            (Some(committed), Some(last)) if committed.index > last.index => Some(last),
+            (_, None) => None,
+            (committed, _) => committed,
+        })
     }
 
     async fn append<I>(
@@ -742,5 +842,38 @@ mod tests {
         );
         // Purged entries are gone from both.
         assert_eq!(check(&log, lo, lo + 51), 0);
+    }
+
+    /// The committed log id survives a reopen (written soon after openraft reports it, and at
+    /// close), and is never reported past the end of the log on disk.
+    #[tokio::test]
+    async fn committed_log_id_survives_a_reopen_within_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let dek = Arc::new(DataKey::generate().unwrap());
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 7), i);
+        {
+            let (mut log, _) = LogStore::open(&path, dek.clone(), u64::MAX).unwrap();
+            assert_eq!(log.read_committed().await.unwrap(), None);
+            append(&log, (1..=5).map(entry).collect());
+            log.save_committed(Some(id(3))).await.unwrap();
+            // Written by the committed thread, not at close: wait for it.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while log.inner.cache().committed_saved != Some(id(3)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "committed id not written"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            log.save_committed(Some(id(5))).await.unwrap();
+        }
+        {
+            let (mut log, _) = LogStore::open(&path, dek.clone(), u64::MAX).unwrap();
+            assert_eq!(log.read_committed().await.unwrap(), Some(id(5)));
+            // A crash cut the log short of what this follower had heard was committed.
+            log.truncate(id(4)).await.unwrap();
+            assert_eq!(log.read_committed().await.unwrap(), Some(id(3)));
+        }
     }
 }

@@ -107,11 +107,13 @@ impl Default for StoreOptions {
             compact_log_after_purged: 10_000,
             bootstrap: true,
             write_timeout: Duration::from_secs(10),
-            // A follower campaigns 300–600 ms after its last heartbeat, and the others grant
-            // their vote once their leader lease (the election maximum, 600 ms) ran out, so
-            // failover takes 0.6–1 s. The heartbeat is also openraft's AppendEntries timeout.
+            // openraft 0.9: a follower that followed a leader campaigns after its leader lease
+            // (the election maximum) plus its election timeout (drawn once per start from the
+            // range) without a heartbeat: 600–800 ms here, six to eight heartbeats missed. With
+            // (300, 600) that was 0.9–1.2 s, failover above 1 s. The heartbeat is also
+            // openraft's AppendEntries timeout.
             heartbeat_ms: 100,
-            election_ms: (300, 600),
+            election_ms: (200, 400),
             force_new_cluster: false,
         }
     }
@@ -339,8 +341,9 @@ impl Store {
         if voters == [self.inner.node_id] {
             self.wait_leader_and_replay(opts.leader_timeout).await?;
         } else {
-            // Several managers: the others may not be up yet. Entries past the applied ones
-            // apply once a leader says they are committed; until then reads may be stale.
+            // Several managers: the others may not be up yet. openraft re-applied the log up to
+            // the committed log id kept with it (log_store.rs); later entries apply once a leader
+            // says they are committed, and reads go through a read index meanwhile.
             tracing::info!(
                 voters = voters.len(),
                 "cluster store open as one of several managers"

@@ -232,10 +232,9 @@ impl StateMachine {
 }
 
 /// Applied state that waits in memory is written within about `DURABLE_EVERY` even when no
-/// further entry arrives: a follower that goes idle right after it joined must find the
-/// cluster in its state file after a crash, since it replays its log only once the leader
-/// reaches it, and the leader reaches it through the cluster port it serves only when it
-/// knows the cluster. Ends when the state machine is gone.
+/// further entry arrives, so an idle manager's restart re-applies little of its log (it
+/// re-applies up to the committed log id the log store keeps, see log_store.rs). Ends when the
+/// state machine is gone.
 fn spawn_idle_flusher(db: &Arc<SmDb>, pending: &Arc<Mutex<Pending>>, path: &Path) {
     let (db, pending, path) = (
         Arc::downgrade(db),

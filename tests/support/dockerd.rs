@@ -20,6 +20,8 @@ pub struct Dockerd {
     /// The directory holding data-root, exec-root, socket and log.
     pub root: PathBuf,
     docker: PathBuf,
+    /// More dockerd flags, kept for [`Dockerd::restart`].
+    extra: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -51,7 +53,6 @@ impl Dockerd {
     /// [`Dockerd::start_in`] with more dockerd flags.
     pub fn start_in_with(dir: &Path, own_netns: bool, extra: &[&str]) -> Dockerd {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let bin = require_bin("dockerd");
         let docker = require_bin("docker");
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("d.sock");
@@ -80,7 +81,25 @@ impl Dockerd {
             }
             name
         });
-        let mut cmd = match &netns {
+        let mut d = Dockerd {
+            proc: Proc::none(),
+            socket,
+            config,
+            netns,
+            root: dir.to_path_buf(),
+            docker,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _temp: None,
+        };
+        d.spawn_daemon();
+        d
+    }
+
+    /// Starts the daemon on this Dockerd's files and namespace and waits until it answers.
+    fn spawn_daemon(&mut self) {
+        let bin = require_bin("dockerd");
+        let dir = self.root.clone();
+        let mut cmd = match &self.netns {
             // `ip netns exec` remounts /sys and breaks dockerd; nsenter switches only the netns.
             Some(name) => {
                 let mut c = Command::new(require_bin("nsenter"));
@@ -94,7 +113,7 @@ impl Dockerd {
             .arg("--exec-root")
             .arg(dir.join("x"))
             .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
+            .arg(format!("unix://{}", self.socket.display()))
             .arg("--pidfile")
             .arg(dir.join("d.pid"))
             .args([
@@ -104,21 +123,13 @@ impl Dockerd {
                 "--bridge=none",
                 "--storage-driver=vfs",
             ])
-            .args(extra);
-        let proc = Proc::spawn("dockerd", cmd, dir.join("dockerd.log"));
-        let mut d = Dockerd {
-            proc,
-            socket,
-            config,
-            netns,
-            root: dir.to_path_buf(),
-            docker,
-            _temp: None,
-        };
-        let sock = d.socket.clone();
-        let docker = d.docker.clone();
+            .args(&self.extra);
+        self.proc = Proc::spawn("dockerd", cmd, dir.join("dockerd.log"));
+        let sock = self.socket.clone();
+        let docker = self.docker.clone();
+        let proc = &mut self.proc;
         wait_until("dockerd socket", Duration::from_secs(60), || {
-            d.proc.assert_running();
+            proc.assert_running();
             sock.exists()
                 && Command::new(&docker)
                     .arg("-H")
@@ -130,7 +141,31 @@ impl Dockerd {
                     .map(|s| s.success())
                     .unwrap_or(false)
         });
-        d
+    }
+
+    /// `kill -9` of dockerd and of the containerd it started (both by PID), as a crash of the
+    /// host's engine would leave them; [`Dockerd::restart`] brings it back on the same files.
+    pub fn kill9(&mut self) {
+        let children = child_pids(self.proc.pid());
+        self.proc.kill9();
+        for pid in children {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            // Reparented to init, which reaps it.
+            wait_until("containerd gone", Duration::from_secs(10), || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true)
+            });
+        }
+    }
+
+    /// Starts the daemon again (after [`Dockerd::kill9`] or a stop) in the same namespace.
+    pub fn restart(&mut self) {
+        assert_eq!(self.proc.pid(), 0, "stop dockerd first");
+        self.spawn_daemon();
     }
 
     pub fn pid(&self) -> u32 {
@@ -245,6 +280,25 @@ impl Dockerd {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
     }
+}
+
+/// The PIDs of `pid`'s children (every thread's list).
+fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 impl Drop for Dockerd {

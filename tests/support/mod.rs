@@ -113,6 +113,14 @@ impl Proc {
         }
     }
 
+    /// SIGKILL by our PID and reap it; the Proc then owns no process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
