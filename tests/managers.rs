@@ -726,6 +726,34 @@ fn quorum_loss_refuses_writes_fast() {
     assert!(text.contains("1 of 3 managers reachable"), "{text}");
     // The 2 s target is a benchmark figure, not an assertion; the log shows it.
     eprintln!("write refused after {took:?} without quorum");
+
+    // Reads still answer from the survivor's own copy, marked stale with why.
+    let ls = managers[0].docker_ok(&["node", "ls", "--format", "{{.ID}}"]);
+    assert_eq!(ls.lines().count(), 3, "{ls}");
+    let raw = managers[0].request("GET", "/v1.41/nodes", None);
+    assert_eq!(raw.status, 200);
+    let warning = raw.header("warning").unwrap_or_default().to_string();
+    assert!(
+        warning.contains("no quorum (1 of 3 managers reachable)") && warning.contains("stale"),
+        "{warning:?}"
+    );
+    let info = managers[0].docker(&["info"]);
+    let info = support::text(&info);
+    assert!(
+        info.contains("WARNING: this manager has no quorum (1 of 3 managers reachable)"),
+        "{info}"
+    );
+    // With the quorum back, reads carry no such mark.
+    managers[1].restart();
+    support::wait_until("a write succeeds again", Duration::from_secs(30), || {
+        managers[0]
+            .docker(&["swarm", "join-token", "--rotate", "-q", "worker"])
+            .status
+            .success()
+    });
+    let raw = managers[0].request("GET", "/v1.41/nodes", None);
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.header("warning"), None);
 }
 
 /// Membership with dockerd's texts: leave refused on a manager, a demotion that would break

@@ -273,6 +273,24 @@ impl Control {
         Ok(())
     }
 
+    /// How fresh the Engine API's reads are: after a read barrier, [`Freshness::Current`];
+    /// without a quorum, this manager's own copy is still served, marked [`Freshness::Stale`]
+    /// with why (the "reads of local state still answer, marked stale").
+    pub async fn read_freshness(&self) -> Result<Freshness, ControlError> {
+        if self.local_identity().is_none() {
+            return Ok(Freshness::Current);
+        }
+        match self.store.read_barrier().await {
+            Ok(()) => Ok(Freshness::Current),
+            Err(crate::store::StoreError::NoQuorum { reachable, managers }) => {
+                Ok(Freshness::Stale(format!(
+                    "this manager has no quorum ({reachable} of {managers} managers reachable): it shows its own copy of the swarm's state, which may be stale; writes are refused until more than half of the managers are online"
+                )))
+            }
+            Err(e) => Err(records::store_error(e)),
+        }
+    }
+
     /// Read barrier for the Engine API's reads: everything committed before the call is
     /// applied here (read index through the leader). Without a leader: dockerd's error.
     pub async fn read_barrier(&self) -> Result<(), ControlError> {
@@ -325,4 +343,12 @@ impl Control {
         }
         out
     }
+}
+
+/// What a read shows: the swarm's committed state, or this manager's own possibly stale copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    Current,
+    /// Why the state shown may be stale (no quorum).
+    Stale(String),
 }

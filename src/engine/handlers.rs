@@ -72,7 +72,13 @@ pub async fn version() -> Json<serde_json::Value> {
 
 pub async fn info(State(ctl): Ctl) -> Result<Json<serde_json::Value>, ApiError> {
     let swarm = swarm_info(&ctl)?;
-    Ok(Json(info_body(&ctl.config().data_dir, swarm)))
+    let mut body = info_body(&ctl.config().data_dir, swarm);
+    // `docker info` prints these as WARNING lines: the one place the CLI shows staleness.
+    if let Ok(crate::control::managers::Freshness::Stale(why)) = ctl.read_freshness().await {
+        // dockerd's warnings carry their own "WARNING: " prefix; the CLI prints them as-is.
+        body["Warnings"] = json!([format!("WARNING: {why}")]);
+    }
+    Ok(Json(body))
 }
 
 /// `/info` around a `Swarm` section (also what a locked manager answers).
@@ -175,7 +181,6 @@ fn cluster_info(ctl: &Control, view: &ClusterView) -> api::ClusterInfo {
 }
 
 pub async fn swarm_inspect(State(ctl): Ctl) -> Result<Json<api::Swarm>, ApiError> {
-    ctl.read_barrier().await?;
     let view = ctl.cluster()?;
     Ok(Json(api::Swarm {
         cluster: cluster_info(&ctl, &view),
@@ -272,7 +277,6 @@ pub async fn swarm_unlock(State(ctl): Ctl, body: Body) -> Result<StatusCode, Api
 pub async fn node_list(State(ctl): Ctl, Query(q): Q) -> Result<Json<Vec<api::Node>>, ApiError> {
     let filters = Filters::parse(q.get("filters").map(String::as_str), Filters::NODE_KEYS)?;
     filters.validate_nodes()?;
-    ctl.read_barrier().await?;
     let states = ctl.manager_states().await;
     let nodes = ctl
         .nodes()?
@@ -287,7 +291,6 @@ pub async fn node_inspect(
     State(ctl): Ctl,
     Path(id): Path<String>,
 ) -> Result<Json<api::Node>, ApiError> {
-    ctl.read_barrier().await?;
     let node = ctl.node(&id)?;
     Ok(Json(node_json(&node, &ctl.manager_states().await)))
 }

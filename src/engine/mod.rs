@@ -89,10 +89,47 @@ pub fn service(control: Arc<Control>, transport: Transport) -> Router {
             get(secrets::inspect).delete(secrets::remove),
         )
         .route("/secrets/{id}/update", post(secrets::update))
+        .route_layer(axum::middleware::from_fn_with_state(
+            control.clone(),
+            fresh_reads,
+        ))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control);
     guarded(routes, transport)
+}
+
+/// Reads of the swarm's state are linearizable: a read barrier (read index through the leader)
+/// runs before the handler, so a read on any manager sees every write acknowledged before it.
+/// Without a quorum the manager still answers from its own copy, with a `Warning` header that
+/// says so and why (`docker info` lists the same text); other errors refuse the read.
+async fn fresh_reads(
+    State(ctl): State<Arc<Control>>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    if req.method() != axum::http::Method::GET || !reads_swarm_state(req.uri().path()) {
+        return Ok(next.run(req).await);
+    }
+    let freshness = ctl.read_freshness().await?;
+    let mut resp = next.run(req).await;
+    if let crate::control::managers::Freshness::Stale(why) = freshness {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("199 swarmguard \"{why}\"")) {
+            resp.headers_mut().insert(header::WARNING, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The paths whose answers come from the replicated store.
+fn reads_swarm_state(path: &str) -> bool {
+    path == "/swarm"
+        || ["/nodes", "/services", "/tasks", "/secrets"]
+            .iter()
+            .any(|p| {
+                path.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
 }
 
 /// The browser guard and the version prefix in front of `routes` (both the full API and the
