@@ -101,15 +101,13 @@ impl Inline {
             return None;
         }
         let mut task = tokio::spawn(signer.sign(req));
-        Some(
-            match tokio::time::timeout(SIGN_INLINE, &mut task).await {
-                Ok(Ok(outcome)) => Inline::Done(outcome),
-                Ok(Err(e)) => Inline::Done(Err(SignError::Unavailable(format!(
-                    "signature task failed: {e}"
-                )))),
-                Err(_) => Inline::Running(task),
-            },
-        )
+        Some(match tokio::time::timeout(SIGN_INLINE, &mut task).await {
+            Ok(Ok(outcome)) => Inline::Done(outcome),
+            Ok(Err(e)) => Inline::Done(Err(SignError::Unavailable(format!(
+                "signature task failed: {e}"
+            )))),
+            Err(_) => Inline::Running(task),
+        })
     }
 
     /// The outcome to write now, if there is one.
@@ -141,7 +139,9 @@ impl Inline {
         let (store, handoffs) = (control.store().clone(), control.handoffs().clone());
         tokio::spawn(async move {
             let outcome = task.await.unwrap_or_else(|e| {
-                Err(SignError::Unavailable(format!("signature task failed: {e}")))
+                Err(SignError::Unavailable(format!(
+                    "signature task failed: {e}"
+                )))
             });
             record_signed(&store, &node_id, &csr_b64, role, outcome).await;
             handoffs.lock().remove(&node_id);

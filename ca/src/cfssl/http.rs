@@ -180,7 +180,9 @@ pub(crate) async fn send(
         .body(Full::new(body))
         .map_err(|e| SendError::Failed(format!("request: {e}")))?;
     if sender.ready().await.is_err() {
-        return Err(SendError::NotSent("the kept-alive connection was closed".into()));
+        return Err(SendError::NotSent(
+            "the kept-alive connection was closed".into(),
+        ));
     }
     let resp = match sender.try_send_request(req).await {
         Ok(resp) => resp,

@@ -254,7 +254,10 @@ impl CfsslClient {
                 };
                 continue;
             };
-            match self.call(&Pool::default(), ca, &info, wire::info_body()).await {
+            match self
+                .call(&Pool::default(), ca, &info, wire::info_body())
+                .await
+            {
                 Ok(pem) => return Ok(pem),
                 Err(e) => last = e,
             }

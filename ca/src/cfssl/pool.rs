@@ -55,11 +55,7 @@ impl Pool {
         idle.push((conn, Instant::now()));
     }
 
-    async fn open(
-        &self,
-        ep: &Endpoint,
-        tls: &Arc<rustls::ClientConfig>,
-    ) -> Result<Conn, String> {
+    async fn open(&self, ep: &Endpoint, tls: &Arc<rustls::ClientConfig>) -> Result<Conn, String> {
         let slot = self
             .slots
             .clone()
