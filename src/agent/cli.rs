@@ -154,7 +154,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             addr,
         } => {
             let ready = agent::storm::prepare_renewals(resolve(&addr)?, &token, clients, nodes);
-            let ready = ready.await?;
+            let ready = Box::pin(ready).await?;
             if go_on_stdin {
                 use tokio::io::AsyncBufReadExt as _;
                 println!("{}", serde_json::json!({ "joined": nodes }));
@@ -163,7 +163,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     .read_line(&mut line)
                     .await?;
             }
-            let r = agent::storm::renew_storm(ready, clients).await?;
+            let r = Box::pin(agent::storm::renew_storm(ready, clients)).await?;
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }
@@ -174,8 +174,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             addr,
         } => {
             let (stop_tx, stop_rx) = watch::channel(false);
-            let sim = agent::storm::swarm_sim(resolve(&addr)?, &token, clients, nodes, stop_rx);
-            tokio::pin!(sim);
+            // Boxed: a large future, and `run` stays small for every other subcommand.
+            let mut sim = Box::pin(agent::storm::swarm_sim(
+                resolve(&addr)?,
+                &token,
+                clients,
+                nodes,
+                stop_rx,
+            ));
             let r = tokio::select! {
                 r = &mut sim => r?,
                 stop = until_told_to_stop() => {
