@@ -536,3 +536,86 @@ fn rotate_during_a_rotation_restarts_it() {
     assert_eq!(issuer(&m), second);
     assert_eq!(swarm(&m)["Spec"]["CAConfig"]["ForceRotate"], 2);
 }
+
+/// A swarm whose root key a real cfssl holds cannot rotate away from it yet: `--rotate` and
+/// `--ca-cert/--ca-key` are refused with a message that says why and what to do instead, and
+/// nothing changes (no rotation starts, the root and the tokens stay, cfssl still signs).
+#[test]
+fn rotating_away_from_an_external_root_is_refused_with_the_fix() {
+    use support::cfssl::{CfsslCa, CfsslServer, ServeOptions, GOOD_PROFILE};
+    let work = support::short_tempdir("sgr");
+    let ca = CfsslCa::create(work.path(), "ca", "cfssl-rotate-away-root");
+    let cf = CfsslServer::start(
+        work.path(),
+        ServeOptions {
+            ca: &ca,
+            profile: GOOD_PROFILE.into(),
+            auth_key: None,
+            tls: None,
+            netns: None,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(dir.path());
+    let flag = format!(
+        "protocol=cfssl,url={},cacert={}",
+        cf.url("sign"),
+        ca.cert.display()
+    );
+    m.init_swarm(&["--external-ca", &flag]);
+    let root = trust_root(&m);
+    let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let own = work.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    let (cert, key) = make_ca(&own, "operator-root", 3650, None);
+    for args in [
+        vec!["swarm", "ca", "--rotate"],
+        vec![
+            "swarm",
+            "ca",
+            "--rotate",
+            "--ca-cert",
+            &cert,
+            "--ca-key",
+            &key,
+        ],
+    ] {
+        let out = m.docker(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            err.contains("held by an external CA")
+                && err.contains("cross-sign the new root")
+                && err.contains("Nothing was changed")
+                && err.contains("create a new swarm"),
+            "{args:?}: {err}"
+        );
+        eprintln!("{args:?} refused: {}", err.trim());
+        let s = swarm(&m);
+        assert_eq!(s["RootRotationInProgress"], false, "{args:?}");
+        assert_eq!(trust_root(&m), root, "{args:?}");
+    }
+    assert_eq!(
+        m.docker_ok(&["swarm", "join-token", "-q", "worker"]),
+        token,
+        "the tokens changed"
+    );
+    // cfssl still signs for the swarm: an agent joins with the same token, through it.
+    let before = cf.signed();
+    let agent = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+        .args(["agent", "join", "--no-run", "--data-dir"])
+        .arg(agent.path())
+        .arg(&m.cluster_addr)
+        .env("SWARMGUARD_JOIN_TOKEN", token.trim())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cf.signed(), before + 1, "{}", cf.log());
+}
