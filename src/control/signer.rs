@@ -77,7 +77,7 @@ impl Handoffs {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn contains(&self, node_id: &str) -> bool {
+    pub fn contains(&self, node_id: &str) -> bool {
         self.lock().contains(node_id)
     }
 }
