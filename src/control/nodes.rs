@@ -261,17 +261,21 @@ impl Control {
                 }
                 tracing::info!(node_id = %node_id, role = %Role::from(role), state = ?record.certificate.state, "node joined with a token");
                 let role = Role::from(role).as_str().to_string();
-                self.audit.record(AuditEvent::NodeJoined {
-                    node_id: node_id.clone(),
-                    role: role.clone(),
-                    addr: req.addr.clone(),
-                });
-                if record.certificate.state == CertState::Issued {
-                    self.audit.record(AuditEvent::CertificateIssued {
+                self.audit
+                    .record_async(AuditEvent::NodeJoined {
                         node_id: node_id.clone(),
-                        role,
-                        renewal: false,
-                    });
+                        role: role.clone(),
+                        addr: req.addr.clone(),
+                    })
+                    .await;
+                if record.certificate.state == CertState::Issued {
+                    self.audit
+                        .record_async(AuditEvent::CertificateIssued {
+                            node_id: node_id.clone(),
+                            role,
+                            renewal: false,
+                        })
+                        .await;
                 }
                 return Ok(node_id);
             }
@@ -398,11 +402,13 @@ impl Control {
             .as_ref()
             .filter(|n| n.record.certificate.state == CertState::Issued)
         {
-            self.audit.record(AuditEvent::CertificateIssued {
-                node_id: n.record.id.clone(),
-                role: n.record.role.as_str().into(),
-                renewal: true,
-            });
+            self.audit
+                .record_async(AuditEvent::CertificateIssued {
+                    node_id: n.record.id.clone(),
+                    role: n.record.role.as_str().into(),
+                    renewal: true,
+                })
+                .await;
         }
         Ok(updated.map(|s| s.record))
     }
