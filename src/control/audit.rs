@@ -317,6 +317,33 @@ mod tests {
         assert_eq!(verify(dir.path()), Ok(4));
     }
 
+    /// Events recorded at once from many threads (sharing flushes) form one intact chain, and
+    /// the last of them is known durable.
+    #[test]
+    fn concurrent_events_share_flushes_and_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path());
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let log = log.clone();
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        log.record(AuditEvent::SecretCreated {
+                            secret_id: format!("id{t}-{i}"),
+                            name: format!("s{t}-{i}"),
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(verify(dir.path()), Ok(200));
+        assert_eq!(
+            *log.inner.synced.lock().unwrap(),
+            200,
+            "the last line is durable"
+        );
+    }
+
     #[test]
     fn one_changed_byte_is_named_by_line() {
         let dir = log_with(4);
