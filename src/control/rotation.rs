@@ -303,10 +303,15 @@ fn root_record_write(record: &RootCaRecord, version: u64) -> Result<(Check, Op),
 
 /// Drives phases 2 and 3 on the leader until `stop`.
 pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    // A fixed period, as SwarmKit's ticker: a step's own writes (up to 30 of them) do not
+    // stretch the time between batches.
+    let mut every = tokio::time::interval(RECONCILE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
     loop {
         tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = every.tick() => {}
         }
         if !control.store().is_leader() {
             continue;
