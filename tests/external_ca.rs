@@ -27,14 +27,9 @@ fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     panic!("{what} not reached within {limit:?}");
 }
 
-fn first_der(pem: &[u8]) -> Vec<u8> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
-    pem.contents
-}
-
 /// The certificate in `cert_pem` is issued by the CA in `ca_pem` and names `ou`.
 fn assert_issued_by(cert_pem: &[u8], ca_pem: &[u8], ou: &str) {
-    let (leaf_der, ca_der) = (first_der(cert_pem), first_der(ca_pem));
+    let (leaf_der, ca_der) = (support::first_der(cert_pem), support::first_der(ca_pem));
     let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&leaf_der).unwrap();
     let (_, ca) = x509_parser::certificate::X509Certificate::from_der(&ca_der).unwrap();
     assert_eq!(leaf.issuer(), ca.subject());
@@ -156,9 +151,12 @@ fn cfssl_root_signs_the_manager_a_stock_dockerd_worker_and_an_agent() {
     let worker_cert = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     assert_issued_by(&worker_cert, &ca_pem, "swarm-worker");
     let worker_root = std::fs::read(certs.join("swarm-root-ca.crt")).unwrap();
-    assert_eq!(first_der(&worker_root), first_der(&ca_pem));
+    assert_eq!(
+        support::first_der(&worker_root),
+        support::first_der(&ca_pem)
+    );
     // docker node inspect shows the cfssl CA as the issuer of every node's certificate.
-    let ca_der = first_der(&ca_pem);
+    let ca_der = support::first_der(&ca_pem);
     let (_, ca_cert) = x509_parser::certificate::X509Certificate::from_der(&ca_der).unwrap();
     let subject_b64 = base64::engine::general_purpose::STANDARD.encode(ca_cert.subject().as_raw());
     let mut seen = String::new();

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use support::dockerd::Dockerd;
 use support::manager::Manager;
-use x509_parser::prelude::FromDer;
 
 fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -76,19 +75,6 @@ fn join_once(ns: &str, m: &Manager, token: &str) -> Output {
     agent_cmd(ns, dir.path(), m, token, true)
         .output()
         .expect("run swarmguard agent join")
-}
-
-fn first_der(pem: &[u8]) -> Vec<u8> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).expect("PEM");
-    pem.contents
-}
-
-/// The leaf of `chain_pem` is signed by the key of the root in `root_pem`.
-fn signed_by(chain_pem: &[u8], root_pem: &[u8]) -> bool {
-    let (leaf_der, root_der) = (first_der(chain_pem), first_der(root_pem));
-    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&leaf_der).unwrap();
-    let (_, root) = x509_parser::certificate::X509Certificate::from_der(&root_der).unwrap();
-    leaf.verify_signature(Some(root.public_key())).is_ok()
 }
 
 fn swarm(m: &Manager) -> serde_json::Value {
@@ -187,7 +173,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     assert!(
-        signed_by(&chain, new_root.as_bytes()),
+        support::signed_by(&chain, new_root.as_bytes()),
         "worker cert not from the new root"
     );
     let tls = m.docker_ok(&[
@@ -262,7 +248,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
         },
     );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
-    assert!(signed_by(&chain, third_root.as_bytes()));
+    assert!(support::signed_by(&chain, third_root.as_bytes()));
 
     // The same to a root the operator brings (--ca-cert/--ca-key, made by openssl).
     let ca_dir = tempfile::tempdir().unwrap();
@@ -288,7 +274,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
         },
     );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
-    assert!(signed_by(&chain, operator_root.as_bytes()));
+    assert!(support::signed_by(&chain, operator_root.as_bytes()));
     let ready = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
     assert_eq!(
         ready.lines().filter(|l| *l == "Ready").count(),
@@ -483,12 +469,12 @@ fn an_internal_root_moves_to_a_cfssl_ca() {
     );
     let chain = std::fs::read(certs.join("swarm-node.crt")).unwrap();
     assert!(
-        signed_by(&chain, ca_pem.as_bytes()),
+        support::signed_by(&chain, ca_pem.as_bytes()),
         "worker cert not cfssl's"
     );
     let own = std::fs::read(mdir.path().join("certificates/swarm-node.crt")).unwrap();
     assert!(
-        signed_by(&own, ca_pem.as_bytes()),
+        support::signed_by(&own, ca_pem.as_bytes()),
         "manager cert not cfssl's"
     );
     let ready = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
@@ -535,4 +521,87 @@ fn rotate_during_a_rotation_restarts_it() {
     });
     assert_eq!(issuer(&m), second);
     assert_eq!(swarm(&m)["Spec"]["CAConfig"]["ForceRotate"], 2);
+}
+
+/// A swarm whose root key a real cfssl holds cannot rotate away from it yet: `--rotate` and
+/// `--ca-cert/--ca-key` are refused with a message that says why and what to do instead, and
+/// nothing changes (no rotation starts, the root and the tokens stay, cfssl still signs).
+#[test]
+fn rotating_away_from_an_external_root_is_refused_with_the_fix() {
+    use support::cfssl::{CfsslCa, CfsslServer, ServeOptions, GOOD_PROFILE};
+    let work = support::short_tempdir("sgr");
+    let ca = CfsslCa::create(work.path(), "ca", "cfssl-rotate-away-root");
+    let cf = CfsslServer::start(
+        work.path(),
+        ServeOptions {
+            ca: &ca,
+            profile: GOOD_PROFILE.into(),
+            auth_key: None,
+            tls: None,
+            netns: None,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = Manager::start(dir.path());
+    let flag = format!(
+        "protocol=cfssl,url={},cacert={}",
+        cf.url("sign"),
+        ca.cert.display()
+    );
+    m.init_swarm(&["--external-ca", &flag]);
+    let root = trust_root(&m);
+    let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let own = work.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    let (cert, key) = make_ca(&own, "operator-root", 3650, None);
+    for args in [
+        vec!["swarm", "ca", "--rotate"],
+        vec![
+            "swarm",
+            "ca",
+            "--rotate",
+            "--ca-cert",
+            &cert,
+            "--ca-key",
+            &key,
+        ],
+    ] {
+        let out = m.docker(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            err.contains("held by an external CA")
+                && err.contains("cross-sign the new root")
+                && err.contains("Nothing was changed")
+                && err.contains("create a new swarm"),
+            "{args:?}: {err}"
+        );
+        eprintln!("{args:?} refused: {}", err.trim());
+        let s = swarm(&m);
+        assert_eq!(s["RootRotationInProgress"], false, "{args:?}");
+        assert_eq!(trust_root(&m), root, "{args:?}");
+    }
+    assert_eq!(
+        m.docker_ok(&["swarm", "join-token", "-q", "worker"]),
+        token,
+        "the tokens changed"
+    );
+    // cfssl still signs for the swarm: an agent joins with the same token, through it.
+    let before = cf.signed();
+    let agent = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_swarmguard"))
+        .args(["agent", "join", "--no-run", "--data-dir"])
+        .arg(agent.path())
+        .arg(&m.cluster_addr)
+        .env("SWARMGUARD_JOIN_TOKEN", token.trim())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cf.signed(), before + 1, "{}", cf.log());
 }

@@ -52,6 +52,35 @@ pub enum AgentCommand {
         joins: usize,
         addr: String,
     },
+    /// Benchmark: NODES nodes join (not timed) and open one mTLS connection each; then each
+    /// renews once, CLIENTS at a time, status until issued; prints one JSON line.
+    #[command(hide = true)]
+    RenewStorm {
+        #[arg(long, env = "SWARMGUARD_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 200)]
+        nodes: usize,
+        /// Once the nodes joined, print {"joined":NODES} and wait for a line on standard input
+        /// before the clock starts (the bench reads CPU times there).
+        #[arg(long)]
+        go_on_stdin: bool,
+        addr: String,
+    },
+    /// Benchmark: NODES nodes join and run as agents in this process (sessions, heartbeats,
+    /// renewal and root changes when told); prints {"ready":NODES} once every node has a
+    /// session, and a summary when stopped (SIGTERM, SIGINT or end of standard input).
+    #[command(hide = true)]
+    SwarmSim {
+        #[arg(long, env = "SWARMGUARD_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        addr: String,
+    },
 }
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -59,6 +88,22 @@ fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {addr:?}: expected HOST:PORT"))?
         .next()
         .with_context(|| format!("{addr:?} resolves to no address"))
+}
+
+/// SIGTERM, SIGINT, or the end of standard input (the bench that started us went away).
+async fn until_told_to_stop() -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    let eof = async { while !matches!(stdin.read(&mut buf).await, Ok(0) | Err(_)) {} };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = eof => {}
+    }
+    Ok(())
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -98,6 +143,53 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             addr,
         } => {
             let r = agent::storm::join_storm(resolve(&addr)?, &token, clients, joins).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        AgentCommand::RenewStorm {
+            token,
+            clients,
+            nodes,
+            go_on_stdin,
+            addr,
+        } => {
+            let ready = agent::storm::prepare_renewals(resolve(&addr)?, &token, clients, nodes);
+            let ready = Box::pin(ready).await?;
+            if go_on_stdin {
+                use tokio::io::AsyncBufReadExt as _;
+                println!("{}", serde_json::json!({ "joined": nodes }));
+                let mut line = String::new();
+                tokio::io::BufReader::new(tokio::io::stdin())
+                    .read_line(&mut line)
+                    .await?;
+            }
+            let r = Box::pin(agent::storm::renew_storm(ready, clients)).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        AgentCommand::SwarmSim {
+            token,
+            clients,
+            nodes,
+            addr,
+        } => {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            // Boxed: a large future, and `run` stays small for every other subcommand.
+            let mut sim = Box::pin(agent::storm::swarm_sim(
+                resolve(&addr)?,
+                &token,
+                clients,
+                nodes,
+                stop_rx,
+            ));
+            let r = tokio::select! {
+                r = &mut sim => r?,
+                stop = until_told_to_stop() => {
+                    stop?;
+                    let _ = stop_tx.send(true);
+                    sim.await?
+                }
+            };
             println!("{}", serde_json::to_string(&r)?);
             return Ok(());
         }

@@ -96,6 +96,17 @@ pub async fn request_certificate(
     token: Option<&str>,
     current: Option<&Credentials>,
 ) -> Result<Credentials, AgentError> {
+    request_certificate_from(addr, None, root_pem, token, current).await
+}
+
+/// [`request_certificate`] from a chosen local address (see [`tls::channel_from`]).
+pub async fn request_certificate_from(
+    addr: SocketAddr,
+    local: Option<std::net::IpAddr>,
+    root_pem: &[u8],
+    token: Option<&str>,
+    current: Option<&Credentials>,
+) -> Result<Credentials, AgentError> {
     let config = match current {
         Some(c) => tls::verified(root_pem, Some((&c.cert_pem, &c.key_pem)))?,
         None => tls::verified(root_pem, None)?,
@@ -105,7 +116,7 @@ pub async fn request_certificate(
     } else {
         "swarm-ca"
     };
-    let ch = tls::channel(addr, config, server_name).await?;
+    let ch = tls::channel_from(addr, local, config, server_name).await?;
     let mut ca = pb::node_ca_client::NodeCaClient::new(ch);
     let (key_pem, csr) = swarmguard_ca::generate_node_key_and_csr();
     let issued = ca
@@ -272,6 +283,8 @@ pub struct RunOptions {
     /// Renew after this long instead of at a random 50–80 % of the lifetime (test hook).
     pub renew_after: Option<Duration>,
     pub description: pb::NodeDescription,
+    /// Connect from this local address (the swarm simulation plays many nodes on loopback).
+    pub local: Option<std::net::IpAddr>,
 }
 
 impl Default for RunOptions {
@@ -295,6 +308,7 @@ impl Default for RunOptions {
                 tls_info: None,
                 fips: false,
             },
+            local: None,
         }
     }
 }
@@ -340,8 +354,8 @@ pub async fn run(
         match end {
             SessionEnd::Stop => return Ok(()),
             SessionEnd::Renew => {
-                match request_certificate(manager, &creds.root_pem.clone(), None, Some(&creds))
-                    .await
+                let root = creds.root_pem.clone();
+                match request_certificate_from(manager, opts.local, &root, None, Some(&creds)).await
                 {
                     Ok(new) => {
                         tracing::info!(node_id = %new.node_id, role = new.role.ou(), "certificate renewed");
@@ -367,17 +381,21 @@ pub async fn run(
                     }
                 }
             }
-            SessionEnd::NewRoot(root) => match adopt_root(&creds, root, manager).await {
-                Ok(new) => {
-                    tracing::info!(node_id = %new.node_id, "now trusting the swarm's new root CA");
-                    creds = new;
-                    if let Some(d) = &dir {
-                        save(d, &creds, manager)?;
+            SessionEnd::NewRoot(root) => {
+                match adopt_root(&creds, root, manager, opts.local).await {
+                    Ok(new) => {
+                        tracing::info!(node_id = %new.node_id, "now trusting the swarm's new root CA");
+                        creds = new;
+                        if let Some(d) = &dir {
+                            save(d, &creds, manager)?;
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot move to the new root CA; retrying")
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot move to the new root CA; retrying"),
-            },
+            }
             SessionEnd::Lost(e) => {
                 if let AgentError::Rpc(st) = &e {
                     if st.code() == Code::PermissionDenied {
@@ -408,7 +426,7 @@ async fn session(
         Ok(c) => c,
         Err(e) => return lost(e),
     };
-    let ch = match tls::channel(manager, config, "swarm-manager").await {
+    let ch = match tls::channel_from(manager, opts.local, config, "swarm-manager").await {
         Ok(c) => c,
         Err(e) => return lost(e),
     };
@@ -528,6 +546,7 @@ async fn adopt_root(
     creds: &Credentials,
     root: Vec<u8>,
     manager: SocketAddr,
+    local: Option<std::net::IpAddr>,
 ) -> Result<Credentials, AgentError> {
     if let Ok(kept) = validate(
         &root,
@@ -542,7 +561,7 @@ async fn adopt_root(
         both.push(b'\n');
     }
     both.extend_from_slice(&root);
-    let renewed = request_certificate(manager, &both, None, Some(creds)).await?;
+    let renewed = request_certificate_from(manager, local, &both, None, Some(creds)).await?;
     validate(
         &root,
         &renewed.cert_pem,

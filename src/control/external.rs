@@ -152,8 +152,9 @@ pub fn config_error(e: CfsslError) -> ControlError {
     ControlError::InvalidArgument(e.to_string())
 }
 
-/// Signs through cfssl: never at once (`sign_now` is `None`), so a join is stored PENDING and
-/// the reconcile loop calls [`NodeSigner::sign`] outside any store write.
+/// Signs through cfssl: never at once (`sign_now` is `None`); a join or renewal waits a short
+/// while for cfssl before its store write (`signs_inline`), else the record is stored PENDING
+/// and the reconcile loop calls [`NodeSigner::sign`] outside any store write.
 pub struct CfsslSigner {
     client: Arc<CfsslClient>,
     root: Arc<RootCa>,
@@ -171,6 +172,10 @@ impl CfsslSigner {
 impl NodeSigner for CfsslSigner {
     fn sign_now(&self, _req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
         None
+    }
+
+    fn signs_inline(&self) -> bool {
+        true
     }
 
     fn sign(&self, req: SignRequest) -> SignFuture {
@@ -203,6 +208,11 @@ pub struct NoSigner(pub String);
 impl NodeSigner for NoSigner {
     fn sign_now(&self, _req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
         None
+    }
+
+    // The reason is in the record from its first write.
+    fn signs_inline(&self) -> bool {
+        true
     }
 
     fn sign(&self, _req: SignRequest) -> SignFuture {

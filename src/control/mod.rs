@@ -83,6 +83,8 @@ pub struct Control {
     secret_users: std::sync::RwLock<Option<Arc<dyn secrets::SecretUsers>>>,
     /// The autolock unlock key (key-encryption key), in memory only; `None` with autolock off.
     unlock_key: Mutex<Option<swarmguard_secrets::kek::UnlockKey>>,
+    /// Signatures a join or renewal started that finish in the background (see `signer`).
+    handoffs: signer::Handoffs,
 }
 
 /// State of the cluster gRPC port.
@@ -122,6 +124,7 @@ impl Control {
             membership_changed: tokio::sync::Notify::new(),
             cluster_cache: Mutex::new(None),
             renewals: Mutex::new(nodes::Renewals::default()),
+            handoffs: signer::Handoffs::default(),
             audit,
             trust: trust::Trust::default(),
             logs: logs::Broker::default(),
@@ -152,6 +155,10 @@ impl Control {
     /// This manager's addresses and node ID, when it is part of a swarm.
     pub fn local_identity(&self) -> Option<LocalIdentity> {
         self.security.current().map(|m| m.identity.clone())
+    }
+
+    pub fn handoffs(&self) -> &signer::Handoffs {
+        &self.handoffs
     }
 
     pub fn store(&self) -> &Store {

@@ -14,7 +14,7 @@ use super::records::{
     self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
     CLUSTER_KEY, NODE_PREFIX,
 };
-use super::signer::{record_outcome, SignRequest};
+use super::signer::{record_outcome, Inline, SignRequest};
 use super::types::{Availability, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
 use super::{out_of_sequence, Control, NodeView};
 use crate::store::{Check, Op, Txn, TxnOutcome};
@@ -237,7 +237,9 @@ impl Control {
                 cluster_id: cluster.record.id.clone(),
                 expiry: self.node_cert_expiry(),
             };
-            if let Some(outcome) = material.signer.sign_now(&sign) {
+            // An external CA that answers quickly signs before the one store write.
+            let inline = Inline::sign(&material.signer, sign).await;
+            if let Some(outcome) = inline.as_ref().and_then(Inline::outcome) {
                 record_outcome(&mut record, outcome);
             }
             let key = node_key(&node_id);
@@ -245,20 +247,35 @@ impl Control {
                 checks: vec![Check::Absent { key: key.clone() }],
                 ops: vec![records::put(&key, &record)?],
             };
-            if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
+            if let Some(i) = &inline {
+                i.claim(&self.handoffs, &node_id);
+            }
+            let applied = self.apply(txn).await;
+            if !matches!(applied, Ok(TxnOutcome::Committed { .. })) {
+                self.handoffs.cancel(&node_id);
+            }
+            if let TxnOutcome::Committed { .. } = applied? {
+                if let Some(i) = inline {
+                    let csr_b64 = record.certificate.csr_b64.clone();
+                    i.hand_off(self, node_id.clone(), csr_b64, record.role);
+                }
                 tracing::info!(node_id = %node_id, role = %Role::from(role), state = ?record.certificate.state, "node joined with a token");
                 let role = Role::from(role).as_str().to_string();
-                self.audit.record(AuditEvent::NodeJoined {
-                    node_id: node_id.clone(),
-                    role: role.clone(),
-                    addr: req.addr.clone(),
-                });
-                if record.certificate.state == CertState::Issued {
-                    self.audit.record(AuditEvent::CertificateIssued {
+                self.audit
+                    .record_async(AuditEvent::NodeJoined {
                         node_id: node_id.clone(),
-                        role,
-                        renewal: false,
-                    });
+                        role: role.clone(),
+                        addr: req.addr.clone(),
+                    })
+                    .await;
+                if record.certificate.state == CertState::Issued {
+                    self.audit
+                        .record_async(AuditEvent::CertificateIssued {
+                            node_id: node_id.clone(),
+                            role,
+                            renewal: false,
+                        })
+                        .await;
                 }
                 return Ok(node_id);
             }
@@ -328,6 +345,28 @@ impl Control {
         let material = self.security.current().ok_or(ControlError::NotManager)?;
         let expiry = self.node_cert_expiry();
         let csr_b64 = B64.encode(csr_pem);
+        let request = |id: &str, role: Role| SignRequest {
+            csr: csr.clone(),
+            csr_pem: csr_pem.to_vec(),
+            node_id: id.to_string(),
+            role: role.into(),
+            cluster_id: cluster.record.id.clone(),
+            expiry,
+        };
+        // A signer that needs I/O signs before the write, for the role the node will have;
+        // the internal CA signs inside it, as before.
+        let inline = match material.signer.signs_inline() {
+            true => match self.node_by_id(node_id)? {
+                Some(n) => Inline::sign(&material.signer, request(node_id, n.record.spec.role))
+                    .await
+                    .map(|i| (i, n.record.spec.role)),
+                None => return Ok(None),
+            },
+            false => None,
+        };
+        if let Some((i, _)) = &inline {
+            i.claim(&self.handoffs, node_id);
+        }
         let updated = records::update(
             &self.store,
             &node_key(node_id),
@@ -337,30 +376,39 @@ impl Control {
                 n.certificate.state = CertState::Renew;
                 n.certificate.csr_b64 = csr_b64.clone();
                 n.certificate.err.clear();
-                let sign = SignRequest {
-                    csr: csr.clone(),
-                    csr_pem: csr_pem.to_vec(),
-                    node_id: n.id.clone(),
-                    role: n.role.into(),
-                    cluster_id: cluster.record.id.clone(),
-                    expiry,
+                let outcome = match &inline {
+                    // Signed for the role the node still has: that outcome; a role changed
+                    // meanwhile leaves it to the reconcile loop.
+                    Some((i, role)) if *role == n.role => i.outcome(),
+                    Some(_) => None,
+                    None => material.signer.sign_now(&request(&n.id, n.role)),
                 };
-                if let Some(outcome) = material.signer.sign_now(&sign) {
+                if let Some(outcome) = outcome {
                     record_outcome(n, outcome);
                 }
                 Ok(())
             },
         )
-        .await?;
+        .await;
+        match (&updated, inline) {
+            (Ok(Some(n)), Some((i, role))) if n.record.role == role => {
+                i.hand_off(self, node_id.into(), csr_b64, role)
+            }
+            (_, Some(_)) => self.handoffs.cancel(node_id),
+            _ => {}
+        }
+        let updated = updated?;
         if let Some(n) = updated
             .as_ref()
             .filter(|n| n.record.certificate.state == CertState::Issued)
         {
-            self.audit.record(AuditEvent::CertificateIssued {
-                node_id: n.record.id.clone(),
-                role: n.record.role.as_str().into(),
-                renewal: true,
-            });
+            self.audit
+                .record_async(AuditEvent::CertificateIssued {
+                    node_id: n.record.id.clone(),
+                    role: n.record.role.as_str().into(),
+                    renewal: true,
+                })
+                .await;
         }
         Ok(updated.map(|s| s.record))
     }

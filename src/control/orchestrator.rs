@@ -371,16 +371,21 @@ fn update_progress(s: &ServiceRecord, tasks: &[&TaskView], plan: &mut Plan) {
 impl Control {
     /// One orchestration pass: decide, then write.
     pub async fn orchestrate(&self) -> Result<(), ControlError> {
-        let nodes: HashMap<String, NodeRecord> = self
-            .nodes()?
-            .into_iter()
-            .map(|n| (n.record.id.clone(), n.record))
-            .collect();
         let services: Vec<ServiceRecord> = records::list(&self.store, SERVICE_PREFIX)?
             .into_iter()
             .map(|s| s.record)
             .collect();
         let tasks: Vec<TaskView> = records::list(&self.store, TASK_PREFIX)?;
+        // Nothing to place or reconcile: skip decoding every node record, which every join,
+        // renewal and session change would otherwise cost (O(nodes) per node event).
+        if services.is_empty() && tasks.is_empty() {
+            return Ok(());
+        }
+        let nodes: HashMap<String, NodeRecord> = self
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.record.id.clone(), n.record))
+            .collect();
         let mut by_service: HashMap<&str, Vec<&TaskView>> = HashMap::new();
         for t in &tasks {
             by_service

@@ -89,6 +89,10 @@ impl NodeSigner for RotatingCa {
             .map(|r| Self::with_intermediate(cross, r))
     }
 
+    fn signs_inline(&self) -> bool {
+        self.inner.signs_inline()
+    }
+
     fn sign(&self, req: SignRequest) -> SignFuture {
         let (inner, rotation) = (self.inner.clone(), self.rotation.clone());
         Box::pin(async move {

@@ -48,6 +48,9 @@ pub(crate) enum RootChange {
     Start(Option<Box<RootCa>>),
 }
 
+/// Why a swarm whose root key an external CA holds cannot rotate its root, and what to do.
+pub(crate) const EXTERNAL_ROOT_ROTATION: &str = "cannot rotate the root CA of a swarm whose root key is held by an external CA: that CA would have to cross-sign the new root (so that nodes keep trusting each other during the rotation), and this swarmguard version cannot ask it to yet. Nothing was changed. To move away from the external root, create a new swarm with the new root (docker swarm init, with --external-ca if an external CA holds it) and join the nodes to it";
+
 /// A root the operator brings must stay valid this long (SwarmKit: one year).
 const MIN_NEW_ROOT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -123,9 +126,11 @@ impl Control {
         new: Option<Box<RootCa>>,
     ) -> Result<(Check, Op), ControlError> {
         if !material.root.has_key() {
+            // SwarmKit asks the external CA to cross-sign the new root (a CA profile in
+            // cfssl); without that signature nodes on the old root could not trust the new one.
             return Err(ControlError::rpc(
                 Code::Unimplemented,
-                "rotating away from an external root CA is not supported by this swarmguard version",
+                EXTERNAL_ROOT_ROTATION,
             ));
         }
         let new = match new {
@@ -303,10 +308,15 @@ fn root_record_write(record: &RootCaRecord, version: u64) -> Result<(Check, Op),
 
 /// Drives phases 2 and 3 on the leader until `stop`.
 pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    // A fixed period, as SwarmKit's ticker: a step's own writes (up to 30 of them) do not
+    // stretch the time between batches.
+    let mut every = tokio::time::interval(RECONCILE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
     loop {
         tokio::select! {
             _ = crate::util::until_true(&mut stop) => return,
-            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = every.tick() => {}
         }
         if !control.store().is_leader() {
             continue;

@@ -53,6 +53,129 @@ pub trait NodeSigner: Send + Sync {
     fn sign_now(&self, req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>>;
     /// Signs with whatever I/O it needs. Never called inside a store write.
     fn sign(&self, req: SignRequest) -> SignFuture;
+    /// Whether a join or renewal should call [`NodeSigner::sign`] itself for up to
+    /// [`SIGN_INLINE`] before storing the record (an external CA that usually answers in
+    /// milliseconds), rather than leave it PENDING for [`reconcile`] at once.
+    fn signs_inline(&self) -> bool {
+        false
+    }
+}
+
+/// How long a join or renewal waits for a signer that needs I/O before storing its record: an
+/// answer within it goes into the one store write (ISSUED, or PENDING with the reason); a later
+/// one is a [`Handoffs`] entry that records its own outcome.
+pub const SIGN_INLINE: Duration = Duration::from_millis(1500);
+
+/// Nodes whose signature a join or renewal started and that outlived [`SIGN_INLINE`]: the
+/// signature finishes in the background and records its outcome; [`reconcile`] leaves these
+/// nodes alone meanwhile, so nothing is sent to the CA twice.
+#[derive(Clone, Default)]
+pub struct Handoffs(Arc<std::sync::Mutex<HashSet<String>>>);
+
+impl Handoffs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn contains(&self, node_id: &str) -> bool {
+        self.lock().contains(node_id)
+    }
+}
+
+/// A signature a join or renewal asked for before its store write.
+pub enum Inline {
+    /// The signer answered: its outcome goes into the write.
+    Done(Result<IssuedCertificate, SignError>),
+    /// Still running after [`SIGN_INLINE`]: store the record waiting, then [`Inline::hand_off`].
+    Running(tokio::task::JoinHandle<Result<IssuedCertificate, SignError>>),
+}
+
+impl Inline {
+    /// Signs `req` with `signer`: at once if it can, else (for a signer that
+    /// [`NodeSigner::signs_inline`]) for up to [`SIGN_INLINE`]; `None` leaves it to [`reconcile`].
+    pub async fn sign(signer: &Arc<dyn NodeSigner>, req: SignRequest) -> Option<Inline> {
+        if let Some(outcome) = signer.sign_now(&req) {
+            return Some(Inline::Done(outcome));
+        }
+        if !signer.signs_inline() {
+            return None;
+        }
+        let mut task = tokio::spawn(signer.sign(req));
+        Some(match tokio::time::timeout(SIGN_INLINE, &mut task).await {
+            Ok(Ok(outcome)) => Inline::Done(outcome),
+            Ok(Err(e)) => Inline::Done(Err(SignError::Unavailable(format!(
+                "signature task failed: {e}"
+            )))),
+            Err(_) => Inline::Running(task),
+        })
+    }
+
+    /// The outcome to write now, if there is one.
+    pub fn outcome(&self) -> Option<Result<IssuedCertificate, SignError>> {
+        match self {
+            Inline::Done(o) => Some(o.clone()),
+            Inline::Running(_) => None,
+        }
+    }
+
+    /// Marks `node_id` as signed in the background; call before the store write that leaves
+    /// it waiting, and [`Inline::hand_off`] (or [`Handoffs::cancel`]) after.
+    pub fn claim(&self, handoffs: &Handoffs, node_id: &str) {
+        if let Inline::Running(_) = self {
+            handoffs.lock().insert(node_id.to_string());
+        }
+    }
+
+    /// After the write: a running signature records its outcome for `(node, csr, role)` when
+    /// it ends (if the record still waits for that CSR and role), then releases the node.
+    pub fn hand_off(
+        self,
+        control: &Control,
+        node_id: String,
+        csr_b64: String,
+        role: super::types::Role,
+    ) {
+        let Inline::Running(task) = self else { return };
+        let (store, handoffs) = (control.store().clone(), control.handoffs().clone());
+        tokio::spawn(async move {
+            let outcome = task.await.unwrap_or_else(|e| {
+                Err(SignError::Unavailable(format!(
+                    "signature task failed: {e}"
+                )))
+            });
+            record_signed(&store, &node_id, &csr_b64, role, outcome).await;
+            handoffs.lock().remove(&node_id);
+        });
+    }
+}
+
+impl Handoffs {
+    /// The write that should have followed [`Inline::claim`] did not happen.
+    pub fn cancel(&self, node_id: &str) {
+        self.lock().remove(node_id);
+    }
+}
+
+/// Writes a signature's outcome into the node's record if it still waits for exactly this CSR
+/// with this role (a newer CSR or a role change waits for its own signature).
+async fn record_signed(
+    store: &crate::store::Store,
+    node_id: &str,
+    csr_b64: &str,
+    role: super::types::Role,
+    outcome: Result<IssuedCertificate, SignError>,
+) {
+    let written = records::update(store, &node_key(node_id), "node", |n: &mut NodeRecord| {
+        if n.certificate.state.needs_signing() && n.certificate.csr_b64 == csr_b64 && n.role == role
+        {
+            record_outcome(n, outcome.clone());
+        }
+        Ok(())
+    })
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(node_id = %node_id, error = %e, "cannot record a signed certificate");
+    }
 }
 
 /// The cluster's own root CA, holding its key.
@@ -212,7 +335,7 @@ impl Signing {
             let Some(node) = self.queue.pop_front() else {
                 return;
             };
-            if !self.in_flight.insert(node.id.clone()) {
+            if control.handoffs().contains(&node.id) || !self.in_flight.insert(node.id.clone()) {
                 continue;
             }
             let (control, signer) = (control.clone(), material.signer.clone());
@@ -258,9 +381,10 @@ fn waiting(control: &Control, look: &Look) -> Vec<NodeRecord> {
             .map(|s| s.record)
             .collect(),
     };
+    let handoffs = control.handoffs();
     nodes
         .into_iter()
-        .filter(|n| n.certificate.state.needs_signing())
+        .filter(|n| n.certificate.state.needs_signing() && !handoffs.contains(&n.id))
         .collect()
 }
 
@@ -283,21 +407,14 @@ async fn sign_one(
         Ok(req) => signer.sign(req).await,
         Err(e) => Err(e),
     };
-    let written = records::update(
+    record_signed(
         control.store(),
-        &node_key(&node.id),
-        "node",
-        |n: &mut NodeRecord| {
-            if n.certificate.state.needs_signing() && n.certificate.csr_b64 == csr_b64 {
-                record_outcome(n, outcome.clone());
-            }
-            Ok(())
-        },
+        &node.id,
+        &csr_b64,
+        node.role,
+        outcome.clone(),
     )
     .await;
-    if let Err(e) = written {
-        tracing::warn!(node_id = %node.id, error = %e, "cannot record a signed certificate");
-    }
     (node.id, csr_b64, outcome.map(|_| ()))
 }
 

@@ -103,3 +103,109 @@ async fn a_network_signer_leaves_pending_and_the_loop_signs_after_backoff() {
     looper.await.unwrap();
     store.shutdown().await.unwrap();
 }
+
+/// A signer that needs the network and asks to be waited for (as cfssl's does): answers after
+/// `delay`, counting every signature it is asked for.
+struct Slow {
+    ca: Arc<InternalCa>,
+    delay: Duration,
+    calls: Arc<AtomicU32>,
+}
+
+impl NodeSigner for Slow {
+    fn sign_now(&self, _req: &SignRequest) -> Option<Result<IssuedCertificate, SignError>> {
+        None
+    }
+    fn signs_inline(&self) -> bool {
+        true
+    }
+    fn sign(&self, req: SignRequest) -> SignFuture {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let (ca, delay) = (self.ca.clone(), self.delay);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            ca.sign_now(&req).expect("the internal CA signs inline")
+        })
+    }
+}
+
+async fn control_with(
+    dir: &std::path::Path,
+    delay: Duration,
+) -> (Arc<Control>, Store, Arc<AtomicU32>) {
+    let store = Store::open(dir).await.unwrap();
+    let config = ManagerConfig {
+        data_dir: dir.to_path_buf(),
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        advertise_addr: Some("127.0.0.1".into()),
+    };
+    let control = Arc::new(Control::open(store.clone(), config).unwrap());
+    control
+        .init(&InitOptions {
+            advertise_addr: "127.0.0.1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    control.security().set_signer(Arc::new(Slow {
+        ca: Arc::new(InternalCa(control.root_ca().unwrap())),
+        delay,
+        calls: calls.clone(),
+    }));
+    (control, store, calls)
+}
+
+async fn join_one(control: &Control) -> String {
+    let (_key, csr) = swarmguard_ca::generate_node_key_and_csr();
+    let checked = swarmguard_ca::check_csr(&csr).unwrap();
+    let join = JoinRequest {
+        csr_pem: &csr,
+        availability: Availability::Active,
+        addr: "127.0.0.1".into(),
+    };
+    control
+        .join(NodeRole::Worker, &checked, &join)
+        .await
+        .unwrap()
+}
+
+/// A signer that answers within the inline deadline: the join's one store write already holds
+/// the issued certificate (no PENDING record, no work for the reconcile loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_external_signer_signs_inside_the_joins_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, store, calls) = control_with(dir.path(), Duration::from_millis(10)).await;
+    let id = join_one(&control).await;
+    let n = control.node_by_id(&id).unwrap().unwrap().record;
+    assert_eq!(n.certificate.state, CertState::Issued);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    store.shutdown().await.unwrap();
+}
+
+/// A signer slower than the inline deadline: the join is stored PENDING, the running
+/// signature is handed off and records the certificate itself, and the reconcile loop (running
+/// all along) does not ask the signer a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_external_signer_is_handed_off_and_asked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = super::signer::SIGN_INLINE + Duration::from_millis(700);
+    let (control, store, calls) = control_with(dir.path(), slow).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let looper = tokio::spawn(reconcile(control.clone(), stop_rx));
+    let id = join_one(&control).await;
+    let node = |c: &Control| c.node_by_id(&id).unwrap().unwrap().record;
+    assert_eq!(node(&control).certificate.state, CertState::Pending);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node(&control).certificate.state != CertState::Issued {
+        assert!(Instant::now() < deadline, "never signed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the reconcile loop's next look: still one signature.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the CA was asked twice");
+    assert!(!control.handoffs().contains(&id));
+    stop_tx.send(true).unwrap();
+    looper.await.unwrap();
+    store.shutdown().await.unwrap();
+}

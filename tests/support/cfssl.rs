@@ -183,6 +183,11 @@ impl CfsslServer {
         s
     }
 
+    /// The running `cfssl serve`'s PID (0 while stopped).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// The sign (or authsign) URL.
     pub fn url(&self, endpoint: &str) -> String {
         let scheme = if self.https { "https" } else { "http" };

@@ -1,5 +1,6 @@
-//! One bounded HTTP/1.1 POST to an external CA over the project's TLS stack (rustls + ring via
-//! tokio-rustls, hyper's client connection). The caller bounds the whole exchange in time.
+//! HTTP/1.1 to an external CA over the project's TLS stack (rustls + ring via tokio-rustls,
+//! hyper's client connection): the URL rules, opening a connection, and one POST on it. The
+//! caller bounds the whole exchange in time; `pool.rs` keeps connections alive between calls.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -102,12 +103,15 @@ async fn addresses(ep: &Endpoint) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// POSTs `body` as JSON and returns the status and at most [`MAX_RESPONSE`] bytes of body.
-pub(crate) async fn post(
+/// One HTTP/1.1 connection to an endpoint: the request half of hyper's client connection
+/// (its driver runs as a task that ends when this is dropped or the peer closes).
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Opens a connection (TCP, then TLS for https) and starts its HTTP/1.1 driver.
+pub(crate) async fn connect(
     ep: &Endpoint,
     tls: &Arc<rustls::ClientConfig>,
-    body: Vec<u8>,
-) -> Result<(u16, Vec<u8>), String> {
+) -> Result<Sender, String> {
     let mut last = String::new();
     let mut tcp = None;
     for addr in addresses(ep).await? {
@@ -128,23 +132,42 @@ pub(crate) async fn post(
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
-        exchange(ep, tls, body).await
+        handshake(tls).await
     } else {
-        exchange(ep, tcp, body).await
+        handshake(tcp).await
     }
 }
 
-async fn exchange<IO>(ep: &Endpoint, io: IO, body: Vec<u8>) -> Result<(u16, Vec<u8>), String>
+async fn handshake<IO>(io: IO) -> Result<Sender, String>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("HTTP: {e}"))?;
-    // The connection task ends when `sender` is dropped or the peer closes.
-    let driver = tokio::spawn(async move {
+    // Ends when every `Sender` is dropped, the peer closes, or the connection fails.
+    tokio::spawn(async move {
         let _ = conn.await;
     });
+    Ok(sender)
+}
+
+/// Why an exchange on a connection failed.
+pub(crate) enum SendError {
+    /// The request never left: the connection was already closed (a kept-alive connection the
+    /// peer dropped). Safe to send again on another connection.
+    NotSent(String),
+    /// Anything else; the connection is not reused.
+    Failed(String),
+}
+
+/// POSTs `body` as JSON on `sender` and returns the status and at most [`MAX_RESPONSE`] bytes
+/// of body, read to the end so the connection can serve the next request.
+pub(crate) async fn send(
+    sender: &mut Sender,
+    ep: &Endpoint,
+    body: Bytes,
+) -> Result<(u16, Vec<u8>), SendError> {
     let host = if ep.host.contains(':') {
         format!("[{}]:{}", ep.host, ep.port)
     } else {
@@ -154,26 +177,31 @@ where
         .header(hyper::header::HOST, host)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, "swarmguard")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("request: {e}"))?;
-    let result = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response: {e}"))?
-            .to_bytes()
-            .to_vec();
-        Ok((status, body))
+        .body(Full::new(body))
+        .map_err(|e| SendError::Failed(format!("request: {e}")))?;
+    if sender.ready().await.is_err() {
+        return Err(SendError::NotSent(
+            "the kept-alive connection was closed".into(),
+        ));
     }
-    .await;
-    drop(sender);
-    driver.abort();
-    result
+    let resp = match sender.try_send_request(req).await {
+        Ok(resp) => resp,
+        Err(mut e) => {
+            let why = format!("HTTP: {}", e.error());
+            return Err(match e.take_message() {
+                Some(_) => SendError::NotSent(why),
+                None => SendError::Failed(why),
+            });
+        }
+    };
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| SendError::Failed(format!("reading the response: {e}")))?
+        .to_bytes()
+        .to_vec();
+    Ok((status, body))
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! A client for cfssl's signing API, as an external CA for the cluster.
 //!
 //! Endpoints are tried in order, each bounded as a whole (connect, TLS handshake, request and
-//! response) by the configured timeout (SwarmKit's 5 s); every certificate cfssl returns is
-//! checked with [`crate::check_issued_certificate`] before it is handed out.
+//! response) by the configured timeout (SwarmKit's 5 s), on kept-alive connections (bounded per
+//! CA); every certificate cfssl returns is checked with [`crate::check_issued_certificate`]
+//! before it is handed out.
 
 mod auth;
 mod http;
+mod pool;
 mod wire;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::issued::{check_issued_certificate, node_hosts, Expected};
 use crate::node::IssuedCertificate;
 use crate::root::RootCa;
 use http::Endpoint;
+use pool::Pool;
 use wire::Answer;
 
 /// SwarmKit's `ExternalRequestTimeout`.
@@ -131,6 +134,9 @@ struct Ca {
     endpoint: Endpoint,
     auth_key: Option<AuthKey>,
     tls: Arc<rustls::ClientConfig>,
+    /// Kept-alive connections to the sign endpoint (`info` is asked once, on a connection of
+    /// its own).
+    pool: Pool,
 }
 
 /// A cfssl signing client. Cheap to share behind an `Arc`.
@@ -175,6 +181,7 @@ impl CfsslClient {
                 endpoint,
                 auth_key: ca.auth_key,
                 tls: Arc::new(tls),
+                pool: Pool::default(),
             });
         }
         Ok(CfsslClient {
@@ -216,7 +223,7 @@ impl CfsslClient {
                 Some(key) => wire::authsign_body(key, &request),
                 None => request.clone(),
             };
-            let outcome = match self.call(ca, ep, body).await {
+            let outcome = match self.call(&ca.pool, ca, ep, body).await {
                 Ok(pem) => check_issued_certificate(root, &pem, want).map_err(|why| {
                     CfsslError::BadCertificate {
                         url: ep.url.clone(),
@@ -247,7 +254,10 @@ impl CfsslClient {
                 };
                 continue;
             };
-            match self.call(ca, &info, wire::info_body()).await {
+            match self
+                .call(&Pool::default(), ca, &info, wire::info_body())
+                .await
+            {
                 Ok(pem) => return Ok(pem),
                 Err(e) => last = e,
             }
@@ -256,8 +266,14 @@ impl CfsslClient {
     }
 
     /// One bounded exchange; the PEM of `result.certificate` on success.
-    async fn call(&self, ca: &Ca, ep: &Endpoint, body: Vec<u8>) -> Result<Vec<u8>, CfsslError> {
-        let exchange = http::post(ep, &ca.tls, body);
+    async fn call(
+        &self,
+        pool: &Pool,
+        ca: &Ca,
+        ep: &Endpoint,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, CfsslError> {
+        let exchange = pool.post(ep, &ca.tls, body);
         let (status, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
                 return Err(CfsslError::Timeout {
