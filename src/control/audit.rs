@@ -8,8 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,10 +87,41 @@ struct Tail {
     last: String,
 }
 
-/// The append side, owned by `Control`.
+/// Most events one write (and one fdatasync) takes.
+const MAX_BATCH: usize = 1024;
+
+/// One event for the writer thread, and who waits for it to be on disk.
+struct Job {
+    event: Option<AuditEvent>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The append side, owned by `Control`. Appends are group-committed by one writer thread:
+/// everything queued since its last write goes out as one write and one fdatasync, so
+/// concurrent decisions (secret creates from many clients) share an fsync instead of queueing
+/// for one each behind a lock, and no caller blocks an async worker on disk I/O.
 pub struct AuditLog {
-    dir: PathBuf,
-    tail: Mutex<Option<Tail>>,
+    /// `None` once dropped (closing the queue ends the writer) or if the writer did not start.
+    queue: Option<std::sync::mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Resolves once the event is on disk (or its write failed, which is logged). Dropping it does
+/// not cancel the write.
+pub struct Recorded(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl std::future::Future for Recorded {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            // An error means the writer is gone: there is nothing left to wait for.
+            Some(rx) => std::pin::Pin::new(rx).poll(cx).map(|_| ()),
+            None => std::task::Poll::Ready(()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,67 +135,147 @@ pub enum VerifyError {
 impl AuditLog {
     /// Opens (creating) `audit.log` in `dir`, continuing the chain from its last line.
     pub fn open(dir: &Path) -> AuditLog {
-        AuditLog {
-            dir: dir.to_path_buf(),
-            tail: Mutex::new(None),
-        }
-    }
-
-    fn open_tail(&self) -> std::io::Result<Tail> {
-        let path = self.dir.join(LOG_FILE);
-        let (mut seq, mut last) = (0, GENESIS.to_string());
-        if let Ok(f) = File::open(&path) {
-            for line in BufReader::new(f).lines() {
-                let line = line?;
-                if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                    seq = l.seq;
-                    last = l.hash;
+        let (queue, jobs) = std::sync::mpsc::channel();
+        let dir = dir.to_path_buf();
+        match std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer_loop(&dir, jobs))
+        {
+            Ok(writer) => AuditLog {
+                queue: Some(queue),
+                writer: Some(writer),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the audit log writer: no audit lines will be written");
+                AuditLog {
+                    queue: None,
+                    writer: None,
                 }
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok(Tail { file, seq, last })
     }
 
-    /// Appends one event. A failure to write is logged, never fatal to the decision itself.
-    pub fn record(&self, event: AuditEvent) {
-        if let Err(e) = self.append(event) {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
-    }
-
-    fn append(&self, event: AuditEvent) -> std::io::Result<()> {
-        let mut guard = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(self.open_tail()?);
-        }
-        let Some(tail) = guard.as_mut() else {
-            return Ok(());
+    /// Queues one event; await the answer where the decision must not be reported before its
+    /// line is on disk. A failure to write is logged, never fatal to the decision itself.
+    pub fn record(&self, event: AuditEvent) -> Recorded {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            event: Some(event),
+            done,
         };
+        match self.queue.as_ref().map(|q| q.send(job)) {
+            Some(Ok(())) => Recorded(Some(rx)),
+            _ => {
+                tracing::error!("cannot write the audit log: its writer stopped");
+                Recorded(None)
+            }
+        }
+    }
+
+    /// Resolves once every event recorded before the call is on disk.
+    pub fn synced(&self) -> Recorded {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        match self
+            .queue
+            .as_ref()
+            .map(|q| q.send(Job { event: None, done }))
+        {
+            Some(Ok(())) => Recorded(Some(rx)),
+            _ => Recorded(None),
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    /// Writes what is still queued before the log goes away.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(w) = self.writer.take() {
+            if w.join().is_err() {
+                tracing::error!("the audit log writer panicked");
+            }
+        }
+    }
+}
+
+fn open_tail(dir: &Path) -> std::io::Result<Tail> {
+    let path = dir.join(LOG_FILE);
+    let (mut seq, mut last) = (0, GENESIS.to_string());
+    if let Ok(f) = File::open(&path) {
+        for line in BufReader::new(f).lines() {
+            let line = line?;
+            if let Ok(l) = serde_json::from_str::<Line>(&line) {
+                seq = l.seq;
+                last = l.hash;
+            }
+        }
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)?;
+    Ok(Tail { file, seq, last })
+}
+
+/// The writer thread: takes every job queued so far (up to [`MAX_BATCH`]), appends their lines
+/// with one write and one fdatasync, then answers each job, in order.
+fn writer_loop(dir: &Path, jobs: std::sync::mpsc::Receiver<Job>) {
+    let mut tail: Option<Tail> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<AuditEvent> = batch.iter_mut().filter_map(|j| j.event.take()).collect();
+        if !events.is_empty() {
+            if let Err(e) = append(dir, &mut tail, events) {
+                tracing::error!(error = %e, "cannot write the audit log");
+                // Re-read the chain's end from the file before the next write.
+                tail = None;
+            }
+        }
+        for j in batch {
+            let _ = j.done.send(());
+        }
+    }
+}
+
+/// Appends `events` as chained lines in one write and one fdatasync, then moves `audit.head`.
+fn append(dir: &Path, tail: &mut Option<Tail>, events: Vec<AuditEvent>) -> std::io::Result<()> {
+    if tail.is_none() {
+        *tail = Some(open_tail(dir)?);
+    }
+    let Some(t) = tail.as_mut() else {
+        return Ok(());
+    };
+    let (mut seq, mut last) = (t.seq, t.last.clone());
+    let mut bytes = Vec::new();
+    for event in events {
         let mut line = Line {
-            seq: tail.seq + 1,
+            seq: seq + 1,
             time: crate::util::now_rfc3339(),
-            prev: tail.last.clone(),
+            prev: last,
             event,
             hash: String::new(),
         };
         line.hash = sha256_hex(&serde_json::to_vec(&line)?);
-        let mut bytes = serde_json::to_vec(&line)?;
+        serde_json::to_writer(&mut bytes, &line)?;
         bytes.push(b'\n');
-        tail.file.write_all(&bytes)?;
-        tail.file.sync_data()?;
-        tail.seq = line.seq;
-        tail.last = line.hash.clone();
-        let head = self.dir.join(HEAD_FILE);
-        let tmp = self.dir.join(format!("{HEAD_FILE}.tmp"));
-        std::fs::write(&tmp, format!("{} {}\n", line.seq, line.hash))?;
-        std::fs::rename(&tmp, &head)?;
-        Ok(())
+        seq = line.seq;
+        last = line.hash;
     }
+    t.file.write_all(&bytes)?;
+    t.file.sync_data()?;
+    t.seq = seq;
+    t.last = last;
+    let head = dir.join(HEAD_FILE);
+    let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{} {}\n", t.seq, t.last))?;
+    std::fs::rename(&tmp, &head)
 }
 
 /// Checks the chain of `dir/audit.log` against itself and `audit.head`; returns the number of

@@ -260,6 +260,8 @@ impl Control {
                         renewal: false,
                     });
                 }
+                // Both lines on disk before the node hears it joined.
+                self.audit.synced().await;
                 return Ok(node_id);
             }
         }
@@ -356,11 +358,13 @@ impl Control {
             .as_ref()
             .filter(|n| n.record.certificate.state == CertState::Issued)
         {
-            self.audit.record(AuditEvent::CertificateIssued {
-                node_id: n.record.id.clone(),
-                role: n.record.role.as_str().into(),
-                renewal: true,
-            });
+            self.audit
+                .record(AuditEvent::CertificateIssued {
+                    node_id: n.record.id.clone(),
+                    role: n.record.role.as_str().into(),
+                    renewal: true,
+                })
+                .await;
         }
         Ok(updated.map(|s| s.record))
     }

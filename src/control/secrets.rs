@@ -340,10 +340,12 @@ impl Control {
         };
         match self.apply(txn).await? {
             TxnOutcome::Committed { .. } => {
-                self.audit.record(super::audit::AuditEvent::SecretCreated {
-                    secret_id: id.clone(),
-                    name: spec.name.clone(),
-                });
+                self.audit
+                    .record(super::audit::AuditEvent::SecretCreated {
+                        secret_id: id.clone(),
+                        name: spec.name.clone(),
+                    })
+                    .await;
                 Ok(id)
             }
             TxnOutcome::Conflict { .. } => Err(ControlError::rpc(
@@ -448,10 +450,12 @@ impl Control {
                 ],
             };
             if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
-                self.audit.record(super::audit::AuditEvent::SecretRemoved {
-                    secret_id: id.clone(),
-                    name: view.record.name.clone(),
-                });
+                self.audit
+                    .record(super::audit::AuditEvent::SecretRemoved {
+                        secret_id: id.clone(),
+                        name: view.record.name.clone(),
+                    })
+                    .await;
                 return Ok(());
             }
         }
