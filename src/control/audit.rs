@@ -404,4 +404,34 @@ mod tests {
         let err = verify(dir.path()).unwrap_err();
         assert!(matches!(err, VerifyError::Broken { line: 3, .. }), "{err}");
     }
+
+    /// Records from many tasks at once form one unbroken chain, and each is in the file when
+    /// its `record` resolves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_chain_and_are_written_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(AuditLog::open(dir.path()));
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (log, path) = (log.clone(), dir.path().join(LOG_FILE));
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        let id = format!("t{t}-{i}");
+                        log.record(AuditEvent::SecretCreated {
+                            secret_id: id.clone(),
+                            name: "n".into(),
+                        })
+                        .await;
+                        let text = std::fs::read_to_string(&path).unwrap();
+                        assert!(text.contains(&format!("\"{id}\"")), "{id} not written");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        log.synced().await;
+        assert_eq!(verify(dir.path()), Ok(200));
+    }
 }

@@ -660,19 +660,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::types::{Op, Txn};
+    use crate::store::types::{Op, Proposal, Txn};
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(index: u64) -> LogEntry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
-            payload: EntryPayload::Normal(Txn {
+            payload: EntryPayload::Normal(Proposal::batch(vec![Txn {
                 checks: vec![],
                 ops: vec![Op::Put {
                     key: format!("k/{index}"),
                     value: index.to_le_bytes().to_vec(),
                 }],
-            }),
+            }])),
         }
     }
 
