@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,9 @@ struct Tail {
     file: File,
     seq: u64,
     last: String,
+    /// `audit.head`, rewritten in place after each write (see [`append`]).
+    head: File,
+    head_len: u64,
 }
 
 /// Most events one write (and one fdatasync) takes.
@@ -215,7 +218,20 @@ fn open_tail(dir: &Path) -> std::io::Result<Tail> {
         .append(true)
         .mode(0o600)
         .open(&path)?;
-    Ok(Tail { file, seq, last })
+    let head = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(HEAD_FILE))?;
+    let head_len = head.metadata()?.len();
+    Ok(Tail {
+        file,
+        seq,
+        last,
+        head,
+        head_len,
+    })
 }
 
 /// The writer thread: takes every job queued so far (up to [`MAX_BATCH`]), appends their lines
@@ -272,10 +288,17 @@ fn append(dir: &Path, tail: &mut Option<Tail>, events: Vec<AuditEvent>) -> std::
     t.file.sync_data()?;
     t.seq = seq;
     t.last = last;
-    let head = dir.join(HEAD_FILE);
-    let tmp = dir.join(format!("{HEAD_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{} {}\n", t.seq, t.last))?;
-    std::fs::rename(&tmp, &head)
+    // In place rather than a new file renamed over it (two metadata operations per write):
+    // sequence numbers only grow, so the new text covers the old, and only a head left longer
+    // by something else is cut. Like the rename before it, it is not fsync'd: the log is.
+    let text = format!("{} {}\n", t.seq, t.last);
+    t.head.write_all_at(text.as_bytes(), 0)?;
+    let len = text.len() as u64;
+    if t.head_len > len {
+        t.head.set_len(len)?;
+    }
+    t.head_len = len;
+    Ok(())
 }
 
 /// Checks the chain of `dir/audit.log` against itself and `audit.head`; returns the number of

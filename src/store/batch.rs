@@ -54,27 +54,52 @@ struct Queued {
     done: oneshot::Sender<Result<TxnOutcome, Failure>>,
 }
 
-/// The queue into the proposing task. The task ends when this is dropped.
+/// The queue into the proposing task (which ends when this is dropped), and the proposal
+/// slots it shares with callers that find nothing in flight.
 pub(crate) struct Proposer {
     queue: mpsc::Sender<Queued>,
+    slots: Arc<Semaphore>,
+    raft: Raft<TypeConfig>,
+    timeout: Duration,
 }
 
 impl Proposer {
     /// Starts the proposing task; each proposal waits at most `timeout` for its commit.
     pub(crate) fn start(raft: Raft<TypeConfig>, timeout: Duration) -> Proposer {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx, timeout));
-        Proposer { queue }
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(run(raft.clone(), rx, slots.clone(), timeout));
+        Proposer {
+            queue,
+            slots,
+            raft,
+            timeout,
+        }
     }
 
     /// Proposes `txn` (of `bytes`, as validated) and waits for its outcome.
     pub(crate) async fn write(&self, txn: Txn, bytes: usize) -> Result<TxnOutcome, StoreError> {
         let (done, rx) = oneshot::channel();
-        let stopped = || StoreError::Raft("the store is shutting down".into());
-        self.queue
-            .send(Queued { txn, bytes, done })
-            .await
-            .map_err(|_| stopped())?;
+        let queued = Queued { txn, bytes, done };
+        // Nobody queued and a slot free: propose alone from here, without the two task hops
+        // through the proposing task (a lone client's latency). The slot is released even if
+        // this caller goes away meanwhile; the semaphore hands freed slots to the proposing
+        // task first when it waits, so queued writes are not overtaken.
+        let idle = self.queue.capacity() == self.queue.max_capacity();
+        match idle
+            .then(|| self.slots.clone().try_acquire_owned().ok())
+            .flatten()
+        {
+            Some(slot) => {
+                propose(&self.raft, vec![queued], self.timeout).await;
+                drop(slot);
+            }
+            None => self
+                .queue
+                .send(queued)
+                .await
+                .map_err(|_| StoreError::Raft("the store is shutting down".into()))?,
+        }
         match rx.await {
             Ok(r) => r.map_err(StoreError::from),
             // The proposal was dropped with the task: it may have been proposed.
@@ -85,19 +110,24 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Queued>, timeout: Duration) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(
+    raft: Raft<TypeConfig>,
+    mut rx: mpsc::Receiver<Queued>,
+    slots: Arc<Semaphore>,
+    timeout: Duration,
+) {
     let mut carry: Option<Queued> = None;
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let first = match carry.take() {
             Some(q) => q,
             None => match rx.recv().await {
                 Some(q) => q,
                 None => return,
             },
+        };
+        // Everything that arrives while waiting for a slot joins this proposal.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
