@@ -373,18 +373,17 @@ impl Inner {
     /// Waits until every append queued so far is on disk.
     async fn barrier(&self) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Barrier(tx))
-            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        self.send(Job::Barrier(tx))?;
         rx.await
             .map_err(|_| StoreError::Raft("the raft log writer stopped".into()))
     }
 
     /// Hands a job to the writer thread, counted until it is done.
-    fn send(&self, job: Job) -> Result<(), StorageError<u64>> {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         self.queued.fetch_add(1, Ordering::AcqRel);
         self.writer.send(job).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            write_err(StoreError::Raft("the raft log writer stopped".into()))
+            StoreError::Raft("the raft log writer stopped".into())
         })
     }
 
@@ -609,7 +608,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
             return Ok(());
         }
-        self.inner.send(Job::Append(entries, callback))
+        self.inner
+            .send(Job::Append(entries, callback))
+            .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
