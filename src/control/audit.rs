@@ -7,9 +7,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,25 +82,49 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 struct Tail {
-    /// Shared with the flush that makes lines durable outside the tail's lock.
-    file: Arc<File>,
+    file: File,
     seq: u64,
     last: String,
+    /// `audit.head`, rewritten in place after each write (see [`append`]).
+    head: File,
+    head_len: u64,
 }
 
-/// The append side, owned by `Control`; clones share one log.
-#[derive(Clone)]
+/// Most events one write (and one fdatasync) takes.
+const MAX_BATCH: usize = 1024;
+
+/// One event for the writer thread, and who waits for it to be on disk.
+struct Job {
+    event: Option<AuditEvent>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The append side, owned by `Control`. Appends are group-committed by one writer thread:
+/// everything queued since its last write goes out as one write and one fdatasync, so
+/// concurrent decisions (secret creates from many clients) share an fsync instead of queueing
+/// for one each behind a lock, and no caller blocks an async worker on disk I/O.
 pub struct AuditLog {
-    inner: Arc<Inner>,
+    /// `None` once dropped (closing the queue ends the writer) or if the writer did not start.
+    queue: Option<std::sync::mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-struct Inner {
-    dir: PathBuf,
-    tail: Mutex<Option<Tail>>,
-    /// The highest sequence number known durable. Group commit: one `fdatasync` covers every
-    /// line written before it started, so concurrent events share it instead of queueing one
-    /// 4 ms flush each behind the tail's lock.
-    synced: Mutex<u64>,
+/// Resolves once the event is on disk (or its write failed, which is logged). Dropping it does
+/// not cancel the write.
+pub struct Recorded(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl std::future::Future for Recorded {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            // An error means the writer is gone: there is nothing left to wait for.
+            Some(rx) => std::pin::Pin::new(rx).poll(cx).map(|_| ()),
+            None => std::task::Poll::Ready(()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,106 +138,167 @@ pub enum VerifyError {
 impl AuditLog {
     /// Opens (creating) `audit.log` in `dir`, continuing the chain from its last line.
     pub fn open(dir: &Path) -> AuditLog {
-        AuditLog {
-            inner: Arc::new(Inner {
-                dir: dir.to_path_buf(),
-                tail: Mutex::new(None),
-                synced: Mutex::new(0),
-            }),
-        }
-    }
-
-    fn open_tail(&self) -> std::io::Result<Tail> {
-        let path = self.inner.dir.join(LOG_FILE);
-        let (mut seq, mut last) = (0, GENESIS.to_string());
-        if let Ok(f) = File::open(&path) {
-            for line in BufReader::new(f).lines() {
-                let line = line?;
-                if let Ok(l) = serde_json::from_str::<Line>(&line) {
-                    seq = l.seq;
-                    last = l.hash;
+        let (queue, jobs) = std::sync::mpsc::channel();
+        let dir = dir.to_path_buf();
+        match std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer_loop(&dir, jobs))
+        {
+            Ok(writer) => AuditLog {
+                queue: Some(queue),
+                writer: Some(writer),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the audit log writer: no audit lines will be written");
+                AuditLog {
+                    queue: None,
+                    writer: None,
                 }
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok(Tail {
-            file: Arc::new(file),
-            seq,
-            last,
-        })
     }
 
-    /// Appends one event and returns once it is durable. A failure to write is logged, never
-    /// fatal to the decision itself. Blocks on the disk: async callers on a hot path use
-    /// [`AuditLog::record_async`].
-    pub fn record(&self, event: AuditEvent) {
-        if let Err(e) = self
-            .append(event)
-            .and_then(|(seq, file)| self.flush(seq, &file))
-        {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
-    }
-
-    /// [`AuditLog::record`] on a blocking thread: the flush does not hold a runtime worker.
-    pub async fn record_async(&self, event: AuditEvent) {
-        let log = self.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || log.record(event)).await {
-            tracing::error!(error = %e, "cannot write the audit log");
-        }
-    }
-
-    /// Makes every line up to `seq` durable, sharing one flush with concurrent callers.
-    fn flush(&self, seq: u64, file: &File) -> std::io::Result<()> {
-        let mut synced = self.inner.synced.lock().unwrap_or_else(|e| e.into_inner());
-        if *synced >= seq {
-            return Ok(());
-        }
-        // Every line written so far is in the file before this flush starts.
-        let upto = self
-            .inner
-            .tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map_or(seq, |t| t.seq);
-        file.sync_data()?;
-        *synced = upto.max(seq);
-        Ok(())
-    }
-
-    /// Writes one line (not yet flushed); its sequence number and the file to flush.
-    fn append(&self, event: AuditEvent) -> std::io::Result<(u64, Arc<File>)> {
-        let mut guard = self.inner.tail.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(self.open_tail()?);
-        }
-        let Some(tail) = guard.as_mut() else {
-            return Err(std::io::Error::other("the audit log is not open"));
+    /// Queues one event; await the answer where the decision must not be reported before its
+    /// line is on disk. A failure to write is logged, never fatal to the decision itself.
+    pub fn record(&self, event: AuditEvent) -> Recorded {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            event: Some(event),
+            done,
         };
+        match self.queue.as_ref().map(|q| q.send(job)) {
+            Some(Ok(())) => Recorded(Some(rx)),
+            _ => {
+                tracing::error!("cannot write the audit log: its writer stopped");
+                Recorded(None)
+            }
+        }
+    }
+
+    /// Resolves once every event recorded before the call is on disk.
+    pub fn synced(&self) -> Recorded {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        match self
+            .queue
+            .as_ref()
+            .map(|q| q.send(Job { event: None, done }))
+        {
+            Some(Ok(())) => Recorded(Some(rx)),
+            _ => Recorded(None),
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    /// Writes what is still queued before the log goes away.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(w) = self.writer.take() {
+            if w.join().is_err() {
+                tracing::error!("the audit log writer panicked");
+            }
+        }
+    }
+}
+
+fn open_tail(dir: &Path) -> std::io::Result<Tail> {
+    let path = dir.join(LOG_FILE);
+    let (mut seq, mut last) = (0, GENESIS.to_string());
+    if let Ok(f) = File::open(&path) {
+        for line in BufReader::new(f).lines() {
+            let line = line?;
+            if let Ok(l) = serde_json::from_str::<Line>(&line) {
+                seq = l.seq;
+                last = l.hash;
+            }
+        }
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)?;
+    let head = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(HEAD_FILE))?;
+    let head_len = head.metadata()?.len();
+    Ok(Tail {
+        file,
+        seq,
+        last,
+        head,
+        head_len,
+    })
+}
+
+/// The writer thread: takes every job queued so far (up to [`MAX_BATCH`]), appends their lines
+/// with one write and one fdatasync, then answers each job, in order.
+fn writer_loop(dir: &Path, jobs: std::sync::mpsc::Receiver<Job>) {
+    let mut tail: Option<Tail> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<AuditEvent> = batch.iter_mut().filter_map(|j| j.event.take()).collect();
+        if !events.is_empty() {
+            if let Err(e) = append(dir, &mut tail, events) {
+                tracing::error!(error = %e, "cannot write the audit log");
+                // Re-read the chain's end from the file before the next write.
+                tail = None;
+            }
+        }
+        for j in batch {
+            let _ = j.done.send(());
+        }
+    }
+}
+
+/// Appends `events` as chained lines in one write and one fdatasync, then moves `audit.head`.
+fn append(dir: &Path, tail: &mut Option<Tail>, events: Vec<AuditEvent>) -> std::io::Result<()> {
+    if tail.is_none() {
+        *tail = Some(open_tail(dir)?);
+    }
+    let Some(t) = tail.as_mut() else {
+        return Ok(());
+    };
+    let (mut seq, mut last) = (t.seq, t.last.clone());
+    let mut bytes = Vec::new();
+    for event in events {
         let mut line = Line {
-            seq: tail.seq + 1,
+            seq: seq + 1,
             time: crate::util::now_rfc3339(),
-            prev: tail.last.clone(),
+            prev: last,
             event,
             hash: String::new(),
         };
         line.hash = sha256_hex(&serde_json::to_vec(&line)?);
-        let mut bytes = serde_json::to_vec(&line)?;
+        serde_json::to_writer(&mut bytes, &line)?;
         bytes.push(b'\n');
-        (&*tail.file).write_all(&bytes)?;
-        tail.seq = line.seq;
-        tail.last = line.hash.clone();
-        let head = self.inner.dir.join(HEAD_FILE);
-        let tmp = self.inner.dir.join(format!("{HEAD_FILE}.tmp"));
-        std::fs::write(&tmp, format!("{} {}\n", line.seq, line.hash))?;
-        std::fs::rename(&tmp, &head)?;
-        Ok((line.seq, tail.file.clone()))
+        seq = line.seq;
+        last = line.hash;
     }
+    t.file.write_all(&bytes)?;
+    t.file.sync_data()?;
+    t.seq = seq;
+    t.last = last;
+    // In place rather than a new file renamed over it (two metadata operations per write):
+    // sequence numbers only grow, so the new text covers the old, and only a head left longer
+    // by something else is cut. Like the rename before it, it is not fsync'd: the log is.
+    let text = format!("{} {}\n", t.seq, t.last);
+    t.head.write_all_at(text.as_bytes(), 0)?;
+    let len = text.len() as u64;
+    if t.head_len > len {
+        t.head.set_len(len)?;
+    }
+    t.head_len = len;
+    Ok(())
 }
 
 /// Checks the chain of `dir/audit.log` against itself and `audit.head`; returns the number of
@@ -317,33 +401,6 @@ mod tests {
         assert_eq!(verify(dir.path()), Ok(4));
     }
 
-    /// Events recorded at once from many threads (sharing flushes) form one intact chain, and
-    /// the last of them is known durable.
-    #[test]
-    fn concurrent_events_share_flushes_and_keep_one_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(dir.path());
-        std::thread::scope(|scope| {
-            for t in 0..8 {
-                let log = log.clone();
-                scope.spawn(move || {
-                    for i in 0..25 {
-                        log.record(AuditEvent::SecretCreated {
-                            secret_id: format!("id{t}-{i}"),
-                            name: format!("s{t}-{i}"),
-                        });
-                    }
-                });
-            }
-        });
-        assert_eq!(verify(dir.path()), Ok(200));
-        assert_eq!(
-            *log.inner.synced.lock().unwrap(),
-            200,
-            "the last line is durable"
-        );
-    }
-
     #[test]
     fn one_changed_byte_is_named_by_line() {
         let dir = log_with(4);
@@ -369,5 +426,35 @@ mod tests {
         write(dir.path(), &l);
         let err = verify(dir.path()).unwrap_err();
         assert!(matches!(err, VerifyError::Broken { line: 3, .. }), "{err}");
+    }
+
+    /// Records from many tasks at once form one unbroken chain, and each is in the file when
+    /// its `record` resolves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_records_chain_and_are_written_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(AuditLog::open(dir.path()));
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (log, path) = (log.clone(), dir.path().join(LOG_FILE));
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        let id = format!("t{t}-{i}");
+                        log.record(AuditEvent::SecretCreated {
+                            secret_id: id.clone(),
+                            name: "n".into(),
+                        })
+                        .await;
+                        let text = std::fs::read_to_string(&path).unwrap();
+                        assert!(text.contains(&format!("\"{id}\"")), "{id} not written");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        log.synced().await;
+        assert_eq!(verify(dir.path()), Ok(200));
     }
 }

@@ -261,22 +261,21 @@ impl Control {
                 }
                 tracing::info!(node_id = %node_id, role = %Role::from(role), state = ?record.certificate.state, "node joined with a token");
                 let role = Role::from(role).as_str().to_string();
-                self.audit
-                    .record_async(AuditEvent::NodeJoined {
-                        node_id: node_id.clone(),
-                        role: role.clone(),
-                        addr: req.addr.clone(),
-                    })
-                    .await;
+                // Queued together: one group-committed write covers both.
+                let _joined = self.audit.record(AuditEvent::NodeJoined {
+                    node_id: node_id.clone(),
+                    role: role.clone(),
+                    addr: req.addr.clone(),
+                });
                 if record.certificate.state == CertState::Issued {
-                    self.audit
-                        .record_async(AuditEvent::CertificateIssued {
-                            node_id: node_id.clone(),
-                            role,
-                            renewal: false,
-                        })
-                        .await;
+                    let _issued = self.audit.record(AuditEvent::CertificateIssued {
+                        node_id: node_id.clone(),
+                        role,
+                        renewal: false,
+                    });
                 }
+                // Both lines on disk before the node hears it joined.
+                self.audit.synced().await;
                 return Ok(node_id);
             }
         }
@@ -403,7 +402,7 @@ impl Control {
             .filter(|n| n.record.certificate.state == CertState::Issued)
         {
             self.audit
-                .record_async(AuditEvent::CertificateIssued {
+                .record(AuditEvent::CertificateIssued {
                     node_id: n.record.id.clone(),
                     role: n.record.role.as_str().into(),
                     renewal: true,

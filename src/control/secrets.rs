@@ -292,18 +292,7 @@ impl Control {
     /// and its name in one transaction. Returns the new ID.
     pub async fn create_secret(&self, spec: SecretSpec) -> Result<String, ControlError> {
         self.cluster()?;
-        check_spec(&spec)?;
-        let data = match &spec.data {
-            Some(d) if !d.is_empty() && d.len() < MAX_SECRET_SIZE => d,
-            _ => {
-                return Err(ControlError::rpc(
-                    Code::InvalidArgument,
-                    format!(
-                        "secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes"
-                    ),
-                ))
-            }
-        };
+        let data = check_create(&spec)?;
         let id = swarmguard_ca::new_id();
         let data_version = 1;
         let sealed = self
@@ -340,10 +329,12 @@ impl Control {
         };
         match self.apply(txn).await? {
             TxnOutcome::Committed { .. } => {
-                self.audit.record(super::audit::AuditEvent::SecretCreated {
-                    secret_id: id.clone(),
-                    name: spec.name.clone(),
-                });
+                self.audit
+                    .record(super::audit::AuditEvent::SecretCreated {
+                        secret_id: id.clone(),
+                        name: spec.name.clone(),
+                    })
+                    .await;
                 Ok(id)
             }
             TxnOutcome::Conflict { .. } => Err(ControlError::rpc(
@@ -362,8 +353,7 @@ impl Control {
         spec: SecretSpec,
     ) -> Result<(), ControlError> {
         self.cluster()?;
-        check_extensions(&spec)?;
-        check_labels(spec.labels.as_ref())?;
+        check_update(&spec)?;
         let current = self
             .secret_by_id(id)?
             .ok_or_else(|| ControlError::rpc(Code::NotFound, format!("secret {id} not found")))?;
@@ -448,10 +438,12 @@ impl Control {
                 ],
             };
             if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
-                self.audit.record(super::audit::AuditEvent::SecretRemoved {
-                    secret_id: id.clone(),
-                    name: view.record.name.clone(),
-                });
+                self.audit
+                    .record(super::audit::AuditEvent::SecretRemoved {
+                        secret_id: id.clone(),
+                        name: view.record.name.clone(),
+                    })
+                    .await;
                 return Ok(());
             }
         }
@@ -463,9 +455,24 @@ impl Control {
     }
 }
 
-/// SwarmKit's `validateSecretSpec` for a create, in its order: name, then extensions, then labels.
-fn check_spec(spec: &SecretSpec) -> Result<(), ControlError> {
+/// SwarmKit's `validateSecretSpec` for a create, in its order: name, extensions, labels, then
+/// the data's size. Returns the data.
+pub fn check_create(spec: &SecretSpec) -> Result<&Zeroizing<Vec<u8>>, ControlError> {
     check_name(&spec.name)?;
+    check_extensions(spec)?;
+    check_labels(spec.labels.as_ref())?;
+    match &spec.data {
+        Some(d) if !d.is_empty() && d.len() < MAX_SECRET_SIZE => Ok(d),
+        _ => Err(ControlError::rpc(
+            Code::InvalidArgument,
+            format!("secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes"),
+        )),
+    }
+}
+
+/// The rules of a label update that need no stored secret: extensions and labels (the name
+/// and data must then equal the stored ones).
+pub fn check_update(spec: &SecretSpec) -> Result<(), ControlError> {
     check_extensions(spec)?;
     check_labels(spec.labels.as_ref())
 }

@@ -168,7 +168,7 @@ impl Control {
             .or_else(|| r.digest.is_none().then(|| "latest".to_string()))
         else {
             let e = "name it by tag: the manager resolves the tag's signed digest itself";
-            audit(false, e.into());
+            audit(false, e.into()).await;
             return Err(refused(image, e));
         };
         drop(policy);
@@ -179,15 +179,15 @@ impl Control {
                         "digest {d} is not the signed digest of tag {tag:?} ({})",
                         res.digest
                     );
-                    audit(false, e.clone());
+                    audit(false, e.clone()).await;
                     return Err(refused(image, e));
                 }
                 let pinned = format!("{}:{tag}@{}", r.name(), res.digest);
-                audit(true, pinned.clone());
+                audit(true, pinned.clone()).await;
                 Ok(pinned)
             }
             Err(e) => {
-                audit(false, e.to_string());
+                audit(false, e.to_string()).await;
                 Err(refused(image, e))
             }
         }

@@ -18,6 +18,7 @@ use super::types::{InitRequest, NodeSpecBody};
 use super::Transport;
 use crate::control::filters::Filters;
 use crate::control::records::{CertState, CertificateRecord, NodeRecord};
+use crate::control::secrets::{check_create, check_update};
 use crate::control::spec::{merge_init_spec, replace_spec};
 use crate::control::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
 
@@ -99,7 +100,9 @@ fn filters(raw: Option<&str>) -> Result<(), ApiError> {
 /// `json_body` and then the rules that endpoint applies before it touches the store.
 pub fn body(kind: u8, body: &[u8]) -> Result<(), String> {
     let bytes = Ok(Bytes::copy_from_slice(body));
-    render(match kind % 4 {
+    render(match kind % 6 {
+        4 => return secret_body(body, false),
+        5 => return secret_body(body, true),
         0 => json_body::<InitRequest>(bytes).and_then(|req| {
             if !req.availability.is_empty() {
                 Availability::parse(&req.availability)?;
@@ -119,6 +122,46 @@ pub fn body(kind: u8, body: &[u8]) -> Result<(), String> {
         }),
         _ => json_body::<serde_json::Value>(bytes).map(drop),
     })
+}
+
+/// `POST /secrets/create` (or, with `update`, `POST /secrets/{id}/update`) bodies through the
+/// handler's parser and the rules that need no stored secret. The answer may depend on the
+/// value's length, never on its bytes (no answer may reveal it): the same body with every
+/// byte of the value changed must get the same answer.
+fn secret_body(body: &[u8], update: bool) -> Result<(), String> {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    let run = |b: &[u8]| {
+        render(
+            super::secrets::spec(Ok(Bytes::copy_from_slice(b))).and_then(|spec| {
+                let checked = match update {
+                    true => check_update(&spec),
+                    false => check_create(&spec).map(drop),
+                };
+                checked.map_err(ApiError::from)
+            }),
+        )
+    };
+    let answer = run(body);
+    if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(body) {
+        let value = fields
+            .get("Data")
+            .and_then(|d| d.as_str())
+            .map(|d| B64.decode(d));
+        if let Some(Ok(value)) = value {
+            let mut with = |v: &[u8]| {
+                fields.insert("Data".into(), B64.encode(v).into());
+                run(&serde_json::to_vec(&fields).expect("a JSON object serialises"))
+            };
+            let other: Vec<u8> = value.iter().map(|b| b ^ 0xa5).collect();
+            assert_eq!(
+                with(&value),
+                with(&other),
+                "an answer depends on the secret value"
+            );
+        }
+    }
+    answer
 }
 
 /// A spec the rules accepted is stored and served back as JSON, and sent again by the CLI on
@@ -255,5 +298,25 @@ mod tests {
             .contains("named \"default\""));
         assert!(body(0, b"").unwrap_err().contains("empty"));
         assert!(body(3, b"{").unwrap_err().contains("invalid JSON body"));
+        assert!(body(
+            4,
+            br#"{"Name":"a","Data":"dg==","Driver":{"Name":"vault"}}"#
+        )
+        .unwrap_err()
+        .contains("Driver \"vault\""));
+        assert!(body(4, br#"{"Name":"a","Data":""}"#)
+            .unwrap_err()
+            .contains("larger than 0"));
+        assert!(body(4, br#"{"Name":"-a","Data":"dg=="}"#)
+            .unwrap_err()
+            .contains("invalid name"));
+        assert!(body(5, br#"{"Templating":{"Name":"golang"}}"#)
+            .unwrap_err()
+            .contains("Templating"));
+        let err = body(4, br#"{"Name":"a","Data":"not base64!"}"#).unwrap_err();
+        assert!(
+            err.contains("not valid standard base64") && !err.contains("base64!"),
+            "{err}"
+        );
     }
 }

@@ -111,7 +111,7 @@ fn secret_json(v: &SecretView) -> SecretJson {
     }
 }
 
-fn spec(body: Body) -> Result<SecretSpec, ApiError> {
+pub(super) fn spec(body: Body) -> Result<SecretSpec, ApiError> {
     let b: SecretSpecBody = json_body_wiped(body)?;
     Ok(SecretSpec {
         name: b.name,

@@ -280,6 +280,8 @@ pub async fn stream(
             return;
         }
     };
+    // The deliveries' audit lines go to disk before the secrets go out.
+    s.control.audit().synced().await;
     let mut seq: u64 = 1;
     let msg = pb::AssignmentsMessage {
         r#type: pb::assignments_message::Type::Complete as i32,
@@ -316,6 +318,7 @@ pub async fn stream(
         if changes.is_empty() {
             continue;
         }
+        s.control.audit().synced().await;
         let msg = pb::AssignmentsMessage {
             r#type: pb::assignments_message::Type::Incremental as i32,
             applies_to: seq.to_string(),

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use super::{Store, StoreError};
 /// long a follower waits for a leader before it does).
 pub const QUORUM_GRACE: Duration = Duration::from_millis(1500);
 /// The longest one call waits for a commit, on the leader or through a forward.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a follower asks the leader to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,13 +122,17 @@ impl Store {
     }
 
     /// Applies through the leader wherever it is; see the module docs.
-    pub(super) async fn apply_anywhere(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+    pub(super) async fn apply_anywhere(
+        &self,
+        txn: Txn,
+        bytes: usize,
+    ) -> Result<TxnOutcome, StoreError> {
         let deadline = Instant::now() + self.inner.write_timeout;
         let mut no_leader_since: Option<Instant> = None;
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.inner.node_id => {
-                    self.apply_as_leader(txn.clone()).await
+                    self.apply_as_leader(txn.clone(), bytes).await
                 }
                 Some(_) if !self.leader_heard_within(QUORUM_GRACE) => {
                     Err(StoreError::NotLeader { leader: None })
@@ -166,8 +170,9 @@ impl Store {
         }
     }
 
-    /// A write proposed on this manager as leader, refused at once without a recent quorum.
-    async fn apply_as_leader(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+    /// A write proposed on this manager as leader (with others that arrive meanwhile, see
+    /// [`super::batch`]), refused at once without a recent quorum.
+    async fn apply_as_leader(&self, txn: Txn, bytes: usize) -> Result<TxnOutcome, StoreError> {
         self.wait_first_quorum_ack().await?;
         let m = self.inner.raft.metrics().borrow().clone();
         let voters = m.membership_config.membership().voter_ids().count();
@@ -177,24 +182,7 @@ impl Store {
         {
             return Err(self.no_quorum());
         }
-        let write = self.inner.raft.client_write(txn);
-        match tokio::time::timeout(CALL_TIMEOUT, write).await {
-            Err(_) => Err(StoreError::Unknown(
-                "the leader did not commit the write in time".into(),
-            )),
-            Ok(Ok(resp)) => resp.data.outcome.ok_or_else(|| {
-                StoreError::Raft("state machine returned no outcome for a transaction".into())
-            }),
-            // This manager led when it proposed: the entry may still commit under the next
-            // leader, so a retry could apply it twice. The caller must read before retrying.
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(
-                StoreError::Unknown("leadership changed while the write was pending".into()),
-            ),
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(StoreError::Raft(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(StoreError::Raft(f.to_string())),
-        }
+        self.inner.proposer.write(txn, bytes).await
     }
 
     /// A leader that has not heard from a quorum yet in its term (just elected, or restored
@@ -405,13 +393,16 @@ impl Store {
         }
         let res = match req {
             Forwarded::Write(txn) => {
-                if let Err(e) = super::validate(&txn) {
-                    return ForwardReply::Failed(e.to_string());
-                }
+                let bytes = match super::validate(&txn) {
+                    Ok(bytes) => bytes,
+                    Err(e) => return ForwardReply::Failed(e.to_string()),
+                };
                 if let Some(key) = self.failed_check(&txn) {
                     return ForwardReply::Outcome(TxnOutcome::Conflict { key });
                 }
-                self.apply_as_leader(txn).await.map(ForwardReply::Outcome)
+                self.apply_as_leader(txn, bytes)
+                    .await
+                    .map(ForwardReply::Outcome)
             }
             Forwarded::AddManager { id, addr } => self.add_as_leader(id, addr).await,
             Forwarded::RemoveManager { id } => self.remove_as_leader(id).await,

@@ -11,11 +11,13 @@
 //! so a manager of several comes back with the state it had applied, whatever reached the state
 //! file, without waiting for a leader. A stale one is safe (it only shortens that replay).
 //!
-//! Appends are group-committed: `append` keeps the entries in memory (readable at once, as
-//! openraft requires) and hands them to one writer thread, which writes everything queued since
-//! its last write as one append to the file and one fdatasync, and only then reports each append
-//! flushed (the leader counts its own log as replicated on that report, so a committed entry is
-//! always on disk).
+//! `append` keeps the entries in memory (readable at once, as openraft requires), writes them
+//! to the file with one fdatasync, and only then reports the append flushed (the leader counts
+//! its own log as replicated on that report, so a committed entry is always on disk). openraft
+//! 0.9's core waits for that report before its next step, so appends never overlap: they are
+//! written in place, and concurrent client writes share an fsync by sharing an entry
+//! (`batch.rs`). Only while a truncate's or purge's barrier is with the writer thread do appends
+//! queue behind it there; the writer writes everything queued as one append and one fdatasync.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -71,6 +73,8 @@ pub(crate) struct Inner {
     writer: std::sync::mpsc::Sender<Job>,
     /// Wakes the thread that writes the committed log id (see [`committed_loop`]).
     committed_poke: std::sync::mpsc::SyncSender<()>,
+    /// Jobs sent to the writer and not yet done: with none, an append is written in place.
+    queued: AtomicU64,
     /// Rewrite the log file after this many entries were purged since the last rewrite.
     compact_after_purged: u64,
     compactions: Arc<AtomicU64>,
@@ -251,6 +255,7 @@ impl LogStore {
             }),
             writer,
             committed_poke,
+            queued: AtomicU64::new(0),
             compact_after_purged,
             compactions: Arc::new(AtomicU64::new(0)),
             closed,
@@ -422,9 +427,18 @@ impl Inner {
     /// Waits until every append queued so far is on disk.
     async fn barrier(&self) -> Result<(), StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let stopped = || StoreError::Raft("the raft log writer stopped".into());
-        self.writer.send(Job::Barrier(tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
+        self.send(Job::Barrier(tx))?;
+        rx.await
+            .map_err(|_| StoreError::Raft("the raft log writer stopped".into()))
+    }
+
+    /// Hands a job to the writer thread, counted until it is done.
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.writer.send(job).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            StoreError::Raft("the raft log writer stopped".into())
+        })
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
@@ -490,7 +504,10 @@ fn writer_loop(inner: std::sync::Weak<Inner>, queue: std::sync::mpsc::Receiver<J
                         Job::Barrier(_) => Vec::new(),
                     })
                     .collect();
-                inner.write_entries(&entries)
+                let written = inner.write_entries(&entries);
+                // Done before anyone hears of it: the next append may be written in place.
+                inner.queued.fetch_sub(jobs.len() as u64, Ordering::AcqRel);
+                written
             }
             None => Err(StoreError::Raft("the raft log was closed".into())),
         };
@@ -677,12 +694,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         self.inner.keep_in_tail(&entries);
-        // The writer calls back only after the fsync'd commit: the leader counts its own log as
-        // replicated (and may commit) on that callback.
+        // The callback comes only after the fsync'd write: the leader counts its own log as
+        // replicated (and may commit) on it. openraft 0.9's core waits for that callback before
+        // it does anything else, so appends never overlap and the writer thread would only add
+        // two thread wake-ups per entry: with nothing queued for it (a truncate's or purge's
+        // barrier), the entries are written here, in order after everything sent before.
+        if self.inner.queued.load(Ordering::Acquire) == 0 {
+            let refs: Vec<&LogEntry> = entries.iter().collect();
+            let result = self.inner.write_entries(&refs);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "appending raft log entries failed");
+            }
+            callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())));
+            return Ok(());
+        }
         self.inner
-            .writer
             .send(Job::Append(entries, callback))
-            .map_err(|_| write_err(StoreError::Raft("the raft log writer stopped".into())))
+            .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -760,19 +788,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::types::{Op, Txn};
+    use crate::store::types::{Op, Proposal, Txn};
     use openraft::{CommittedLeaderId, EntryPayload};
 
     fn entry(index: u64) -> LogEntry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
-            payload: EntryPayload::Normal(Txn {
+            payload: EntryPayload::Normal(Proposal::batch(vec![Txn {
                 checks: vec![],
                 ops: vec![Op::Put {
                     key: format!("k/{index}"),
                     value: index.to_le_bytes().to_vec(),
                 }],
-            }),
+            }])),
         }
     }
 

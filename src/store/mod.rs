@@ -26,6 +26,7 @@
 //! Reads ([`Store::get`], [`Store::list`]) are served from an in-memory copy of the applied state,
 //! which therefore holds the plaintext values while the process runs.
 
+mod batch;
 mod error;
 mod forward;
 mod log_store;
@@ -143,6 +144,8 @@ struct Inner {
     write_timeout: Duration,
     /// The data key, for values a layer above seals itself (secret values: `seal_field`).
     dek: Arc<swarmguard_secrets::DataKey>,
+    /// Puts concurrent writes on this leader into shared entries (see [`batch`]).
+    proposer: batch::Proposer,
 }
 
 /// Put it as the LAST field of a struct owning a `redb::Database`: fields drop in declaration
@@ -291,8 +294,10 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
 
+        let proposer = batch::Proposer::start(raft.clone(), forward::CALL_TIMEOUT);
         let store = Store {
             inner: Arc::new(Inner {
+                proposer,
                 raft,
                 shared,
                 node_id,
@@ -465,11 +470,11 @@ impl Store {
     /// contention) never reach the log. They are checked again when the entry applies, which
     /// is what makes the outcome correct: the state may change between the two.
     pub async fn apply(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        validate(&txn)?;
+        let bytes = validate(&txn)?;
         if let Some(key) = self.failed_check(&txn) {
             return Ok(TxnOutcome::Conflict { key });
         }
-        self.apply_anywhere(txn).await
+        self.apply_anywhere(txn, bytes).await
     }
 
     /// The key of the first check `txn` fails against the applied state now.
@@ -596,7 +601,8 @@ fn validate_key(key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn validate(txn: &Txn) -> Result<(), StoreError> {
+/// Checks keys and sizes; returns the transaction's size as the limits count it.
+fn validate(txn: &Txn) -> Result<usize, StoreError> {
     let mut size = 0usize;
     for c in &txn.checks {
         validate_key(c.key())?;
@@ -622,7 +628,7 @@ fn validate(txn: &Txn) -> Result<(), StoreError> {
             max: MAX_TXN_BYTES,
         });
     }
-    Ok(())
+    Ok(size)
 }
 
 /// Runs blocking storage work (redb commits fsync) off the async worker threads.

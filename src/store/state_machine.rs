@@ -383,74 +383,30 @@ fn prepare_batch(
     let mut notices = Vec::new();
     {
         let map = lock_read(&shared.map);
-        let current =
-            |overlay: &BTreeMap<String, Option<Versioned>>, key: &str| -> Option<Versioned> {
-                match overlay.get(key) {
-                    Some(v) => v.clone(),
-                    None => map.get(key).cloned(),
-                }
-            };
         for entry in entries {
             let index = entry.log_id.index;
             meta.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => responses.push(Response { outcome: None }),
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     meta.membership = StoredMembership::new(Some(entry.log_id), m);
-                    responses.push(Response { outcome: None });
+                    Vec::new()
                 }
-                EntryPayload::Normal(txn) => {
-                    let failed = txn
-                        .checks
-                        .iter()
-                        .find(|c| !c.holds(current(&overlay, c.key()).as_ref()));
-                    if let Some(c) = failed {
-                        responses.push(Response {
-                            outcome: Some(TxnOutcome::Conflict {
-                                key: c.key().to_owned(),
-                            }),
-                        });
-                        continue;
-                    }
-                    let mut keys = BTreeSet::new();
-                    for op in txn.ops {
-                        match op {
-                            Op::Put { key, value } => {
-                                let created =
-                                    current(&overlay, &key).map(|v| v.created).unwrap_or(index);
-                                let aad = aad_sm(&key);
-                                let rec = sealed::seal(
-                                    dek,
-                                    &aad,
-                                    &sealed::encode_value(index, created, &value),
-                                )?;
-                                writes.kv.insert(key.clone(), Some(rec));
-                                keys.insert(key.clone());
-                                overlay.insert(
-                                    key,
-                                    Some(Versioned {
-                                        version: index,
-                                        created,
-                                        value,
-                                    }),
-                                );
-                            }
-                            Op::Delete { key } => {
-                                writes.kv.insert(key.clone(), None);
-                                keys.insert(key.clone());
-                                overlay.insert(key, None);
-                            }
+                EntryPayload::Normal(proposal) => {
+                    let txns = proposal.into_txns();
+                    let mut outcomes = Vec::with_capacity(txns.len());
+                    for txn in txns {
+                        let (outcome, keys) =
+                            apply_txn(dek, index, txn, &map, &mut overlay, writes)?;
+                        if let TxnOutcome::Committed { .. } = outcome {
+                            notices.push(Applied { index, keys });
                         }
+                        outcomes.push(outcome);
                     }
-                    responses.push(Response {
-                        outcome: Some(TxnOutcome::Committed { index }),
-                    });
-                    notices.push(Applied {
-                        index,
-                        keys: keys.into_iter().collect(),
-                    });
+                    outcomes
                 }
-            }
+            };
+            responses.push(Response { outcomes });
         }
     }
     writes.applied = Some(sealed::seal_json(dek, AAD_APPLIED, &meta)?);
@@ -460,6 +416,62 @@ fn prepare_batch(
         overlay,
         notices,
     })
+}
+
+/// `key`'s value as the batch left it so far.
+fn lookup<'a>(
+    map: &'a BTreeMap<String, Versioned>,
+    overlay: &'a BTreeMap<String, Option<Versioned>>,
+    key: &str,
+) -> Option<&'a Versioned> {
+    match overlay.get(key) {
+        Some(v) => v.as_ref(),
+        None => map.get(key),
+    }
+}
+
+/// Applies one transaction of the entry at `index` on top of `map` and the batch's `overlay`:
+/// its outcome and the keys it changed.
+fn apply_txn(
+    dek: &DataKey,
+    index: u64,
+    txn: super::types::Txn,
+    map: &BTreeMap<String, Versioned>,
+    overlay: &mut BTreeMap<String, Option<Versioned>>,
+    writes: &mut Pending,
+) -> Result<(TxnOutcome, Vec<String>), StoreError> {
+    if let Some(c) = txn
+        .checks
+        .iter()
+        .find(|c| !c.holds(lookup(map, overlay, c.key())))
+    {
+        let key = c.key().to_owned();
+        return Ok((TxnOutcome::Conflict { key }, Vec::new()));
+    }
+    let mut keys = BTreeSet::new();
+    for op in txn.ops {
+        match op {
+            Op::Put { key, value } => {
+                let created = lookup(map, overlay, &key).map_or(index, |v| v.created);
+                let aad = aad_sm(&key);
+                let rec = sealed::seal(dek, &aad, &sealed::encode_value(index, created, &value))?;
+                writes.kv.insert(key.clone(), Some(rec));
+                keys.insert(key.clone());
+                let v = Versioned {
+                    version: index,
+                    created,
+                    value,
+                };
+                overlay.insert(key, Some(v));
+            }
+            Op::Delete { key } => {
+                writes.kv.insert(key.clone(), None);
+                keys.insert(key.clone());
+                overlay.insert(key, None);
+            }
+        }
+    }
+    Ok((TxnOutcome::Committed { index }, keys.into_iter().collect()))
 }
 
 fn sm_err(e: StoreError) -> StorageError<u64> {
@@ -749,5 +761,119 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::{Check, Proposal, Txn};
+    use openraft::CommittedLeaderId;
+
+    fn shared() -> Shared {
+        Shared {
+            map: RwLock::new(BTreeMap::new()),
+            tx: broadcast::channel(16).0,
+        }
+    }
+
+    fn create(key: &str, value: &[u8]) -> Txn {
+        Txn {
+            checks: vec![Check::Absent { key: key.into() }],
+            ops: vec![Op::Put {
+                key: key.into(),
+                value: value.to_vec(),
+            }],
+        }
+    }
+
+    fn entry(index: u64, payload: Proposal) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(payload),
+        }
+    }
+
+    /// Transactions batched into one entry apply in order, each on its own: a create that
+    /// loses to an earlier one of the same entry is a conflict and writes nothing, and the
+    /// others of the entry still commit at the entry's index.
+    #[test]
+    fn transactions_of_one_entry_apply_in_order_each_on_its_own() {
+        let dek = DataKey::generate().unwrap();
+        let shared = shared();
+        let batch = Proposal::batch(vec![
+            create("secret-name/a", b"1"),
+            create("secret-name/a", b"2"),
+            create("secret-name/b", b"3"),
+        ]);
+        let mut writes = Pending::default();
+        let res = prepare_batch(
+            &dek,
+            &shared,
+            AppliedMeta::default(),
+            vec![entry(7, batch)],
+            &mut writes,
+        )
+        .unwrap();
+        assert_eq!(
+            res.responses,
+            vec![Response {
+                outcomes: vec![
+                    TxnOutcome::Committed { index: 7 },
+                    TxnOutcome::Conflict {
+                        key: "secret-name/a".into()
+                    },
+                    TxnOutcome::Committed { index: 7 },
+                ]
+            }]
+        );
+        let a = res.overlay["secret-name/a"].as_ref().unwrap();
+        assert_eq!(
+            (a.value.as_slice(), a.version, a.created),
+            (&b"1"[..], 7, 7)
+        );
+        assert_eq!(writes.kv.len(), 2);
+        let keys: Vec<_> = res.notices.iter().map(|n| n.keys.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec!["secret-name/a".to_string()],
+                vec!["secret-name/b".to_string()]
+            ]
+        );
+    }
+
+    /// Entries written before proposals were batched (a bare transaction) still parse and
+    /// apply; a batch round-trips through the log's JSON.
+    #[test]
+    fn single_transaction_entries_from_older_logs_still_apply() {
+        let old = r#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":3},"payload":{"Normal":{"checks":[{"Absent":{"key":"k"}}],"ops":[{"Put":{"key":"k","value":"dg=="}}]}}}"#;
+        let e: Entry<TypeConfig> = serde_json::from_str(old).unwrap();
+        assert!(matches!(&e.payload, EntryPayload::Normal(Proposal::One(_))));
+        let batch = entry(4, Proposal::batch(vec![create("j", b"w")]));
+        let json = serde_json::to_string(&batch).unwrap();
+        let back: Entry<TypeConfig> = serde_json::from_str(&json).unwrap();
+        assert!(
+            matches!(&back.payload, EntryPayload::Normal(Proposal::Batch { batch }) if batch.len() == 1)
+        );
+        let dek = DataKey::generate().unwrap();
+        let mut writes = Pending::default();
+        let res = prepare_batch(
+            &dek,
+            &shared(),
+            AppliedMeta::default(),
+            vec![e, back],
+            &mut writes,
+        )
+        .unwrap();
+        let outcomes: Vec<_> = res.responses.into_iter().flat_map(|r| r.outcomes).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                TxnOutcome::Committed { index: 3 },
+                TxnOutcome::Committed { index: 4 }
+            ]
+        );
+        assert_eq!(res.overlay["k"].as_ref().unwrap().value, b"v");
     }
 }

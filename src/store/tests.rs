@@ -1165,3 +1165,52 @@ async fn entries_in_the_old_log_table_are_moved_into_the_file() {
         assert_eq!(wal_records(&wal).len(), recs.len());
     }
 }
+
+/// Writes that arrive together share Raft entries (one append and fsync each), and each keeps
+/// its own outcome: every distinct create commits, exactly one of sixteen creates of one key
+/// does, and every committed value carries the index it was acknowledged with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let create = |key: String, value: Vec<u8>| Txn {
+        checks: vec![Check::Absent { key: key.clone() }],
+        ops: vec![Op::Put { key, value }],
+    };
+    let tasks: Vec<_> = (0..80u32)
+        .map(|i| {
+            let (store, key) = match i % 5 {
+                0 => (store.clone(), "batch/dup".to_string()),
+                _ => (store.clone(), format!("batch/{i}")),
+            };
+            let t = create(key.clone(), i.to_le_bytes().to_vec());
+            tokio::spawn(async move { (key, i, store.apply(t).await.unwrap()) })
+        })
+        .collect();
+    let mut indexes = std::collections::BTreeSet::new();
+    let mut dup_won = Vec::new();
+    for t in tasks {
+        let (key, i, out) = t.await.unwrap();
+        match (key.as_str(), out) {
+            ("batch/dup", TxnOutcome::Committed { index }) => dup_won.push((i, index)),
+            ("batch/dup", TxnOutcome::Conflict { key }) => assert_eq!(key, "batch/dup"),
+            (_, TxnOutcome::Committed { index }) => {
+                let v = store.get(&key).unwrap();
+                assert_eq!((v.version, v.value), (index, i.to_le_bytes().to_vec()));
+                indexes.insert(index);
+            }
+            (_, other) => panic!("{key}: {other:?}"),
+        }
+    }
+    assert_eq!(dup_won.len(), 1, "{dup_won:?}");
+    let (i, index) = dup_won[0];
+    let v = store.get("batch/dup").unwrap();
+    assert_eq!((v.version, v.value), (index, i.to_le_bytes().to_vec()));
+    assert!(
+        indexes.len() < 64,
+        "64 concurrent writes took {} entries: none were batched",
+        indexes.len()
+    );
+    println!("64 concurrent writes took {} raft entries", indexes.len());
+    store.shutdown().await.unwrap();
+}

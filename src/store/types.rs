@@ -11,7 +11,7 @@ openraft::declare_raft_types!(
     /// Node IDs are `u64`, nodes are `BasicNode { addr }`, snapshot data travels as an in-memory
     /// buffer (cluster state is small: KB-sized objects).
     pub TypeConfig:
-        D = Txn,
+        D = Proposal,
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,
@@ -23,6 +23,41 @@ openraft::declare_raft_types!(
 pub struct Txn {
     pub checks: Vec<Check>,
     pub ops: Vec<Op>,
+}
+
+/// What one Raft entry carries: transactions proposed together (see `batch.rs`), applied in
+/// order, each on its own: a failed check skips only its own transaction.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Proposal {
+    Batch {
+        batch: Vec<Txn>,
+    },
+    /// One transaction, as entries were written before proposals were batched.
+    One(Txn),
+}
+
+impl Proposal {
+    pub fn batch(txns: Vec<Txn>) -> Proposal {
+        Proposal::Batch { batch: txns }
+    }
+
+    /// The transactions, in the order they apply.
+    pub fn into_txns(self) -> Vec<Txn> {
+        match self {
+            Proposal::Batch { batch } => batch,
+            Proposal::One(txn) => vec![txn],
+        }
+    }
+}
+
+impl fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proposal::Batch { batch } => f.debug_list().entries(batch).finish(),
+            Proposal::One(txn) => txn.fmt(f),
+        }
+    }
 }
 
 /// A precondition of a [`Txn`].
@@ -100,7 +135,8 @@ impl fmt::Debug for Txn {
 /// Result of [`super::Store::apply`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum TxnOutcome {
-    /// All checks passed and all ops were written at raft log index `index`.
+    /// All checks passed and all ops were written at raft log index `index` (transactions
+    /// proposed together share it, as SwarmKit's batched updates share a raft index).
     Committed { index: u64 },
     /// The check on `key` failed; nothing was written.
     Conflict { key: String },
@@ -137,8 +173,9 @@ pub struct Applied {
 /// What the state machine returns for one log entry.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Response {
-    /// `None` for blank and membership entries.
-    pub outcome: Option<TxnOutcome>,
+    /// One per transaction of the entry's [`Proposal`], in order; none for blank and
+    /// membership entries.
+    pub outcomes: Vec<TxnOutcome>,
 }
 
 /// Serde helper: bytes as base64 text (JSON arrays of numbers would be ~4x larger).
