@@ -18,7 +18,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::dockerd::Dockerd;
-use support::free_port;
 use support::manager::{unix_request, Manager};
 
 /// The simulated nodes' process, stopped (stdin closed, then by its PID) when dropped.
@@ -156,15 +155,6 @@ fn row(peer: &str, nodes: usize, o: &Outcome, limit: Duration) -> String {
     )
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn main() {
     let env = |k: &str, d: usize| {
         std::env::var(k)
@@ -188,21 +178,13 @@ fn main() {
         limit,
     );
     rows.push(row("swarmguard", nodes, &o, limit));
-    eprintln!("{} (load {})", rows[0], load());
+    eprintln!("{} (load {})", rows[0], support::loadavg());
     drop(m);
 
     if std::env::var("SWARMGUARD_ONLY").is_err() {
         let d = Dockerd::start(true);
         let ns = d.netns.clone().expect("netns");
-        let addr = format!("127.0.0.1:{}", free_port());
-        d.docker_ok(&[
-            "swarm",
-            "init",
-            "--listen-addr",
-            &addr,
-            "--advertise-addr",
-            "127.0.0.1",
-        ]);
+        let (addr, _) = d.init_swarm_on_free_port();
         let o = run(
             Some(&ns),
             &addr,
@@ -223,7 +205,7 @@ fn main() {
 
     println!(
         "Root rotation with {nodes} simulated agent nodes (load average at the end: {})",
-        load()
+        support::loadavg()
     );
     println!();
     println!("| manager | nodes | all joined with sessions, s | `docker swarm ca --rotate` to finished, s | nodes on the new root after | renewals | sessions |");

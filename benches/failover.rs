@@ -324,19 +324,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn main() {
     let start = Instant::now();
     let deadline = start + BUDGET;
-    println!("load average at start: {}", loadavg());
+    println!("load average at start: {}", support::loadavg());
 
     // Throughput first, on fresh groups: one manager, then three.
     let one_dir = support::short_tempdir("sg-fo1-");
@@ -354,7 +345,7 @@ fn main() {
     let (rate3l, mut lat3l) = throughput(&[sg[leader].socket()]);
     let all: Vec<PathBuf> = sg.iter().map(|p| p.socket()).collect();
     let (rate3a, mut lat3a) = throughput(&all);
-    println!("load average after throughput: {}", loadavg());
+    println!("load average after throughput: {}", support::loadavg());
 
     let bridge = Bridge::new();
     let mut dk = swarmkit_group(&bridge);
@@ -368,7 +359,7 @@ fn main() {
     for round in 0..kills {
         let a = one_failover(&mut sg, &sg_ids, deadline);
         let b = one_failover(&mut dk, &dk_ids, deadline);
-        loads.push(loadavg());
+        loads.push(support::loadavg());
         println!(
             "kill {}: swarmguard {} s, SwarmKit {} s (load {})",
             round + 1,
@@ -422,7 +413,7 @@ fn main() {
     }
     println!(
         "\nload average at end: {} (per round: {}); whole run {:.0} s",
-        loadavg(),
+        support::loadavg(),
         loads.join(" / "),
         start.elapsed().as_secs_f64()
     );

@@ -11,7 +11,6 @@ mod support;
 use std::process::Command;
 
 use support::dockerd::Dockerd;
-use support::free_port;
 use support::manager::Manager;
 
 fn storm(
@@ -137,16 +136,7 @@ fn main() {
     // A real dockerd (SwarmKit) manager in its own network namespace.
     let d = Dockerd::start(true);
     let ns = d.netns.clone().expect("netns");
-    let addr = format!("127.0.0.1:{}", free_port());
-    d.docker_ok(&[
-        "swarm",
-        "init",
-        "--listen-addr",
-        &addr,
-        "--advertise-addr",
-        "127.0.0.1",
-    ]);
-    let token = d.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    let (addr, token) = d.init_swarm_on_free_port();
     for clients in [4, 32] {
         let r = storm(Some(&ns), &addr, token.trim(), clients, joins);
         rows.push(row("dockerd (SwarmKit)", &r));

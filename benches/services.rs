@@ -142,16 +142,7 @@ impl Cluster {
 
     fn swarmkit() -> Cluster {
         let d = Dockerd::start(true);
-        let addr = format!("127.0.0.1:{}", support::free_port());
-        d.docker_ok(&[
-            "swarm",
-            "init",
-            "--listen-addr",
-            &addr,
-            "--advertise-addr",
-            "127.0.0.1",
-        ]);
-        let token = d.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+        let (addr, token) = d.init_swarm_on_free_port();
         let (socket, ns) = (d.socket.clone(), d.netns.clone().unwrap());
         Cluster::with_workers(
             "dockerd 20.10",
@@ -446,15 +437,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Rounds of `replicas` on both clusters, alternating which goes first; prints table rows.
 fn compare(sg: &Cluster, dk: &Cluster, replicas: usize, rounds: usize) {
     let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
@@ -678,7 +660,7 @@ fn keep_logs(dir: &Path, clusters: &[&Cluster]) {
 fn main() {
     let plan = plan();
     let started = Instant::now();
-    let load_before = loadavg();
+    let load_before = support::loadavg();
     let dir = support::short_tempdir("sgbs");
     {
         let sg = Cluster::swarmguard(dir.path());
@@ -699,7 +681,7 @@ fn main() {
     println!();
     println!(
         "load average before: {load_before}; after: {}; wall time {:.0} s",
-        loadavg(),
+        support::loadavg(),
         started.elapsed().as_secs_f64()
     );
 }

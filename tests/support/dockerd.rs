@@ -168,6 +168,22 @@ impl Dockerd {
         self.spawn_daemon();
     }
 
+    /// `docker swarm init` on a free loopback port (inside this dockerd's namespace); the
+    /// cluster address and the worker join token.
+    pub fn init_swarm_on_free_port(&self) -> (String, String) {
+        let addr = format!("127.0.0.1:{}", super::free_port());
+        self.docker_ok(&[
+            "swarm",
+            "init",
+            "--listen-addr",
+            &addr,
+            "--advertise-addr",
+            "127.0.0.1",
+        ]);
+        let token = self.docker_ok(&["swarm", "join-token", "-q", "worker"]);
+        (addr, token.trim().to_string())
+    }
+
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
