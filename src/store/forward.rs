@@ -137,13 +137,19 @@ impl Store {
                 Some(_) if !self.leader_heard_within(QUORUM_GRACE) => {
                     Err(StoreError::NotLeader { leader: None })
                 }
-                Some((_, addr)) => self
-                    .forward(&addr, Forwarded::Write(txn.clone()))
-                    .await
-                    .and_then(|r| match r {
-                        ForwardReply::Outcome(o) => Ok(o),
-                        other => Err(reply_error(other)),
-                    }),
+                Some((_, addr)) => {
+                    let reply = self
+                        .forward(&addr, Forwarded::Write(txn.clone()))
+                        .await
+                        .and_then(|r| match r {
+                            ForwardReply::Outcome(o) => Ok(o),
+                            other => Err(reply_error(other)),
+                        });
+                    if let Ok(TxnOutcome::Committed { index }) = &reply {
+                        self.wait_applied_here(*index, deadline).await;
+                    }
+                    reply
+                }
                 None => Err(StoreError::NotLeader { leader: None }),
             };
             match attempt {
@@ -156,6 +162,27 @@ impl Store {
                 return Err(self.no_quorum());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Read-your-writes on a follower: a write forwarded to the leader is answered once this
+    /// manager applied it too, so the caller's next read here (an agent that joined through
+    /// this manager asking for its certificate) sees it. Past the deadline the write still
+    /// stands (it is committed); only the wait ends.
+    async fn wait_applied_here(&self, index: u64, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if self
+            .inner
+            .raft
+            .wait(Some(left.max(Duration::from_millis(1))))
+            .applied_index_at_least(Some(index), "a forwarded write applies here")
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                index,
+                "a forwarded write committed but did not apply here before its deadline"
+            );
         }
     }
 
