@@ -16,17 +16,6 @@ use support::dockerd::Dockerd;
 use support::manager::Manager;
 use x509_parser::prelude::FromDer;
 
-fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} not reached within {limit:?}");
-}
-
 /// The certificate in `cert_pem` is issued by the CA in `ca_pem` and names `ou`.
 fn assert_issued_by(cert_pem: &[u8], ca_pem: &[u8], ou: &str) {
     let (leaf_der, ca_der) = (support::first_der(cert_pem), support::first_der(ca_pem));
@@ -142,7 +131,7 @@ fn cfssl_root_signs_the_manager_a_stock_dockerd_worker_and_an_agent() {
         .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
         .trim()
         .to_string();
-    poll("worker Ready", Duration::from_secs(10), || {
+    support::wait_until("worker Ready", Duration::from_secs(10), || {
         m.docker_ok(&["node", "ls", "--format", "{{.ID}} {{.Status}}"])
             .lines()
             .any(|l| l == format!("{worker_id} Ready"))
@@ -300,7 +289,7 @@ fn authsign_with_the_right_and_a_wrong_key_and_cfssl_down_during_a_join() {
         .spawn()
         .unwrap();
     let mut reason = String::new();
-    poll(
+    support::wait_until(
         "the waiting reason in docker node inspect",
         Duration::from_secs(15),
         || {

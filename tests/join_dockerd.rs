@@ -9,22 +9,11 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::dockerd::Dockerd;
 use support::manager::Manager;
 use x509_parser::prelude::FromDer;
-
-fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what} not reached within {limit:?}");
-}
 
 fn first_pem(path: &Path) -> Vec<u8> {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -66,7 +55,7 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
             .trim(),
         "active"
     );
-    let took = poll(
+    let took = support::wait_until(
         "worker Ready in docker node ls",
         Duration::from_secs(2),
         || {
@@ -130,7 +119,7 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
 
     // Stop it: Down within 3 heartbeat periods (1 s each; a node may be told up to 1.5 s).
     d.stop_daemon();
-    let took = poll("worker Down", Duration::from_millis(3 * 1500 + 500), || {
+    let took = support::wait_until("worker Down", Duration::from_millis(3 * 1500 + 500), || {
         node_status(&m, &worker_id) == "down"
     });
     eprintln!("worker Down {took:?} after dockerd stopped");

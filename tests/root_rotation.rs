@@ -16,17 +16,6 @@ use std::time::{Duration, Instant};
 use support::dockerd::Dockerd;
 use support::manager::Manager;
 
-fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} not reached within {limit:?}");
-}
-
 /// `swarmguard agent …` inside the namespace.
 fn agent_cmd(ns: &str, dir: &Path, m: &Manager, token: &str, no_run: bool) -> Command {
     let mut c = Command::new("nsenter");
@@ -123,7 +112,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
         Agent::join(&ns, &m, &old_token),
         Agent::join(&ns, &m, &old_token),
     ];
-    poll("4 nodes Ready", Duration::from_secs(20), || {
+    support::wait_until("4 nodes Ready", Duration::from_secs(20), || {
         let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
         ls.lines().filter(|l| *l == "Ready").count() == 4
     });
@@ -166,7 +155,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
 
     // The worker holds a certificate from the new root and trusts only it.
     let certs = d.root.join("data/swarm/certificates");
-    poll(
+    support::wait_until(
         "worker trusts the new root",
         Duration::from_secs(10),
         || std::fs::read_to_string(certs.join("swarm-root-ca.crt")).unwrap_or_default() == new_root,
@@ -223,7 +212,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     );
     m.kill9();
     m.restart();
-    let took = poll(
+    let took = support::wait_until(
         "rotation finished after restart",
         Duration::from_secs(60),
         || swarm(&m)["RootRotationInProgress"] == false,
@@ -231,7 +220,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     eprintln!("rotation finished {took:?} after the restart");
     let third_root = trust_root(&m);
     assert_ne!(third_root, new_root);
-    poll(
+    support::wait_until(
         "worker Ready on the third root",
         Duration::from_secs(30),
         || {
@@ -265,7 +254,7 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
     let operator_root = std::fs::read_to_string(&cert).unwrap();
     assert_eq!(trust_root(&m), operator_root);
     assert!(out.contains(operator_root.trim()), "{out}");
-    poll(
+    support::wait_until(
         "worker on the operator's root",
         Duration::from_secs(30),
         || {
@@ -429,7 +418,7 @@ fn an_internal_root_moves_to_a_cfssl_ca() {
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     d.docker_ok(&["swarm", "join", "--token", token.trim(), &m.cluster_addr]);
     let _agent = Agent::join(&ns, &m, token.trim());
-    poll("3 nodes Ready", Duration::from_secs(20), || {
+    support::wait_until("3 nodes Ready", Duration::from_secs(20), || {
         let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
         ls.lines().filter(|l| *l == "Ready").count() == 3
     });
@@ -457,7 +446,7 @@ fn an_internal_root_moves_to_a_cfssl_ca() {
     // The manager, the worker and the agent: one cfssl signature each.
     assert!(cf.signed() >= 3, "{}", cf.log());
     let certs = d.root.join("data/swarm/certificates");
-    poll(
+    support::wait_until(
         "worker trusts the cfssl root",
         Duration::from_secs(10),
         || {
@@ -516,7 +505,7 @@ fn rotate_during_a_rotation_restarts_it() {
         second, first,
         "the second --rotate did not restart the rotation"
     );
-    poll("rotation finished", Duration::from_secs(30), || {
+    support::wait_until("rotation finished", Duration::from_secs(30), || {
         swarm(&m)["RootRotationInProgress"] == false
     });
     assert_eq!(issuer(&m), second);

@@ -11,17 +11,6 @@ use std::time::{Duration, Instant};
 use support::dockerd::Dockerd;
 use support::manager::Manager;
 
-fn poll(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} not reached within {limit:?}");
-}
-
 /// A manager with one stock dockerd worker joined, and the busybox image on the worker.
 fn cluster() -> (Dockerd, tempfile::TempDir, Manager, String) {
     let d = Dockerd::start(true);
@@ -35,7 +24,7 @@ fn cluster() -> (Dockerd, tempfile::TempDir, Manager, String) {
         .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
         .trim()
         .to_string();
-    poll("worker Ready", Duration::from_secs(10), || {
+    support::wait_until("worker Ready", Duration::from_secs(10), || {
         m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &worker])
             .trim()
             == "ready"
@@ -71,14 +60,14 @@ fn worker_containers(d: &Dockerd) -> Vec<String> {
 fn scale_and_roll(m: &Manager, d: &Dockerd) {
     // Scale: two tasks, both on the only eligible node.
     m.docker_ok(&["service", "scale", "--detach", "app=2"]);
-    poll("2 tasks running", Duration::from_secs(30), || {
+    support::wait_until("2 tasks running", Duration::from_secs(30), || {
         worker_containers(d)
             .iter()
             .filter(|n| n.starts_with("app."))
             .count()
             == 2
     });
-    poll("service ls 2/2", Duration::from_secs(10), || {
+    support::wait_until("service ls 2/2", Duration::from_secs(10), || {
         m.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
             .trim()
             == "2/2"
@@ -86,12 +75,12 @@ fn scale_and_roll(m: &Manager, d: &Dockerd) {
 
     // Rolling update of the image: every task is replaced by one running sg/bb:2.
     m.docker_ok(&["service", "update", "--detach", "--image", "sg/bb:2", "app"]);
-    poll("tasks on sg/bb:2", Duration::from_secs(60), || {
+    support::wait_until("tasks on sg/bb:2", Duration::from_secs(60), || {
         let images = d.docker_ok(&["ps", "--format", "{{.Image}} {{.Names}}"]);
         let app: Vec<&str> = images.lines().filter(|l| l.contains(" app.")).collect();
         app.len() == 2 && app.iter().all(|l| l.starts_with("sg/bb:2 "))
     });
-    poll("update completed", Duration::from_secs(20), || {
+    support::wait_until("update completed", Duration::from_secs(20), || {
         m.docker_ok(&[
             "service",
             "inspect",
@@ -114,10 +103,10 @@ fn drain_and_back(m: &Manager, d: &Dockerd, worker: &str) {
     // Drain the only worker: its tasks stop there and their replacements wait, saying why;
     // active again, they run.
     m.docker_ok(&["node", "update", "--availability", "drain", worker]);
-    poll("drained", Duration::from_secs(40), || {
+    support::wait_until("drained", Duration::from_secs(40), || {
         worker_containers(d).iter().all(|n| !n.starts_with("app."))
     });
-    poll(
+    support::wait_until(
         "replacements pending with the reason",
         Duration::from_secs(10),
         || {
@@ -129,7 +118,7 @@ fn drain_and_back(m: &Manager, d: &Dockerd, worker: &str) {
         },
     );
     m.docker_ok(&["node", "update", "--availability", "active", worker]);
-    poll("running again", Duration::from_secs(30), || {
+    support::wait_until("running again", Duration::from_secs(30), || {
         worker_containers(d)
             .iter()
             .filter(|n| n.starts_with("app."))
@@ -227,12 +216,12 @@ fn replicated_service_runs_on_a_stock_dockerd_worker() {
 
     // rm: the worker's containers go (sh ignores SIGTERM: 10 s grace, then SIGKILL).
     m.docker_ok(&["service", "rm", "app"]);
-    poll("containers removed", Duration::from_secs(40), || {
+    support::wait_until("containers removed", Duration::from_secs(40), || {
         d.docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
             .lines()
             .all(|n| !n.starts_with("app."))
     });
-    poll("tasks gone", Duration::from_secs(20), || {
+    support::wait_until("tasks gone", Duration::from_secs(20), || {
         m.request("GET", "/v1.41/tasks", None).json() == serde_json::json!([])
     });
     drop(m);
@@ -307,7 +296,7 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
         // json-file emits a line only at its newline (or at exit), hence the echo.
         "cat /run/secrets/db_pass; echo; sleep 600",
     ]);
-    poll("app.1 running", Duration::from_secs(30), || {
+    support::wait_until("app.1 running", Duration::from_secs(30), || {
         ps(&m, "app")
             .iter()
             .any(|r| r.starts_with("app.1|") && r.contains("|Running|Running"))
@@ -347,12 +336,12 @@ fn a_task_sees_its_secret_on_tmpfs_and_the_secret_follows_the_task() {
 
     // rm: the container goes, and the node is told to drop the secret.
     m.docker_ok(&["service", "rm", "app"]);
-    poll("container removed", Duration::from_secs(40), || {
+    support::wait_until("container removed", Duration::from_secs(40), || {
         d.docker_ok(&["ps", "-a", "--format", "{{.Names}}"])
             .lines()
             .all(|n| !n.starts_with("app."))
     });
-    poll(
+    support::wait_until(
         "secret withdrawn from the worker",
         Duration::from_secs(20),
         || {
@@ -443,7 +432,7 @@ fn tasks_spread_over_two_workers_and_move_off_a_stopped_one() {
         .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
         .trim()
         .to_string();
-    poll("second worker Ready", Duration::from_secs(10), || {
+    support::wait_until("second worker Ready", Duration::from_secs(10), || {
         m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &w2])
             .trim()
             == "ready"
@@ -454,7 +443,7 @@ fn tasks_spread_over_two_workers_and_move_off_a_stopped_one() {
         "service", "create", "--detach", "--name", "app", "sg/bb:1", "sleep", "600",
     ]);
     m.docker_ok(&["service", "scale", "--detach", "app=3"]);
-    poll("3 tasks running", Duration::from_secs(60), || {
+    support::wait_until("3 tasks running", Duration::from_secs(60), || {
         task_nodes(&m).len() == 3
     });
     let nodes = task_nodes(&m);
@@ -467,12 +456,12 @@ fn tasks_spread_over_two_workers_and_move_off_a_stopped_one() {
     // Stop the second worker: Down after 3 missed 1 s heartbeats, then its tasks run on the first.
     let moved = on(&w2);
     d2.stop_daemon();
-    poll("second worker Down", Duration::from_secs(15), || {
+    support::wait_until("second worker Down", Duration::from_secs(15), || {
         m.docker_ok(&["node", "inspect", "--format", "{{.Status.State}}", &w2])
             .trim()
             == "down"
     });
-    poll("its tasks moved", Duration::from_secs(60), || {
+    support::wait_until("its tasks moved", Duration::from_secs(60), || {
         worker_containers(&d1)
             .iter()
             .filter(|n| n.starts_with("app."))

@@ -48,11 +48,11 @@ pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
 }
 
 /// Wait until `f` returns true or panic after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if f() {
-            return;
+            return start.elapsed();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
