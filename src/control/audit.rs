@@ -39,6 +39,14 @@ pub enum AuditEvent {
         secret_id: String,
         name: String,
     },
+    /// Follows a `secret_created` line (written alongside the create's Raft entry) whose write
+    /// then failed; the secret does not exist, or (when the store could not confirm the
+    /// write) may not.
+    SecretCreateFailed {
+        secret_id: String,
+        name: String,
+        reason: String,
+    },
     SecretRemoved {
         secret_id: String,
         name: String,

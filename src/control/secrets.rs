@@ -21,6 +21,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::audit::AuditEvent;
 use super::error::{Code, ControlError};
 use super::records::{self, Record, Stored};
 use super::{out_of_sequence, Control};
@@ -327,20 +328,43 @@ impl Control {
                 },
             ],
         };
-        match self.apply(txn).await? {
-            TxnOutcome::Committed { .. } => {
-                self.audit
-                    .record(super::audit::AuditEvent::SecretCreated {
-                        secret_id: id.clone(),
-                        name: spec.name.clone(),
-                    })
-                    .await;
-                Ok(id)
-            }
-            TxnOutcome::Conflict { .. } => Err(ControlError::rpc(
+        let exists = || {
+            ControlError::rpc(
                 Code::AlreadyExists,
                 format!("secret {} already exists", spec.name),
-            )),
+            )
+        };
+        // A taken name is refused before anything is recorded; the store checks it again.
+        if self.store.get(&name_key(&spec.name)).is_some() {
+            return Err(exists());
+        }
+        // Write-ahead audit: the line goes to disk while the Raft entry does, so the answer
+        // waits for one flush instead of two in a row. Both are on disk before the 201; a write
+        // that then fails gets a `secret_create_failed` line after it.
+        let recorded = self.audit.record(AuditEvent::SecretCreated {
+            secret_id: id.clone(),
+            name: spec.name.clone(),
+        });
+        let failed = |reason: String| {
+            self.audit.record(AuditEvent::SecretCreateFailed {
+                secret_id: id.clone(),
+                name: spec.name.clone(),
+                reason,
+            })
+        };
+        match self.apply(txn).await {
+            Ok(TxnOutcome::Committed { .. }) => {
+                recorded.await;
+                Ok(id)
+            }
+            Ok(TxnOutcome::Conflict { .. }) => {
+                failed("the name was taken by a concurrent create".into()).await;
+                Err(exists())
+            }
+            Err(e) => {
+                failed(format!("the store did not confirm the write: {e}")).await;
+                Err(e)
+            }
         }
     }
 
@@ -439,7 +463,7 @@ impl Control {
             };
             if let TxnOutcome::Committed { .. } = self.apply(txn).await? {
                 self.audit
-                    .record(super::audit::AuditEvent::SecretRemoved {
+                    .record(AuditEvent::SecretRemoved {
                         secret_id: id.clone(),
                         name: view.record.name.clone(),
                     })

@@ -59,7 +59,36 @@ async fn concurrent_creates_of_one_name_leave_one_secret() {
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(ctl.secrets().unwrap().len(), 1);
+    let secrets = ctl.secrets().unwrap();
+    assert_eq!(secrets.len(), 1);
+    // Audit lines are written alongside the entry: each `secret_created` is the secret that
+    // exists, or is followed by a `secret_create_failed` of the same ID; a create refused
+    // before its write (the name already taken) left no line at all.
+    let log = std::fs::read_to_string(dir.path().join(audit::LOG_FILE)).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |event: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["event"] == event)
+            .map(|l| l["secret_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (created, failed) = (of("secret_created"), of("secret_create_failed"));
+    let standing: Vec<&String> = created.iter().filter(|id| !failed.contains(id)).collect();
+    assert_eq!(standing, vec![&secrets[0].record.id], "{log}");
+    assert!(failed.iter().all(|id| created.contains(id)), "{log}");
+    assert!(created.len() <= 8, "{log}");
+    let again = ctl.create_secret(spec("db_pass", b"w")).await.unwrap_err();
+    assert_eq!(again.http_status(), 409, "{again}");
+    ctl.audit.synced().await;
+    let after = std::fs::read_to_string(dir.path().join(audit::LOG_FILE)).unwrap();
+    assert_eq!(
+        after, log,
+        "a create refused up front is not audited as made"
+    );
     store.shutdown().await.unwrap();
 }
 

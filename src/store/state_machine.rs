@@ -8,8 +8,9 @@
 //!   `snapshot/<id>`; at most one row.
 //!
 //! An `apply` batch changes the in-memory state at once and leaves its sealed records in
-//! [`Pending`]; every [`DURABLE_EVERY_BATCHES`] batches, [`DURABLE_EVERY`] of time, every snapshot
-//! and at close, everything pending is written with the new last-applied id in one fsync'd redb
+//! [`Pending`]; after [`DURABLE_EVERY_BATCHES`] batches or [`DURABLE_EVERY`] of time (by the
+//! `state-flush` thread, so no apply waits for the file), with every snapshot and at close,
+//! everything pending is written with the new last-applied id in one fsync'd redb
 //! transaction, so the state machine on disk is always a prefix of the log. Durability comes from
 //! the log: after a crash the file is at its last commit and openraft re-applies the rest from the
 //! log, which is never purged past a snapshot (and a snapshot commit includes everything pending).
@@ -66,6 +67,9 @@ pub(crate) struct Shared {
 pub(crate) struct SmDb {
     db: Database,
     closed: Arc<AtomicBool>,
+    /// Held for each write of pending state, so writes reach the file in apply order while
+    /// applies keep adding to [`Pending`].
+    flushing: Mutex<()>,
     /// Must stay the last field (see [`CloseGuard`]).
     _guard: CloseGuard,
 }
@@ -87,16 +91,38 @@ struct Pending {
 }
 
 /// Writes everything pending, plus `also` (e.g. a snapshot), in one fsync'd transaction.
-/// The lock is held until the commit, so transactions reach the file in apply order.
+/// Pending state is taken under its lock and written outside it (applies go on meanwhile);
+/// `SmDb::flushing` keeps the writes in apply order. A failed write puts what it took back
+/// under anything applied since, so the next write still covers a prefix of the log.
 fn flush_pending(
-    db: &Database,
+    db: &SmDb,
     path: &Path,
     pending: &Mutex<Pending>,
     also: impl FnOnce(&redb::WriteTransaction, &mut Pending) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+    let _order = db.flushing.lock().unwrap_or_else(|e| e.into_inner());
+    let mut taken = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+    let written = write_pending(db, path, &mut taken, also);
+    if written.is_err() {
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, rec) in std::mem::take(&mut taken.kv) {
+            p.kv.entry(key).or_insert(rec);
+        }
+        if p.applied.is_none() {
+            p.applied = taken.applied;
+        }
+    }
+    written
+}
+
+fn write_pending(
+    db: &Database,
+    path: &Path,
+    p: &mut Pending,
+    also: impl FnOnce(&redb::WriteTransaction, &mut Pending) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let tx = write_tx(db, path)?;
-    also(&tx, &mut p)?;
+    also(&tx, p)?;
     {
         let mut kv = tx
             .open_table(KV)
@@ -126,6 +152,8 @@ pub(crate) struct StateMachine {
     dek: Arc<DataKey>,
     shared: Arc<Shared>,
     meta: AppliedMeta,
+    /// Asks the `state-flush` thread to write pending state (see [`spawn_flusher`]).
+    flusher: Option<std::sync::mpsc::SyncSender<()>>,
     /// Batches applied since the last commit to the file, and when that was.
     lazy_batches: u32,
     last_durable: Instant,
@@ -209,13 +237,15 @@ impl StateMachine {
         let db = Arc::new(SmDb {
             db,
             closed,
+            flushing: Mutex::new(()),
             _guard: guard,
         });
         let pending: Arc<Mutex<Pending>> = Default::default();
-        spawn_idle_flusher(&db, &pending, path);
+        let flusher = spawn_flusher(&db, &pending, path);
         Ok(StateMachine {
             db,
             pending,
+            flusher,
             path: path.to_path_buf(),
             dek,
             shared,
@@ -231,20 +261,31 @@ impl StateMachine {
     }
 }
 
-/// Applied state that waits in memory is written within about `DURABLE_EVERY` even when no
-/// further entry arrives, so an idle manager's restart re-applies little of its log (it
-/// re-applies up to the committed log id the log store keeps, see log_store.rs). Ends when the
-/// state machine is gone.
-fn spawn_idle_flusher(db: &Arc<SmDb>, pending: &Arc<Mutex<Pending>>, path: &Path) {
+/// The thread that writes pending state to the file: when `apply` asks (every
+/// [`DURABLE_EVERY_BATCHES`] batches) and at least every [`DURABLE_EVERY`], so an idle
+/// manager's restart re-applies little of its log (it re-applies up to the committed log id
+/// the log store keeps, see log_store.rs). Returns the sender `apply` asks with; the thread
+/// ends when that is dropped or the state machine is gone.
+fn spawn_flusher(
+    db: &Arc<SmDb>,
+    pending: &Arc<Mutex<Pending>>,
+    path: &Path,
+) -> Option<std::sync::mpsc::SyncSender<()>> {
     let (db, pending, path) = (
         Arc::downgrade(db),
         Arc::downgrade(pending),
         path.to_path_buf(),
     );
+    // One request waiting is enough: the write it starts takes everything pending.
+    let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
     let spawned = std::thread::Builder::new()
         .name("state-flush".into())
         .spawn(move || loop {
-            std::thread::sleep(DURABLE_EVERY);
+            if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                asked.recv_timeout(DURABLE_EVERY)
+            {
+                return;
+            }
             let (Some(db), Some(pending)) = (db.upgrade(), pending.upgrade()) else {
                 return;
             };
@@ -257,12 +298,16 @@ fn spawn_idle_flusher(db: &Arc<SmDb>, pending: &Arc<Mutex<Pending>>, path: &Path
             };
             if waiting {
                 if let Err(e) = flush_pending(&db, &path, &pending, |_, _| Ok(())) {
-                    tracing::warn!(error = %e, "state machine not written while idle; the log still has it");
+                    tracing::warn!(error = %e, "state machine not written; the log still has it");
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no idle flusher for the state machine: applied state waits for the next batch");
+    match spawned {
+        Ok(_) => Some(ask),
+        Err(e) => {
+            tracing::warn!(error = %e, "no flusher thread for the state machine: applies write it themselves");
+            None
+        }
     }
 }
 
@@ -517,13 +562,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             p.applied = writes.applied;
         }
         if durable {
-            let (db, path, pending) = (self.db.clone(), self.path.clone(), self.pending.clone());
-            spawn_io(move || flush_pending(&db, &path, &pending, |_, _| Ok(())))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "writing the state machine failed");
-                    sm_err(e)
-                })?;
+            match &self.flusher {
+                // Full means a write is already asked for; it takes this batch too.
+                Some(ask) => {
+                    let _ = ask.try_send(());
+                }
+                None => {
+                    let (db, path, pending) =
+                        (self.db.clone(), self.path.clone(), self.pending.clone());
+                    spawn_io(move || flush_pending(&db, &path, &pending, |_, _| Ok(())))
+                        .await
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "writing the state machine failed");
+                            sm_err(e)
+                        })?;
+                }
+            }
         }
         self.meta = res.meta;
         if durable {
@@ -875,5 +929,79 @@ mod tests {
             ]
         );
         assert_eq!(res.overlay["k"].as_ref().unwrap().value, b"v");
+    }
+
+    fn open_sm(dir: &Path) -> StateMachine {
+        let dek = Arc::new(DataKey::generate().unwrap());
+        StateMachine::open(&dir.join("state.redb"), dek, Arc::new(shared())).unwrap()
+    }
+
+    fn pending_value(sm: &StateMachine, key: &str) -> Option<Option<Vec<u8>>> {
+        sm.pending.lock().unwrap().kv.get(key).cloned()
+    }
+
+    /// Applies add to the pending state while it is being written (the write takes it and
+    /// lets go of the lock), and what they add waits for the next write.
+    #[test]
+    fn applies_go_on_while_pending_state_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open_sm(dir.path());
+        sm.pending
+            .lock()
+            .unwrap()
+            .kv
+            .insert("a".into(), Some(b"1".to_vec()));
+        let (entered, wait_entered) = std::sync::mpsc::channel();
+        let (go, wait_go) = std::sync::mpsc::channel::<()>();
+        let (db, pending, path) = (sm.db.clone(), sm.pending.clone(), sm.path.clone());
+        let writer = std::thread::spawn(move || {
+            flush_pending(&db, &path, &pending, |_, p| {
+                assert!(p.kv.contains_key("a"));
+                entered.send(()).unwrap();
+                wait_go.recv().unwrap();
+                Ok(())
+            })
+        });
+        wait_entered.recv().unwrap();
+        sm.pending
+            .try_lock()
+            .expect("the pending state is free during a write")
+            .kv
+            .insert("b".into(), Some(b"2".to_vec()));
+        go.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(pending_value(&sm, "a"), None);
+        assert_eq!(pending_value(&sm, "b"), Some(Some(b"2".to_vec())));
+    }
+
+    /// A failed write puts back what it took, under anything applied meanwhile: the next
+    /// write still holds every change since the last one that reached the file.
+    #[test]
+    fn a_failed_write_keeps_what_it_took_under_newer_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = open_sm(dir.path());
+        {
+            let mut p = sm.pending.lock().unwrap();
+            p.kv.insert("a".into(), Some(b"old".to_vec()));
+            p.kv.insert("b".into(), None);
+            p.applied = Some(b"applied-1".to_vec());
+        }
+        let pending = sm.pending.clone();
+        let failed = flush_pending(&sm.db, &sm.path, &sm.pending, |_, _| {
+            // An apply while the write runs, then the write fails.
+            pending
+                .lock()
+                .unwrap()
+                .kv
+                .insert("a".into(), Some(b"new".to_vec()));
+            Err(StoreError::Unknown("disk full".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(pending_value(&sm, "a"), Some(Some(b"new".to_vec())));
+        assert_eq!(pending_value(&sm, "b"), Some(None));
+        assert_eq!(
+            sm.pending.lock().unwrap().applied.as_deref(),
+            Some(&b"applied-1"[..])
+        );
     }
 }
