@@ -236,7 +236,7 @@ impl Control {
     /// [`Control::reconcile_autolock`]): the record changes through whichever manager the
     /// operator asked.
     pub async fn follow_autolock(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut events = self.store.subscribe();
+        let mut events = self.store.subscribe_to(&[UNLOCK_KEY_RECORD]);
         // First catch up with the swarm: a restarted manager's state may lag the leader's
         // until a read index, and acting on it could unwrap a key the swarm still wants (or
         // record a second one). Then the spec decides, in case a crash fell between the

@@ -165,9 +165,10 @@ impl Control {
         &self.store
     }
 
-    /// Store change events, for long polls and streams at the edges.
-    pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
-        self.store.subscribe()
+    /// Store change events that touch a key starting with one of `prefixes`, for loops and
+    /// streams that watch some kinds of record.
+    pub fn subscribe_to(&self, prefixes: &[&str]) -> broadcast::Receiver<Applied> {
+        self.store.subscribe_to(prefixes)
     }
 
     /// The cluster port's supervisor reports here.

@@ -418,7 +418,7 @@ impl Control {
         node_id: &str,
         wait: Duration,
     ) -> Result<Option<NodeRecord>, ControlError> {
-        let mut events = self.subscribe();
+        let mut events = self.subscribe_to(&[records::NODE_PREFIX]);
         let key = node_key(node_id);
         let deadline = tokio::time::Instant::now() + wait;
         loop {

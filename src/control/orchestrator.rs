@@ -501,7 +501,7 @@ impl Control {
 /// Runs orchestration passes until `stop`: after every store change to services, tasks or
 /// nodes (coalesced), and on a timer.
 pub async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    let mut events = control.subscribe();
+    let mut events = control.subscribe_to(&[SERVICE_PREFIX, TASK_PREFIX, records::NODE_PREFIX]);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

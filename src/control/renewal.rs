@@ -21,7 +21,8 @@ const ROTATION_LOOK: Duration = Duration::from_secs(1);
 pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     // The certificate's NotAfter and the renewal point drawn for it.
     let mut plan: Option<(SystemTime, Instant)> = None;
-    let mut events = control.subscribe();
+    let mut events =
+        control.subscribe_to(&[super::records::CLUSTER_KEY, super::records::NODE_PREFIX]);
     loop {
         let now = Instant::now();
         let due = next_renewal(&control, &mut plan, now);

@@ -246,7 +246,7 @@ enum Look {
 /// run concurrently (up to [`MAX_IN_FLIGHT`]) while new store events keep arriving, so a slow
 /// external CA delays each join by its own round trip, not by everyone's.
 pub async fn reconcile(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    let mut events = control.subscribe();
+    let mut events = control.subscribe_to(&[NODE_PREFIX]);
     let mut signing = Signing::default();
     let mut look = Some(Look::All);
     loop {

@@ -271,7 +271,7 @@ pub async fn stream(
     tx: mpsc::Sender<Result<pb::AssignmentsMessage, Status>>,
     mut end: watch::Receiver<bool>,
 ) {
-    let mut events = s.control.subscribe();
+    let mut events = s.control.subscribe_to(&[TASK_PREFIX, SECRET_KEY_PREFIX]);
     let mut held = Held::default();
     let first = match diff(&s, &node_id, &mut held) {
         Ok(c) => c,

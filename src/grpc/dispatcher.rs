@@ -495,7 +495,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             return Err(Status::not_found("node not registered"));
         }
         s.dispatcher.admit(&me.node_id)?;
-        let mut events = s.control.subscribe();
+        let mut events = s
+            .control
+            .subscribe_to(&[crate::control::records::NODE_PREFIX, CLUSTER_KEY]);
         let (session_id, mut end) = s
             .dispatcher
             .register(&me.node_id, heartbeat_period(&cluster.record));

@@ -324,7 +324,9 @@ fn install_transport(control: &Control) {
 
 /// Keeps the cluster port running exactly while this manager is part of a swarm.
 pub async fn supervise(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    let mut events = control.store().subscribe();
+    let mut events = control
+        .store()
+        .subscribe_to(&[CLUSTER_KEY, crate::control::records::NODE_PREFIX]);
     let mut running: Option<Running> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     // Restarted before the state knew the swarm: Raft alone until it does (see `recover`).

@@ -249,11 +249,7 @@ impl Store {
                 });
                 create_private_file(&log_path)?;
                 create_private_file(&sm_path)?;
-                let (tx, _) = broadcast::channel(1024);
-                let shared = Arc::new(Shared {
-                    map: RwLock::new(BTreeMap::new()),
-                    tx,
-                });
+                let shared = Arc::new(Shared::new(1024));
                 let log = LogStore::open(&log_path, dek.clone(), opts.compact_log_after_purged)?;
                 let sm = StateMachine::open(&sm_path, dek.clone(), shared.clone())?;
                 Ok((dek, log, sm, shared))
@@ -526,6 +522,13 @@ impl Store {
     /// should re-read what it watches with [`Store::list`].
     pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
         self.inner.shared.tx.subscribe()
+    }
+
+    /// [`Store::subscribe`] for the notices that change a key starting with one of
+    /// `prefixes` (a whole key is a prefix too). Prefer it in loops that watch a few kinds of
+    /// record: they are not woken by every other write.
+    pub fn subscribe_to(&self, prefixes: &[&str]) -> broadcast::Receiver<Applied> {
+        self.inner.shared.subscribe_to(prefixes)
     }
 
     /// Clean stop (for SIGTERM): stops Raft and waits until both database files are closed.

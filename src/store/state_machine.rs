@@ -60,7 +60,70 @@ struct AppliedMeta {
 /// State shared between the state machine and [`super::Store`] readers.
 pub(crate) struct Shared {
     pub(crate) map: RwLock<BTreeMap<String, Versioned>>,
+    /// Every notice.
     pub(crate) tx: broadcast::Sender<Applied>,
+    /// Notices for subscribers that watch some key prefixes only (see [`Shared::subscribe_to`]).
+    topics: Mutex<Vec<Topic>>,
+    /// Notices a channel holds before a slow receiver lags.
+    capacity: usize,
+}
+
+/// The subscribers of one set of key prefixes.
+struct Topic {
+    prefixes: Vec<String>,
+    tx: broadcast::Sender<Applied>,
+}
+
+impl Shared {
+    /// Notices go out on channels of `capacity`.
+    pub(crate) fn new(capacity: usize) -> Shared {
+        Shared {
+            map: RwLock::new(BTreeMap::new()),
+            tx: broadcast::channel(capacity).0,
+            topics: Mutex::new(Vec::new()),
+            capacity,
+        }
+    }
+
+    /// Receives the notices that change at least one key starting with one of `prefixes`.
+    /// A loop that watches a few records is then not woken (a task wake-up on another
+    /// thread, each time) by every write elsewhere, such as each secret create in a burst.
+    pub(crate) fn subscribe_to(&self, prefixes: &[&str]) -> broadcast::Receiver<Applied> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = topics.iter().find(|t| t.prefixes == prefixes) {
+            return t.tx.subscribe();
+        }
+        let tx = broadcast::Sender::new(self.capacity);
+        let rx = tx.subscribe();
+        topics.push(Topic {
+            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            tx,
+        });
+        rx
+    }
+
+    #[cfg(test)]
+    pub(crate) fn topics_in_use(&self) -> usize {
+        self.topics.lock().unwrap().len()
+    }
+
+    /// Sends `n` to every subscriber and to the topics it concerns; forgets topics nobody
+    /// listens to any more.
+    pub(crate) fn notify(&self, n: Applied) {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        topics.retain(|t| t.tx.receiver_count() > 0);
+        for t in topics.iter() {
+            if n.keys
+                .iter()
+                .any(|k| t.prefixes.iter().any(|p| k.starts_with(p.as_str())))
+            {
+                // Nobody listening between the check and now is fine.
+                let _ = t.tx.send(n.clone());
+            }
+        }
+        drop(topics);
+        let _ = self.tx.send(n);
+    }
 }
 
 /// The state database and its close flag.
@@ -596,8 +659,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         for n in res.notices {
-            // No subscribers is fine.
-            let _ = self.shared.tx.send(n);
+            self.shared.notify(n);
         }
         Ok(res.responses)
     }
@@ -713,7 +775,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *guard = map;
             keys.into_iter().collect()
         };
-        let _ = self.shared.tx.send(Applied {
+        self.shared.notify(Applied {
             index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
             keys,
         });
@@ -825,10 +887,7 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     fn shared() -> Shared {
-        Shared {
-            map: RwLock::new(BTreeMap::new()),
-            tx: broadcast::channel(16).0,
-        }
+        Shared::new(16)
     }
 
     fn create(key: &str, value: &[u8]) -> Txn {

@@ -736,11 +736,7 @@ async fn install_snapshot_replaces_state() {
     // Feed it straight into another state machine (what a follower does), with a different DEK.
     let dst_dir = tempfile::tempdir().unwrap();
     let dek = std::sync::Arc::new(swarmguard_secrets::DataKey::generate().unwrap());
-    let (tx, _) = broadcast::channel(16);
-    let shared = std::sync::Arc::new(Shared {
-        map: RwLock::new(BTreeMap::new()),
-        tx,
-    });
+    let shared = std::sync::Arc::new(Shared::new(16));
     let mut sm = StateMachine::open(
         &dst_dir.path().join("state.redb"),
         dek.clone(),
@@ -765,10 +761,7 @@ async fn install_snapshot_replaces_state() {
     );
     drop(sm);
     // And it survives a reopen of that state machine.
-    let shared2 = std::sync::Arc::new(Shared {
-        map: RwLock::new(BTreeMap::new()),
-        tx: broadcast::channel(1).0,
-    });
+    let shared2 = std::sync::Arc::new(Shared::new(1));
     let _sm = StateMachine::open(&dst_dir.path().join("state.redb"), dek, shared2.clone()).unwrap();
     assert_eq!(lock_read(&shared2.map).get("b").unwrap().value, b"B");
 }
@@ -1212,5 +1205,43 @@ async fn concurrent_writes_share_entries_and_keep_their_own_checks() {
         indexes.len()
     );
     println!("64 concurrent writes took {} raft entries", indexes.len());
+    store.shutdown().await.unwrap();
+}
+
+/// A subscriber of some prefixes hears only of writes that touch them (a whole key is a prefix
+/// too), in order; one of everything hears of every write. Subscribers of the same prefixes
+/// share a channel, and a channel nobody listens to is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_subscribers_hear_only_of_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let mut all = store.subscribe();
+    let mut nodes = store.subscribe_to(&["node/", "cluster/default"]);
+    let mut nodes2 = store.subscribe_to(&["node/", "cluster/default"]);
+    let mut secrets = store.subscribe_to(&["secret/"]);
+    let i1 = committed(&store, txn(vec![put("secret/a", b"1")])).await;
+    let i2 = committed(&store, txn(vec![put("node/a", b"1")])).await;
+    let i3 = committed(&store, txn(vec![put("cluster/default", b"1")])).await;
+    let _ = committed(&store, txn(vec![put("cluster/other", b"1")])).await;
+    let i5 = committed(
+        &store,
+        txn(vec![put("secret/b", b"1"), put("node/b", b"1")]),
+    )
+    .await;
+    let drain = |rx: &mut broadcast::Receiver<Applied>| {
+        let mut seen = Vec::new();
+        while let Ok(n) = rx.try_recv() {
+            seen.push(n.index);
+        }
+        seen
+    };
+    assert_eq!(drain(&mut all).len(), 5);
+    assert_eq!(drain(&mut nodes), vec![i2, i3, i5]);
+    assert_eq!(drain(&mut nodes2), vec![i2, i3, i5]);
+    assert_eq!(drain(&mut secrets), vec![i1, i5]);
+    assert_eq!(store.inner.shared.topics_in_use(), 2);
+    drop((nodes, nodes2));
+    committed(&store, txn(vec![put("node/c", b"1")])).await;
+    assert_eq!(store.inner.shared.topics_in_use(), 1);
     store.shutdown().await.unwrap();
 }
