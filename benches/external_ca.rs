@@ -22,7 +22,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Instant;
 
-use support::cfssl::{CfsslCa, CfsslServer, ServeOptions, GOOD_PROFILE};
+use support::cfssl::CfsslServer;
 use support::manager::Manager;
 
 const CLIENTS: usize = 4;
@@ -233,25 +233,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
     let work = support::short_tempdir("sgxb");
-    let ca = CfsslCa::create(work.path(), "ca", "cfssl-bench-root");
-    let cf = CfsslServer::start(
-        work.path(),
-        ServeOptions {
-            ca: &ca,
-            profile: GOOD_PROFILE.into(),
-            auth_key: None,
-            tls: None,
-            netns: None,
-        },
-    );
     let mdir = tempfile::tempdir().unwrap();
-    let m = Manager::start(mdir.path());
-    let flag = format!(
-        "protocol=cfssl,url={},cacert={}",
-        cf.url("sign"),
-        ca.cert.display()
-    );
-    m.init_swarm(&["--external-ca", &flag]);
+    let (cf, m) = CfsslServer::external_ca_swarm(work.path(), "cfssl-bench-root", mdir.path());
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let mut rows = Vec::new();
 

@@ -517,27 +517,13 @@ fn rotate_during_a_rotation_restarts_it() {
 /// nothing changes (no rotation starts, the root and the tokens stay, cfssl still signs).
 #[test]
 fn rotating_away_from_an_external_root_is_refused_with_the_fix() {
-    use support::cfssl::{CfsslCa, CfsslServer, ServeOptions, GOOD_PROFILE};
     let work = support::short_tempdir("sgr");
-    let ca = CfsslCa::create(work.path(), "ca", "cfssl-rotate-away-root");
-    let cf = CfsslServer::start(
-        work.path(),
-        ServeOptions {
-            ca: &ca,
-            profile: GOOD_PROFILE.into(),
-            auth_key: None,
-            tls: None,
-            netns: None,
-        },
-    );
     let dir = tempfile::tempdir().unwrap();
-    let m = Manager::start(dir.path());
-    let flag = format!(
-        "protocol=cfssl,url={},cacert={}",
-        cf.url("sign"),
-        ca.cert.display()
+    let (cf, m) = support::cfssl::CfsslServer::external_ca_swarm(
+        work.path(),
+        "cfssl-rotate-away-root",
+        dir.path(),
     );
-    m.init_swarm(&["--external-ca", &flag]);
     let root = trust_root(&m);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let own = work.path().join("own");

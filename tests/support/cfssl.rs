@@ -142,6 +142,34 @@ impl CfsslServer {
         (ca, server)
     }
 
+    /// A CA made in `dir` (subject `cn`) served over http with the good profile, and a manager
+    /// in `mdir` whose swarm is initialised with it as its external CA (`cacert` given).
+    pub fn external_ca_swarm(
+        dir: &Path,
+        cn: &str,
+        mdir: &Path,
+    ) -> (CfsslServer, super::manager::Manager) {
+        let ca = CfsslCa::create(dir, "ca", cn);
+        let server = CfsslServer::start(
+            dir,
+            ServeOptions {
+                ca: &ca,
+                profile: GOOD_PROFILE.into(),
+                auth_key: None,
+                tls: None,
+                netns: None,
+            },
+        );
+        let m = super::manager::Manager::start(mdir);
+        let flag = format!(
+            "protocol=cfssl,url={},cacert={}",
+            server.url("sign"),
+            ca.cert.display()
+        );
+        m.init_swarm(&["--external-ca", &flag]);
+        (server, m)
+    }
+
     /// Starts `cfssl serve` in `dir` and waits until it answers.
     pub fn start(dir: &Path, opts: ServeOptions<'_>) -> CfsslServer {
         let mut profile = opts.profile.clone();
