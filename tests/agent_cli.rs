@@ -4,49 +4,14 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::agent::{join_cmd, Agent};
 use support::manager::Manager;
-
-struct Agent {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn join(m: &Manager, token: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_swarmguard"))
-            .args(["agent", "join", "--data-dir"])
-            .arg(dir.path())
-            .arg(&m.cluster_addr)
-            .env("SWARMGUARD_JOIN_TOKEN", token)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start swarmguard agent");
-        Agent { child, dir }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn join_once(m: &Manager, token: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_swarmguard"))
-        .args(["agent", "join", "--no-run", "--data-dir"])
-        .arg(dir.path())
-        .arg(&m.cluster_addr)
-        .env("SWARMGUARD_JOIN_TOKEN", token)
-        .stdin(Stdio::null())
+    join_cmd(None, dir.path(), &m.cluster_addr, token, true)
         .output()
         .expect("run swarmguard agent join")
 }
@@ -58,7 +23,9 @@ fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
     m.init_swarm(&[]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let token = token.trim().to_string();
-    let agents: Vec<Agent> = (0..3).map(|_| Agent::join(&m, &token)).collect();
+    let agents: Vec<Agent> = (0..3)
+        .map(|_| Agent::join(None, &m.cluster_addr, &token))
+        .collect();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -83,13 +50,9 @@ fn three_agent_processes_are_ready_and_a_rotated_token_is_refused() {
     }
     for a in &agents {
         use std::os::unix::fs::PermissionsExt;
-        let dir_mode = std::fs::metadata(a.dir.path())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let dir_mode = std::fs::metadata(a.dir()).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
-        let key = a.dir.path().join("certificates/swarm-node.key");
+        let key = a.dir().join("certificates/swarm-node.key");
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", key.display());
     }

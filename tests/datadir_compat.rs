@@ -13,7 +13,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -281,12 +280,7 @@ fn assert_swarm_unchanged(m: &Manager, name: &str, expected: &Value) {
 /// `swarmguard agent join --no-run` with `token` against the manager's cluster port.
 fn agent_join(m: &Manager, token: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_swarmguard"));
-    cmd.args(["agent", "join", "--no-run", "--data-dir"])
-        .arg(dir.path())
-        .arg(&m.cluster_addr)
-        .env("SWARMGUARD_JOIN_TOKEN", token)
-        .env("RUST_LOG", "warn");
+    let cmd = support::agent::join_cmd(None, dir.path(), &m.cluster_addr, token, true);
     support::run(cmd, Duration::from_secs(60))
 }
 

@@ -34,22 +34,7 @@ fn assert_issued_by(cert_pem: &[u8], ca_pem: &[u8], ou: &str) {
 
 /// `swarmguard agent join --no-run` (inside `netns` if given).
 fn agent_join(m: &Manager, token: &str, dir: &Path, netns: Option<&str>) -> Command {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{ns}"))
-                .arg(env!("CARGO_BIN_EXE_swarmguard"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
-    };
-    cmd.args(["agent", "join", "--no-run", "--data-dir"])
-        .arg(dir)
-        .arg(&m.cluster_addr)
-        .env("SWARMGUARD_JOIN_TOKEN", token)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd
+    support::agent::join_cmd(netns, dir, &m.cluster_addr, token, true)
 }
 
 fn external_ca_flag(url: &str, extra: &str) -> String {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::agent::Agent;
 use support::manager::{form_managers as form_in, unix_request, Manager};
 
 /// Three managers: the first inits, the two others join it with the manager token.
@@ -122,39 +123,6 @@ fn three_managers_join_with_the_cli_and_agree() {
     );
 }
 
-/// A `swarmguard agent` joined with `token` through `addr`, inside `netns`; killed by its PID
-/// (its data dir lives as long as it does).
-struct Agent {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn join(netns: &str, addr: &str, token: &str) -> Agent {
-        let dir = support::short_tempdir("sg-ag-");
-        let child = std::process::Command::new(support::require_bin("nsenter"))
-            .arg(format!("--net=/var/run/netns/{netns}"))
-            .arg(env!("CARGO_BIN_EXE_swarmguard"))
-            .args(["agent", "join", "--data-dir"])
-            .arg(dir.path())
-            .arg(addr)
-            .env("SWARMGUARD_JOIN_TOKEN", token)
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start swarmguard agent");
-        Agent { child, _dir: dir }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `docker node ls` with the columns that must agree across managers.
 fn node_table(m: &Manager) -> Option<String> {
     let out = m.docker(&[
@@ -190,7 +158,7 @@ fn workers_joined_through_manager_2_are_seen_alike_everywhere() {
         out.contains("This node joined a swarm as a worker"),
         "{out}"
     );
-    let _agent = Agent::join(&ns, &managers[1].cluster_addr, &token);
+    let _agent = Agent::join(Some(&ns), &managers[1].cluster_addr, &token);
     let deadline = Instant::now() + Duration::from_secs(30);
     let tables = loop {
         let tables: Vec<String> = managers.iter().filter_map(node_table).collect();

@@ -9,59 +9,18 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use support::agent::{join_cmd, Agent};
 use support::dockerd::Dockerd;
 use support::manager::Manager;
 
-/// `swarmguard agent …` inside the namespace.
-fn agent_cmd(ns: &str, dir: &Path, m: &Manager, token: &str, no_run: bool) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/var/run/netns/{ns}"))
-        .arg(env!("CARGO_BIN_EXE_swarmguard"))
-        .args(["agent", "join"]);
-    if no_run {
-        c.arg("--no-run");
-    }
-    c.arg("--data-dir")
-        .arg(dir)
-        .arg(&m.cluster_addr)
-        .env("SWARMGUARD_JOIN_TOKEN", token)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
-
-/// A running agent, killed by the PID this test started.
-struct Agent {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn join(ns: &str, m: &Manager, token: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let child = agent_cmd(ns, dir.path(), m, token, false)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start swarmguard agent");
-        Agent { child, _dir: dir }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `swarmguard agent join --no-run` inside `ns`.
 fn join_once(ns: &str, m: &Manager, token: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    agent_cmd(ns, dir.path(), m, token, true)
+    join_cmd(Some(ns), dir.path(), &m.cluster_addr, token, true)
         .output()
         .expect("run swarmguard agent join")
 }
@@ -109,8 +68,8 @@ fn rotation_keeps_a_stock_worker_and_agents_ready_and_survives_kill_9() {
         .trim()
         .to_string();
     let _agents = [
-        Agent::join(&ns, &m, &old_token),
-        Agent::join(&ns, &m, &old_token),
+        Agent::join(Some(&ns), &m.cluster_addr, &old_token),
+        Agent::join(Some(&ns), &m.cluster_addr, &old_token),
     ];
     support::wait_until("4 nodes Ready", Duration::from_secs(20), || {
         let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
@@ -417,7 +376,7 @@ fn an_internal_root_moves_to_a_cfssl_ca() {
     m.init_swarm(&[]);
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     d.docker_ok(&["swarm", "join", "--token", token.trim(), &m.cluster_addr]);
-    let _agent = Agent::join(&ns, &m, token.trim());
+    let _agent = Agent::join(Some(&ns), &m.cluster_addr, token.trim());
     support::wait_until("3 nodes Ready", Duration::from_secs(20), || {
         let ls = m.docker_ok(&["node", "ls", "--format", "{{.Status}}"]);
         ls.lines().filter(|l| *l == "Ready").count() == 3
@@ -564,13 +523,7 @@ fn rotating_away_from_an_external_root_is_refused_with_the_fix() {
     // cfssl still signs for the swarm: an agent joins with the same token, through it.
     let before = cf.signed();
     let agent = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_swarmguard"))
-        .args(["agent", "join", "--no-run", "--data-dir"])
-        .arg(agent.path())
-        .arg(&m.cluster_addr)
-        .env("SWARMGUARD_JOIN_TOKEN", token.trim())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+    let out = join_cmd(None, agent.path(), &m.cluster_addr, token.trim(), true)
         .output()
         .unwrap();
     assert!(

@@ -4,6 +4,7 @@
 //! test failure, never a skip.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod bridge;
 pub mod cfssl;
 pub mod dockerd;
