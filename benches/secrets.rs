@@ -19,6 +19,8 @@ use support::manager::{unix_request, Manager};
 
 const CLI_ROUNDS: usize = 30;
 const API_ROUNDS: usize = 200;
+/// Back-to-back latency: requests per block; blocks alternate between the peers.
+const API_BLOCK: usize = 20;
 /// Creates per throughput run, split over the clients.
 const THROUGHPUT_CREATES: usize = 2000;
 /// Throughput runs per peer and client count (alternating which peer goes first).
@@ -139,6 +141,24 @@ fn main() {
             c.push(api_create(&sg.socket));
         }
     }
+    // The same requests in blocks: each peer's threads are awake for all but the first of a
+    // block, as for a client that creates many secrets, where one request each in turn finds
+    // the other peer's work just done and its own threads asleep.
+    let (mut e, mut f) = (Vec::new(), Vec::new());
+    for i in 0..API_ROUNDS / API_BLOCK {
+        let mut block = |socket: &Path, into: &mut Vec<Duration>| {
+            for _ in 0..API_BLOCK {
+                into.push(api_create(socket));
+            }
+        };
+        if i % 2 == 0 {
+            block(&sg.socket, &mut e);
+            block(&dockerd.socket, &mut f);
+        } else {
+            block(&dockerd.socket, &mut f);
+            block(&sg.socket, &mut e);
+        }
+    }
     println!("| path | peer | n | p50 ms | p90 ms | max ms | dockerd p50 / swarmguard p50 |");
     println!("|---|---|---|---|---|---|---|");
     for (path, n, ours, theirs) in [
@@ -153,6 +173,12 @@ fn main() {
             API_ROUNDS,
             &mut c,
             &mut d,
+        ),
+        (
+            "`POST /secrets/create` (API, 1 client, blocks of 20)",
+            API_ROUNDS,
+            &mut e,
+            &mut f,
         ),
     ] {
         let (o50, t50) = (p(ours, 0.5), p(theirs, 0.5));
