@@ -146,7 +146,7 @@ fn main() {
     // the other peer's work just done and its own threads asleep.
     let (mut e, mut f) = (Vec::new(), Vec::new());
     for i in 0..API_ROUNDS / API_BLOCK {
-        let mut block = |socket: &Path, into: &mut Vec<Duration>| {
+        let block = |socket: &Path, into: &mut Vec<Duration>| {
             for _ in 0..API_BLOCK {
                 into.push(api_create(socket));
             }
