@@ -279,18 +279,21 @@ fn append(dir: &Path, tail: &mut Option<Tail>, events: Vec<AuditEvent>) -> std::
     let (mut seq, mut last) = (t.seq, t.last.clone());
     let mut bytes = Vec::new();
     for event in events {
-        let mut line = Line {
+        let line = Line {
             seq: seq + 1,
             time: crate::util::now_rfc3339(),
             prev: last,
             event,
             hash: String::new(),
         };
-        line.hash = sha256_hex(&serde_json::to_vec(&line)?);
-        serde_json::to_writer(&mut bytes, &line)?;
-        bytes.push(b'\n');
+        // Serialized once: `hash` is the last field and hex, so the line with it is the line
+        // without it plus `,"hash":"…"` before the closing brace (what `verify` re-serializes).
+        let unhashed = serde_json::to_vec(&line)?;
+        let hash = sha256_hex(&unhashed);
+        bytes.extend_from_slice(&unhashed[..unhashed.len() - 1]);
+        bytes.extend_from_slice(format!(",\"hash\":\"{hash}\"}}\n").as_bytes());
         seq = line.seq;
-        last = line.hash;
+        last = hash;
     }
     t.file.write_all(&bytes)?;
     t.file.sync_data()?;
