@@ -113,6 +113,23 @@ pub struct ServeOptions<'a> {
     pub netns: Option<String>,
 }
 
+impl<'a> ServeOptions<'a> {
+    /// [`GOOD_PROFILE`] without an auth key.
+    pub fn good(
+        ca: &'a CfsslCa,
+        tls: Option<(PathBuf, PathBuf)>,
+        netns: Option<String>,
+    ) -> ServeOptions<'a> {
+        ServeOptions {
+            ca,
+            profile: GOOD_PROFILE.into(),
+            auth_key: None,
+            tls,
+            netns,
+        }
+    }
+}
+
 pub struct CfsslServer {
     pub port: u16,
     pub https: bool,
@@ -131,13 +148,7 @@ impl CfsslServer {
         let tls = ca.server_cert(dir, "server");
         let server = CfsslServer::start(
             dir,
-            ServeOptions {
-                ca: &ca,
-                profile: GOOD_PROFILE.into(),
-                auth_key: None,
-                tls: Some(tls),
-                netns: Some(netns.to_string()),
-            },
+            ServeOptions::good(&ca, Some(tls), Some(netns.to_string())),
         );
         (ca, server)
     }
@@ -150,16 +161,7 @@ impl CfsslServer {
         mdir: &Path,
     ) -> (CfsslServer, super::manager::Manager) {
         let ca = CfsslCa::create(dir, "ca", cn);
-        let server = CfsslServer::start(
-            dir,
-            ServeOptions {
-                ca: &ca,
-                profile: GOOD_PROFILE.into(),
-                auth_key: None,
-                tls: None,
-                netns: None,
-            },
-        );
+        let server = CfsslServer::start(dir, ServeOptions::good(&ca, None, None));
         let m = super::manager::Manager::start(mdir);
         let flag = format!(
             "protocol=cfssl,url={},cacert={}",
