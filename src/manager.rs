@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::control::local::ManagerConfig;
+use crate::control::ca::local::ManagerConfig;
 use crate::control::Control;
 use crate::engine::locked::{Gate, Locked};
 use crate::store::{Store, StoreOptions};
@@ -283,7 +283,7 @@ fn store_options(args: &ManagerArgs, data_dir: &Path) -> anyhow::Result<StoreOpt
             args.raft_heartbeat_ms
         );
     }
-    let recorded = crate::control::local::LocalIdentity::read_recorded(data_dir);
+    let recorded = crate::control::ca::local::LocalIdentity::read_recorded(data_dir);
     if args.force_new_cluster && recorded.is_err() {
         bail!(
             "--force-new-cluster: {} is not the data dir of a swarm manager",
@@ -380,17 +380,17 @@ fn spawn_background(control: &Arc<Control>, stop: &watch::Receiver<bool>) -> Vec
     });
     let (c, s) = (control.clone(), stop.clone());
     let renewal = tokio::spawn(async move {
-        crate::control::renewal::keep_own_certificate_fresh(c, s).await;
+        crate::control::ca::renewal::keep_own_certificate_fresh(c, s).await;
         Ok(())
     });
     let (c, s) = (control.clone(), stop.clone());
     let signing = tokio::spawn(async move {
-        crate::control::signer::reconcile(c, s).await;
+        crate::control::ca::signer::reconcile(c, s).await;
         Ok(())
     });
     let (c, s) = (control.clone(), stop.clone());
     let rotation = tokio::spawn(async move {
-        crate::control::rotation::reconcile(c, s).await;
+        crate::control::ca::rotation::reconcile(c, s).await;
         Ok(())
     });
     let (c, s) = (control.clone(), stop.clone());

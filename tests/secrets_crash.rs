@@ -42,7 +42,7 @@ fn stored(data_dir: &Path) -> BTreeMap<String, (String, Vec<u8>)> {
         .unwrap();
     rt.block_on(async {
         let store = swarmguard::store::Store::open(data_dir).await.unwrap();
-        let config = swarmguard::control::local::ManagerConfig {
+        let config = swarmguard::control::ca::local::ManagerConfig {
             data_dir: data_dir.to_path_buf(),
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             advertise_addr: Some("127.0.0.1".into()),

@@ -1,9 +1,9 @@
 //! Tests of `autolock.rs` that need a whole swarm (`swarm::init`): a sibling module, so that
 //! `autolock` itself never imports `swarm` (which imports it).
 
-use super::local::SEALED_KEY_HEADER;
+use super::ca::local::SEALED_KEY_HEADER;
 use super::*;
-use crate::control::local::ManagerConfig;
+use crate::control::ca::local::ManagerConfig;
 use crate::control::swarm::InitOptions;
 use swarmguard_secrets::kek::UnlockKey;
 use swarmguard_secrets::keyfile::{read_dek_file, DekFile};

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use super::ca::local::LocalIdentity;
+use super::ca::security::Security;
 use super::error::{Code, ControlError};
-use super::local::LocalIdentity;
 use super::records::{self, node_key, NodeRecord, NodeSoftware, CLUSTER_KEY};
-use super::security::Security;
 use super::types::{NodeState, Role};
 use super::{ClusterPort, Control};
 

@@ -8,33 +8,26 @@
 //! in here and map [`ControlError`] to their own answers; this layer never sees HTTP or gRPC.
 
 pub mod audit;
-pub mod autolock;
 #[cfg(test)]
 mod autolock_tests;
+pub mod ca;
 pub mod constraints;
 pub mod error;
-pub mod external;
 pub mod filters;
 pub mod image_ref;
-pub mod local;
 pub mod logs;
 pub mod managers;
 pub mod nodes;
 pub mod orchestrator;
 pub mod records;
-pub mod renewal;
-pub mod rotating_ca;
-pub mod rotation;
 pub mod scheduler;
 pub mod secrets;
 #[cfg(test)]
 mod secrets_tests;
-pub mod security;
 pub mod service_secrets;
 pub mod service_spec;
 pub mod services;
 pub mod sessions;
-pub mod signer;
 #[cfg(test)]
 mod signer_tests;
 pub mod spec;
@@ -50,10 +43,10 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::store::{Applied, Store, Txn, TxnOutcome};
+use ca::local::{LocalIdentity, ManagerConfig};
+use ca::security::Security;
 pub use error::{Code, ControlError};
-use local::{LocalIdentity, ManagerConfig};
 use records::{ClusterRecord, NodeRecord, Stored, CLUSTER_KEY};
-use security::Security;
 
 pub use crate::util::{now_rfc3339, rfc3339, unix_now, unix_seconds};
 
@@ -84,7 +77,7 @@ pub struct Control {
     /// The autolock unlock key (key-encryption key), in memory only; `None` with autolock off.
     unlock_key: Mutex<Option<swarmguard_secrets::kek::UnlockKey>>,
     /// Signatures a join or renewal started that finish in the background (see `signer`).
-    handoffs: signer::Handoffs,
+    handoffs: ca::signer::Handoffs,
 }
 
 /// State of the cluster gRPC port.
@@ -124,7 +117,7 @@ impl Control {
             membership_changed: tokio::sync::Notify::new(),
             cluster_cache: Mutex::new(None),
             renewals: Mutex::new(nodes::Renewals::default()),
-            handoffs: signer::Handoffs::default(),
+            handoffs: ca::signer::Handoffs::default(),
             audit,
             trust: trust::Trust::default(),
             logs: logs::Broker::default(),
@@ -157,7 +150,7 @@ impl Control {
         self.security.current().map(|m| m.identity.clone())
     }
 
-    pub fn handoffs(&self) -> &signer::Handoffs {
+    pub fn handoffs(&self) -> &ca::signer::Handoffs {
         &self.handoffs
     }
 

@@ -8,13 +8,13 @@ use base64::Engine as _;
 use swarmguard_ca::{CheckedCsr, NodeRole};
 
 use super::audit::AuditEvent;
+use super::ca::local::LocalIdentity;
+use super::ca::signer::{record_outcome, Inline, SignRequest};
 use super::error::{Code, ControlError};
-use super::local::LocalIdentity;
 use super::records::{
     self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
     CLUSTER_KEY, NODE_PREFIX,
 };
-use super::signer::{record_outcome, Inline, SignRequest};
 use super::types::{Availability, NodeDescription, NodeSpec, NodeState, NodeStatus, Role};
 use super::{out_of_sequence, Control, NodeView};
 use crate::store::{Check, Op, Txn, TxnOutcome};
@@ -528,7 +528,7 @@ impl Control {
         // Through the signer, so a manager of an external-CA cluster renews at the external CA.
         let issued = material
             .signer
-            .sign(super::signer::SignRequest {
+            .sign(super::ca::signer::SignRequest {
                 csr: checked,
                 csr_pem: csr,
                 node_id: node_id.clone(),
@@ -553,7 +553,7 @@ impl Control {
                 record_outcome(n, Ok(issued.clone()));
                 // What this manager's certificate now chains to (a rotation converges on it).
                 n.description.tls_info =
-                    super::local::chain_tls_info(&material.root, &issued.cert_pem);
+                    super::ca::local::chain_tls_info(&material.root, &issued.cert_pem);
                 Ok(())
             },
         )
@@ -586,7 +586,7 @@ impl Control {
         if rewritten {
             tracing::info!("this manager's swarm-root-ca.crt now holds the swarm's current root");
         }
-        let info = super::local::chain_tls_info(&material.root, &material.cert_pem);
+        let info = super::ca::local::chain_tls_info(&material.root, &material.cert_pem);
         if own.record.description.tls_info != info {
             self.record_tls_info(&own.record.id, info).await?;
         }

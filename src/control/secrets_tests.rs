@@ -3,7 +3,7 @@
 
 use super::secrets::*;
 use super::*;
-use crate::control::local::ManagerConfig;
+use crate::control::ca::local::ManagerConfig;
 use crate::control::swarm::InitOptions;
 use crate::store::Store;
 use crate::store::{Check, Op};

@@ -9,10 +9,10 @@ use swarmguard_ca::{IssuedCertificate, NodeRole};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::local::ManagerConfig;
+use super::ca::local::ManagerConfig;
+use super::ca::signer::{reconcile, InternalCa, NodeSigner, SignError, SignFuture, SignRequest};
 use super::nodes::JoinRequest;
 use super::records::CertState;
-use super::signer::{reconcile, InternalCa, NodeSigner, SignError, SignFuture, SignRequest};
 use super::swarm::InitOptions;
 use super::types::Availability;
 use super::Control;
@@ -189,7 +189,7 @@ async fn a_quick_external_signer_signs_inside_the_joins_one_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_external_signer_is_handed_off_and_asked_once() {
     let dir = tempfile::tempdir().unwrap();
-    let slow = super::signer::SIGN_INLINE + Duration::from_millis(700);
+    let slow = super::ca::signer::SIGN_INLINE + Duration::from_millis(700);
     let (control, store, calls) = control_with(dir.path(), slow).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let looper = tokio::spawn(reconcile(control.clone(), stop_rx));

@@ -9,15 +9,15 @@ use swarmguard_ca::{IssuedCertificate, JoinToken, NodeRole, RootCa};
 use zeroize::Zeroizing;
 
 use super::audit::AuditEvent;
+use super::ca::external;
+use super::ca::local::{self, LocalIdentity};
+use super::ca::rotation::{self, RootChange};
+use super::ca::security::Security;
 use super::error::{Code, ControlError};
-use super::external;
-use super::local::{self, LocalIdentity};
 use super::records::{
     self, node_key, CertState, CertificateRecord, ClusterRecord, NodeRecord, NodeSoftware,
     RootCaRecord, TokenPair, CLUSTER_KEY, NODE_PREFIX, ROOT_CA_KEY,
 };
-use super::rotation::{self, RootChange};
-use super::security::Security;
 use super::types::{Availability, NodeSpec, NodeState, NodeStatus, Role, Spec};
 use super::{out_of_sequence, spec, ClusterPort, Control, Rotate};
 use crate::store::{Check, Op, Txn, TxnOutcome};
@@ -280,7 +280,7 @@ impl Control {
         }
         for key in [
             super::secrets::SECRETS_KEY,
-            super::autolock::UNLOCK_KEY_RECORD,
+            super::ca::autolock::UNLOCK_KEY_RECORD,
         ] {
             if self.store.get(key).is_some() {
                 ops.push(Op::Delete { key: key.into() });

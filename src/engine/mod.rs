@@ -292,7 +292,7 @@ async fn not_served(req: Request<Body>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::local::ManagerConfig;
+    use crate::control::ca::local::ManagerConfig;
     use crate::control::swarm::InitOptions;
     use crate::store::Store;
     use tower::ServiceExt;

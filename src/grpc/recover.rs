@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use super::join::serve_raft_only;
 use super::raft::{Dialer, Gate};
-use crate::control::local::LocalIdentity;
+use crate::control::ca::local::LocalIdentity;
 use crate::control::Control;
 
 /// The Raft-only port of a recovering manager. Stop it with [`Recovering::stop`].

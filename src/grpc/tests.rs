@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::Code;
 
 use crate::agent::{self, tls as ctls, AgentState, Credentials, RunOptions};
-use crate::control::local::ManagerConfig;
+use crate::control::ca::local::ManagerConfig;
 use crate::control::records::CertState;
 use crate::control::records::NODE_PREFIX;
 use crate::control::swarm::InitOptions;

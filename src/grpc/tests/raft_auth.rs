@@ -71,9 +71,11 @@ async fn a_manager_outside_the_group_cannot_vote_replicate_or_forward() {
 async fn a_members_malformed_or_oversized_frames_are_refused() {
     let env = Env::new().await;
     let dir = env.control.config().data_dir.clone();
-    let (cert, key) =
-        crate::control::local::LocalIdentity::read_pair(&dir, &crate::control::local::ClearKey)
-            .unwrap();
+    let (cert, key) = crate::control::ca::local::LocalIdentity::read_pair(
+        &dir,
+        &crate::control::ca::local::ClearKey,
+    )
+    .unwrap();
     let mut c = raft_client(&env, &cert, &key).await;
     for json in [&b"{"[..], b"[]", b"{\"vote\":1}", &[0xffu8; 32][..]] {
         let err = c.append_entries(frame(json)).await.unwrap_err();

@@ -14,9 +14,9 @@ use swarmguard_ca::cfssl::{AuthKey, CaSettings, CfsslClient, CfsslError, CfsslSe
 use swarmguard_ca::{Expected, IssuedCertificate, RootCa};
 use zeroize::Zeroizing;
 
-use super::error::ControlError;
 use super::signer::{NodeSigner, SignError, SignFuture, SignRequest};
-use super::types::{ExternalCa, Spec};
+use crate::control::error::ControlError;
+use crate::control::types::{ExternalCa, Spec};
 
 /// Largest CA bundle file read.
 const MAX_BUNDLE: u64 = 1024 * 1024;
@@ -142,7 +142,7 @@ pub fn check_update(spec: &Spec, root: &Arc<RootCa>) -> Result<(), ControlError>
         Ok(())
     } else {
         Err(ControlError::rpc(
-            super::error::Code::InvalidArgument,
+            crate::control::error::Code::InvalidArgument,
             "there must be at least one valid, reachable external CA corresponding to the desired CA certificate",
         ))
     }

@@ -14,9 +14,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use swarmguard_ca::RootCa;
 
-use super::error::ControlError;
-use super::parse_addr;
-use super::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
+use crate::control::error::ControlError;
+use crate::control::parse_addr;
+use crate::control::types::{EngineDescription, NodeDescription, Platform, Resources, TlsInfo};
 use swarmguard_secrets::atomic::{write_atomic, Placement};
 use zeroize::Zeroizing;
 

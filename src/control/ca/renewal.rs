@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::local::LocalIdentity;
-use super::Control;
+use crate::control::Control;
 
 /// The certificate is looked at this often, so a new swarm (or a renewal by other means) gets
 /// its own renewal point, and a failed renewal is retried this much later.
@@ -21,8 +21,10 @@ const ROTATION_LOOK: Duration = Duration::from_secs(1);
 pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     // The certificate's NotAfter and the renewal point drawn for it.
     let mut plan: Option<(SystemTime, Instant)> = None;
-    let mut events =
-        control.subscribe_to(&[super::records::CLUSTER_KEY, super::records::NODE_PREFIX]);
+    let mut events = control.subscribe_to(&[
+        crate::control::records::CLUSTER_KEY,
+        crate::control::records::NODE_PREFIX,
+    ]);
     loop {
         let now = Instant::now();
         let due = next_renewal(&control, &mut plan, now);
@@ -48,7 +50,7 @@ pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::
         let own_key = control
             .security
             .current()
-            .map(|m| super::records::node_key(&m.identity.node_id));
+            .map(|m| crate::control::records::node_key(&m.identity.node_id));
         let look = if rotating || own_key.is_none() {
             ROTATION_LOOK
         } else {
@@ -62,7 +64,7 @@ pub async fn keep_own_certificate_fresh(control: Arc<Control>, mut stop: watch::
                 ev = events.recv() => match ev {
                     Ok(applied) => {
                         let ours = |k: &String| {
-                            k == super::records::CLUSTER_KEY || own_key.as_ref() == Some(k)
+                            k == crate::control::records::CLUSTER_KEY || own_key.as_ref() == Some(k)
                         };
                         if applied.keys.iter().any(ours) {
                             break;

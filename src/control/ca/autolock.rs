@@ -16,9 +16,9 @@ use base64::Engine as _;
 use swarmguard_secrets::kek::UnlockKey;
 use zeroize::Zeroizing;
 
-use super::error::ControlError;
 use super::local::{KeyCodec, LocalIdentity, SEALED_KEY_HEADER};
-use super::Control;
+use crate::control::error::ControlError;
+use crate::control::Control;
 use crate::store::Store;
 use crate::store::{Check, Op, Txn};
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use swarmguard_ca::{IssuedCertificate, RootCa};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::error::ControlError;
-use super::records::RootRotation;
 use super::signer::{NodeSigner, SignError, SignFuture, SignRequest};
+use crate::control::error::ControlError;
+use crate::control::records::RootRotation;
 
 /// A rotation's target: the new root with its key, and its certificate cross-signed by the
 /// current root.
@@ -147,7 +147,7 @@ mod tests {
         let rotation = Rotation::load(&old, &stored(&old, &new), &key).unwrap();
         let rotation = Arc::new(rotation);
         let signer = RotatingCa {
-            inner: Arc::new(crate::control::signer::InternalCa(
+            inner: Arc::new(crate::control::ca::signer::InternalCa(
                 rotation.new_root.clone(),
             )),
             rotation,

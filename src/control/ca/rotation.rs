@@ -23,15 +23,15 @@ use swarmguard_ca::{JoinToken, RootCa};
 use tokio::sync::watch;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::error::{Code, ControlError};
 use super::local;
-use super::records::{
+use super::security::{load_root_record, Material};
+use crate::control::error::{Code, ControlError};
+use crate::control::records::{
     self, node_key, CertState, ClusterRecord, NodeRecord, RootCaRecord, RootRotation, CLUSTER_KEY,
     NODE_PREFIX, ROOT_CA_KEY,
 };
-use super::security::{load_root_record, Material};
-use super::types::Role;
-use super::Control;
+use crate::control::types::Role;
+use crate::control::Control;
 use crate::store::{Check, Op, Txn, TxnOutcome};
 
 /// SwarmKit's `IssuanceStateRotateMaxBatchSize`.
@@ -59,7 +59,7 @@ const MIN_NEW_ROOT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub(crate) fn root_change(
     material: &Material,
     record: &ClusterRecord,
-    spec: &mut super::types::Spec,
+    spec: &mut crate::control::types::Spec,
 ) -> Result<RootChange, ControlError> {
     let cert = std::mem::take(&mut spec.ca_config.signing_ca_cert);
     let key = Zeroizing::new(std::mem::take(&mut spec.ca_config.signing_ca_key));
@@ -239,7 +239,7 @@ impl Control {
     /// Phase 3: the new root becomes the only one, with new join tokens; the old key goes.
     async fn finish_rotation(
         &self,
-        cluster: &super::ClusterView,
+        cluster: &crate::control::ClusterView,
         wanted: &RootRotation,
     ) -> Result<(), ControlError> {
         let (old, root_version) = load_root_record(&self.store)?;

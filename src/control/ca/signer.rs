@@ -18,8 +18,8 @@ use swarmguard_ca::{CheckedCsr, IssuedCertificate, NodeRole, RootCa};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::records::{self, node_key, CertState, NodeRecord, NODE_PREFIX};
-use super::Control;
+use crate::control::records::{self, node_key, CertState, NodeRecord, NODE_PREFIX};
+use crate::control::Control;
 use crate::util::unix_seconds;
 
 /// What a signer is asked for: the node's key (from a checked CSR) and the identity to bind.
@@ -133,7 +133,7 @@ impl Inline {
         control: &Control,
         node_id: String,
         csr_b64: String,
-        role: super::types::Role,
+        role: crate::control::types::Role,
     ) {
         let Inline::Running(task) = self else { return };
         let (store, handoffs) = (control.store().clone(), control.handoffs().clone());
@@ -162,7 +162,7 @@ async fn record_signed(
     store: &crate::store::Store,
     node_id: &str,
     csr_b64: &str,
-    role: super::types::Role,
+    role: crate::control::types::Role,
     outcome: Result<IssuedCertificate, SignError>,
 ) {
     let written = records::update(store, &node_key(node_id), "node", |n: &mut NodeRecord| {

@@ -15,13 +15,15 @@ use base64::Engine as _;
 use swarmguard_ca::RootCa;
 use zeroize::Zeroizing;
 
-use super::error::ControlError;
 use super::external;
 use super::local::{self, LocalIdentity};
-use super::records::{self, ClusterRecord, RootCaRecord, RootRotation, CLUSTER_KEY, ROOT_CA_KEY};
 use super::rotating_ca::{RotatingCa, Rotation};
 use super::signer::NodeSigner;
-use super::types::{Spec, TlsInfo};
+use crate::control::error::ControlError;
+use crate::control::records::{
+    self, ClusterRecord, RootCaRecord, RootRotation, CLUSTER_KEY, ROOT_CA_KEY,
+};
+use crate::control::types::{Spec, TlsInfo};
 use crate::store::Store;
 
 /// One consistent set of security material. Replaced whole, never edited.
@@ -194,7 +196,7 @@ impl Security {
         };
         let root = Arc::new(load_root_ca(store)?);
         let rotation = load_rotation(store, &root, cluster.record.root_rotation.as_ref())?;
-        let codec = super::autolock::StoreKeyCodec { store, seal: false };
+        let codec = crate::control::ca::autolock::StoreKeyCodec { store, seal: false };
         // Mid-rotation this manager's certificate may already come from the new root.
         let identity = LocalIdentity::load(data_dir, &root, &codec)
             .or_else(|e| match &rotation {
@@ -237,7 +239,7 @@ impl Security {
         if fingerprint(root_pem, &cert, &cluster.record.spec, rotation_pem) == current.fingerprint {
             return Ok(false);
         }
-        let codec = super::autolock::StoreKeyCodec { store, seal: false };
+        let codec = crate::control::ca::autolock::StoreKeyCodec { store, seal: false };
         let (cert, key) = LocalIdentity::read_pair(data_dir, &codec)
             .map_err(|e| ControlError::internal("cannot read this manager's certificate", e))?;
         let root = if root_pem == current.root_pem.as_slice() {
