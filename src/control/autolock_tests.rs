@@ -2,19 +2,11 @@
 //! `autolock` itself never imports `swarm` (which imports it).
 
 use super::ca::local::SEALED_KEY_HEADER;
+use super::testing::config;
 use super::*;
-use crate::control::ca::local::ManagerConfig;
 use crate::control::swarm::InitOptions;
 use swarmguard_secrets::kek::UnlockKey;
 use swarmguard_secrets::keyfile::{read_dek_file, DekFile};
-
-fn config(dir: &std::path::Path) -> ManagerConfig {
-    ManagerConfig {
-        data_dir: dir.to_path_buf(),
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        advertise_addr: Some("127.0.0.1".into()),
-    }
-}
 
 /// With autolock on, a renewal writes the new TLS key sealed too, the material reloads from
 /// it, and after a restart only the unlock key opens the store, the TLS key and the secrets.

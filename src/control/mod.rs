@@ -236,20 +236,43 @@ pub fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, default_port))
 }
 
+/// Setups for tests in this crate: a manager's config and a swarm initialised on it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Data in `dir`, advertised at 127.0.0.1; a test that starts the cluster port sets its
+    /// own `listen_addr`.
+    pub(crate) fn config(dir: &std::path::Path) -> ManagerConfig {
+        ManagerConfig {
+            data_dir: dir.to_path_buf(),
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_addr: Some("127.0.0.1".into()),
+        }
+    }
+
+    /// A store in `dir` and a manager on it whose swarm is initialised with the defaults.
+    pub(crate) async fn initialised(dir: &std::path::Path) -> (Store, Arc<Control>) {
+        let store = Store::open(dir).await.unwrap();
+        let control = Arc::new(Control::open(store.clone(), config(dir)).unwrap());
+        control
+            .init(&swarm::InitOptions {
+                advertise_addr: "127.0.0.1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        (store, control)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{config, initialised};
     use super::*;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;
     use swarm::InitOptions;
-
-    fn config(dir: &std::path::Path) -> ManagerConfig {
-        ManagerConfig {
-            data_dir: dir.to_path_buf(),
-            listen_addr: "0.0.0.0:2377".parse().unwrap(),
-            advertise_addr: Some("127.0.0.1".into()),
-        }
-    }
 
     fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut out = Vec::new();
@@ -308,15 +331,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn root_key_and_dek_never_in_clear_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let control = Control::open(store.clone(), config(dir.path())).unwrap();
-        control
-            .init(&InitOptions {
-                advertise_addr: "127.0.0.1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let (store, control) = initialised(dir.path()).await;
         let key = control.root_ca().unwrap().key_pkcs8_der().unwrap();
         store.shutdown().await.unwrap();
         drop(control);

@@ -2,31 +2,13 @@
 //! `secrets` itself never imports `swarm` (which imports it).
 
 use super::secrets::*;
+use super::testing::{config, initialised};
 use super::*;
-use crate::control::ca::local::ManagerConfig;
-use crate::control::swarm::InitOptions;
 use crate::store::Store;
 use crate::store::{Check, Op};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use zeroize::Zeroizing;
-
-async fn control(dir: &std::path::Path) -> (Store, Arc<Control>) {
-    let store = Store::open(dir).await.unwrap();
-    let config = ManagerConfig {
-        data_dir: dir.to_path_buf(),
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        advertise_addr: Some("127.0.0.1".into()),
-    };
-    let ctl = Arc::new(Control::open(store.clone(), config).unwrap());
-    ctl.init(&InitOptions {
-        advertise_addr: "127.0.0.1".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    (store, ctl)
-}
 
 fn spec(name: &str, data: &[u8]) -> SecretSpec {
     SecretSpec {
@@ -40,7 +22,7 @@ fn spec(name: &str, data: &[u8]) -> SecretSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_of_one_name_leave_one_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, ctl) = control(dir.path()).await;
+    let (store, ctl) = initialised(dir.path()).await;
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let ctl = ctl.clone();
@@ -97,7 +79,7 @@ async fn concurrent_creates_of_one_name_leave_one_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_values_are_bound_to_their_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, ctl) = control(dir.path()).await;
+    let (store, ctl) = initialised(dir.path()).await;
     let a = ctl.create_secret(spec("a", b"value-of-a")).await.unwrap();
     let b = ctl.create_secret(spec("b", b"value-of-b")).await.unwrap();
     assert_eq!(&ctl.open_secret(&a).unwrap()[..], b"value-of-a");
@@ -133,7 +115,7 @@ impl SecretUsers for Uses {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_respects_references() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, ctl) = control(dir.path()).await;
+    let (store, ctl) = initialised(dir.path()).await;
     let id = ctl.create_secret(spec("s", b"v")).await.unwrap();
     ctl.set_secret_users(Arc::new(Uses(vec!["web".into(), "worker".into()])));
     let err = ctl.remove_secret("s").await.unwrap_err();
@@ -198,7 +180,7 @@ async fn removal_respects_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_hold_no_value_in_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, ctl) = control(dir.path()).await;
+    let (store, ctl) = initialised(dir.path()).await;
     let value = b"SNAPSHOT-MARKER-5d1e0b-never-in-clear";
     ctl.create_secret(spec("snap", value)).await.unwrap();
     store.trigger_snapshot().await.unwrap();
@@ -234,12 +216,7 @@ async fn snapshots_hold_no_value_in_clear() {
     assert!(files >= 4);
     // The store reopens from the snapshot and the log, and the value still opens.
     let store = Store::open(dir.path()).await.unwrap();
-    let config = ManagerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        advertise_addr: Some("127.0.0.1".into()),
-    };
-    let ctl = Control::open(store.clone(), config).unwrap();
+    let ctl = Control::open(store.clone(), config(dir.path())).unwrap();
     let id = ctl.secret("snap").unwrap().record.id;
     assert_eq!(&ctl.open_secret(&id).unwrap()[..], value);
     store.shutdown().await.unwrap();

@@ -9,11 +9,10 @@ use swarmguard_ca::{IssuedCertificate, NodeRole};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::ca::local::ManagerConfig;
 use super::ca::signer::{reconcile, InternalCa, NodeSigner, SignError, SignFuture, SignRequest};
 use super::nodes::JoinRequest;
 use super::records::CertState;
-use super::swarm::InitOptions;
+use super::testing::initialised;
 use super::types::Availability;
 use super::Control;
 use crate::store::Store;
@@ -47,20 +46,7 @@ impl NodeSigner for Remote {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_signer_leaves_pending_and_the_loop_signs_after_backoff() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let config = ManagerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        advertise_addr: Some("127.0.0.1".into()),
-    };
-    let control = Arc::new(Control::open(store.clone(), config).unwrap());
-    control
-        .init(&InitOptions {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (store, control) = initialised(dir.path()).await;
     let root = control.root_ca().unwrap();
     control.security().set_signer(Arc::new(Remote {
         ca: InternalCa(root.clone()),
@@ -133,20 +119,7 @@ async fn control_with(
     dir: &std::path::Path,
     delay: Duration,
 ) -> (Arc<Control>, Store, Arc<AtomicU32>) {
-    let store = Store::open(dir).await.unwrap();
-    let config = ManagerConfig {
-        data_dir: dir.to_path_buf(),
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        advertise_addr: Some("127.0.0.1".into()),
-    };
-    let control = Arc::new(Control::open(store.clone(), config).unwrap());
-    control
-        .init(&InitOptions {
-            advertise_addr: "127.0.0.1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (store, control) = initialised(dir).await;
     let calls = Arc::new(AtomicU32::new(0));
     control.security().set_signer(Arc::new(Slow {
         ca: Arc::new(InternalCa(control.root_ca().unwrap())),

@@ -292,9 +292,6 @@ async fn not_served(req: Request<Body>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::ca::local::ManagerConfig;
-    use crate::control::swarm::InitOptions;
-    use crate::store::Store;
     use tower::ServiceExt;
 
     struct Env {
@@ -304,20 +301,7 @@ mod tests {
 
     async fn swarm_env() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let config = ManagerConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            advertise_addr: Some("127.0.0.1".into()),
-        };
-        let control = Arc::new(Control::open(store, config).unwrap());
-        control
-            .init(&InitOptions {
-                advertise_addr: "127.0.0.1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let (_, control) = crate::control::testing::initialised(dir.path()).await;
         Env { _dir: dir, control }
     }
 

@@ -60,9 +60,8 @@ impl Env {
             .port();
         let store = Store::open(dir.path()).await.unwrap();
         let config = ManagerConfig {
-            data_dir: dir.path().to_path_buf(),
             listen_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            advertise_addr: Some("127.0.0.1".into()),
+            ..crate::control::testing::config(dir.path())
         };
         let control = Arc::new(Control::open(store.clone(), config).unwrap());
         let mut spec = crate::control::types::Spec::default();
