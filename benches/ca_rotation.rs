@@ -14,7 +14,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::dockerd::Dockerd;
@@ -28,16 +28,7 @@ struct Sim {
 
 impl Sim {
     fn start(netns: Option<&str>, addr: &str, token: &str, nodes: usize) -> Sim {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}"))
-                    .arg(env!("CARGO_BIN_EXE_swarmguard"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
-        };
-        let mut child = cmd
+        let mut child = support::command_in(netns, env!("CARGO_BIN_EXE_swarmguard"))
             .args(["agent", "swarm-sim", "--clients", "16", "--nodes"])
             .arg(nodes.to_string())
             .arg(addr)

@@ -8,8 +8,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
-
 use support::dockerd::Dockerd;
 use support::manager::Manager;
 
@@ -20,16 +18,7 @@ fn storm(
     clients: usize,
     joins: usize,
 ) -> serde_json::Value {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{ns}"))
-                .arg(env!("CARGO_BIN_EXE_swarmguard"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
-    };
-    let out = cmd
+    let out = support::command_in(netns, env!("CARGO_BIN_EXE_swarmguard"))
         .args(["agent", "join-storm", "--clients"])
         .arg(clients.to_string())
         .arg("--joins")

@@ -8,7 +8,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::dockerd::Dockerd;
@@ -147,9 +147,7 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
         format!("{{\"manager\":\"{}\"}}", m.cluster_addr),
     )
     .unwrap();
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{ns}"))
-        .arg(env!("CARGO_BIN_EXE_swarmguard"))
+    let out = support::command_in(Some(&ns), env!("CARGO_BIN_EXE_swarmguard"))
         .args(["agent", "run", "--data-dir"])
         .arg(adir.path())
         .stdin(Stdio::null())

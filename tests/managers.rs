@@ -897,9 +897,8 @@ fn raft_traffic_is_tls_records_only() {
 /// Whether the process `pid` holds an established TCP connection to one of `ports`, as `ss`
 /// inside `netns` shows it.
 fn connected_to(netns: &str, pid: u32, ports: &[u16]) -> bool {
-    let out = std::process::Command::new(support::require_bin("nsenter"))
-        .arg(format!("--net=/var/run/netns/{netns}"))
-        .args(["ss", "-Htnp", "state", "established"])
+    let out = support::command_in(Some(netns), support::require_bin("ss"))
+        .args(["-Htnp", "state", "established"])
         .output()
         .unwrap();
     let owner = format!("pid={pid},");

@@ -7,15 +7,7 @@ use std::process::{Child, Command, Stdio};
 /// `swarmguard agent join` of the manager at `addr` with `token`, its data in `dir`, inside
 /// `netns` when given; with `no_run` it exits once joined (`--no-run`).
 pub fn join_cmd(netns: Option<&str>, dir: &Path, addr: &str, token: &str, no_run: bool) -> Command {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new(super::require_bin("nsenter"));
-            c.arg(format!("--net=/var/run/netns/{ns}"))
-                .arg(env!("CARGO_BIN_EXE_swarmguard"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
-    };
+    let mut cmd = super::command_in(netns, env!("CARGO_BIN_EXE_swarmguard"));
     cmd.args(["agent", "join"]);
     if no_run {
         cmd.arg("--no-run");

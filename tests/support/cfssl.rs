@@ -235,14 +235,7 @@ impl CfsslServer {
             .dir
             .join(format!("cfssl-{}-{}.log", self.port, self.starts));
         let cfssl = require_bin("cfssl");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}")).arg(cfssl);
-                c
-            }
-            None => Command::new(cfssl),
-        };
+        let mut cmd = super::command_in(self.netns.as_deref(), cfssl);
         cmd.args(&self.args);
         self.proc = Proc::spawn("cfssl serve", cmd, log);
         let start = std::time::Instant::now();

@@ -99,15 +99,7 @@ impl Dockerd {
     fn spawn_daemon(&mut self) {
         let bin = require_bin("dockerd");
         let dir = self.root.clone();
-        let mut cmd = match &self.netns {
-            // `ip netns exec` remounts /sys and breaks dockerd; nsenter switches only the netns.
-            Some(name) => {
-                let mut c = Command::new(require_bin("nsenter"));
-                c.arg(format!("--net=/var/run/netns/{name}")).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = super::command_in(self.netns.as_deref(), &bin);
         cmd.arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")

@@ -138,23 +138,16 @@ impl Manager {
     }
 
     fn spawn(&mut self) {
-        // prlimit and nsenter each exec what follows, so the PID we hold is the manager's.
-        let mut prefix: Vec<String> = Vec::new();
-        if let Some(n) = self.nofile {
-            prefix.push(super::require_bin("prlimit").display().to_string());
-            prefix.push(format!("--nofile={n}:{n}"));
-        }
-        if let Some(ns) = &self.netns {
-            prefix.push("nsenter".into());
-            prefix.push(format!("--net=/var/run/netns/{ns}"));
-        }
-        let mut cmd = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(env!("CARGO_BIN_EXE_swarmguard"));
+        // nsenter and prlimit each exec what follows, so the PID we hold is the manager's.
+        let bin = env!("CARGO_BIN_EXE_swarmguard");
+        let netns = self.netns.as_deref();
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = super::command_in(netns, super::require_bin("prlimit"));
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_swarmguard")),
+            None => super::command_in(netns, bin),
         };
         let child = cmd
             .arg("manager")

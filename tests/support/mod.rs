@@ -31,6 +31,20 @@ pub fn require_bin(name: &str) -> PathBuf {
     panic!("required peer binary `{name}` is not installed (see DEVELOPERS.md / the Debian packages docker.io, docker-registry, notary)");
 }
 
+/// `program` run inside the network namespace `netns` when given, else here. `nsenter`
+/// switches only the network namespace and execs `program`, so the child's PID is the
+/// program's (`ip netns exec` also remounts /sys, which breaks dockerd).
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new(require_bin("nsenter"));
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
