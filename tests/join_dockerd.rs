@@ -41,11 +41,7 @@ fn stock_dockerd_joins_as_worker_goes_down_and_is_refused_after_removal() {
     let token = m.docker_ok(&["swarm", "join-token", "-q", "worker"]);
     let token = token.trim();
 
-    let out = d.docker_ok(&["swarm", "join", "--token", token, &m.cluster_addr]);
-    assert!(
-        out.contains("This node joined a swarm as a worker"),
-        "{out}"
-    );
+    support::join_swarm(|a| d.docker_ok(a), token, &m.cluster_addr, "worker");
     let worker_id = d
         .docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
         .trim()

@@ -390,16 +390,11 @@ pub fn form_managers(
     let mut managers = vec![first];
     for d in &dirs[1..] {
         let m = Manager::start_in(d.path(), netns);
-        let out = m.docker_ok(&[
-            "swarm",
-            "join",
-            "--token",
+        super::join_swarm(
+            |a| m.docker_ok(a),
             &token,
             &managers[0].cluster_addr,
-        ]);
-        assert!(
-            out.contains("This node joined a swarm as a manager."),
-            "{out}"
+            "manager",
         );
         managers.push(m);
     }

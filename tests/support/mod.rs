@@ -45,6 +45,16 @@ pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> 
     }
 }
 
+/// `docker swarm join --token TOKEN ADDR` through `docker_ok` (a manager's or a dockerd's
+/// CLI), checked to report that the node joined as `role` (`worker` or `manager`).
+pub fn join_swarm(docker_ok: impl Fn(&[&str]) -> String, token: &str, addr: &str, role: &str) {
+    let out = docker_ok(&["swarm", "join", "--token", token, addr]);
+    assert!(
+        out.contains(&format!("This node joined a swarm as a {role}.")),
+        "{out}"
+    );
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
