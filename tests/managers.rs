@@ -1242,13 +1242,12 @@ fn managers_killed_right_after_init_or_join_come_back() {
     let mut managers = vec![first];
     for d in &dirs[1..] {
         let mut m = Manager::start(d.path());
-        m.docker_ok(&[
-            "swarm",
-            "join",
-            "--token",
+        support::join_swarm(
+            |a| m.docker_ok(a),
             &token,
             &managers[0].cluster_addr,
-        ]);
+            "manager",
+        );
         m.kill9();
         m.restart();
         managers.push(m);

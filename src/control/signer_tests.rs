@@ -52,17 +52,7 @@ async fn a_network_signer_leaves_pending_and_the_loop_signs_after_backoff() {
         ca: InternalCa(root.clone()),
         down: AtomicU32::new(1),
     }));
-    let (_key, csr) = swarmguard_ca::generate_node_key_and_csr();
-    let checked = swarmguard_ca::check_csr(&csr).unwrap();
-    let join = JoinRequest {
-        csr_pem: &csr,
-        availability: Availability::Active,
-        addr: "127.0.0.1".into(),
-    };
-    let id = control
-        .join(NodeRole::Worker, &checked, &join)
-        .await
-        .unwrap();
+    let id = join_one(&control).await;
     let node = |c: &Control| c.node_by_id(&id).unwrap().unwrap().record;
     assert_eq!(node(&control).certificate.state, CertState::Pending);
     assert!(node(&control).certificate.cert_pem.is_empty());
