@@ -74,21 +74,7 @@ pub async fn join_storm(
                     })
                     .await?
                     .into_inner();
-                loop {
-                    let st = ca
-                        .node_certificate_status(pb::NodeCertificateStatusRequest {
-                            node_id: issued.node_id.clone(),
-                        })
-                        .await?
-                        .into_inner();
-                    let done = st
-                        .certificate
-                        .as_ref()
-                        .is_some_and(|c| !c.certificate.is_empty() && c.csr == csrs[i]);
-                    if done {
-                        break;
-                    }
-                }
+                wait_issued(&mut ca, &issued.node_id, &csrs[i]).await?;
                 latencies
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -96,10 +82,7 @@ pub async fn join_storm(
             }
         }));
     }
-    for t in tasks {
-        t.await
-            .map_err(|e| AgentError::Connect(format!("storm client died: {e}")))??;
-    }
+    joined(tasks).await?;
     Ok(result(clients, joins, start, &latencies))
 }
 
@@ -169,9 +152,16 @@ async fn join_nodes(
             }
         }));
     }
-    let mut all = Vec::with_capacity(n);
+    Ok(joined(tasks).await?.into_iter().flatten().collect())
+}
+
+/// Every storm client's result, in order; the first error, or a client that died, ends it.
+async fn joined<T>(
+    tasks: Vec<tokio::task::JoinHandle<Result<T, AgentError>>>,
+) -> Result<Vec<T>, AgentError> {
+    let mut all = Vec::with_capacity(tasks.len());
     for t in tasks {
-        all.extend(
+        all.push(
             t.await
                 .map_err(|e| AgentError::Connect(format!("storm client died: {e}")))??,
         );
@@ -234,10 +224,7 @@ pub async fn renew_storm(nodes: Renewals, clients: usize) -> Result<StormResult,
             }
         }));
     }
-    for t in tasks {
-        t.await
-            .map_err(|e| AgentError::Connect(format!("storm client died: {e}")))??;
-    }
+    joined(tasks).await?;
     Ok(result(clients, n, start, &latencies))
 }
 
